@@ -1,0 +1,1 @@
+//! The DeviceLink operator (filled in by its own issue).

@@ -1,0 +1,89 @@
+//! Types shared by the kernel programs (`devicelink-proxy-ebpf`) and the proxy daemon
+//! (`devicelink-proxy`). Everything here is `#[repr(C)]` and laid out for BPF maps; numbers that
+//! appear in maps or metrics are stable and never renumbered.
+#![no_std]
+
+/// Capacity of the splice socket hash and of its link table: two sockets per connection.
+/// User space may lower it at load time from `--max-connections`.
+pub const MAX_SPLICED_SOCKETS: u32 = 2 * 4096;
+
+/// Capacity of each source ACL trie (v4 and v6).
+pub const MAX_ACL_ENTRIES: u32 = 1024;
+
+/// One spliced socket's entry in the link table, keyed by that socket's cookie
+/// (`SO_COOKIE`, equal to `bpf_get_socket_cookie` in the verdict program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceLink {
+    /// Cookie of the socket that bytes arriving on this socket are redirected to.
+    pub peer_cookie: u64,
+    /// Payload bytes the verdict program has redirected from this socket to its peer.
+    /// One socket's skbs are handled in order, so a plain add is exact without atomics.
+    pub bytes: u64,
+    /// Which way bytes from this socket travel: a [`Direction`] as `u32`.
+    pub direction: u32,
+    pub _pad: u32,
+}
+
+/// The way bytes travel through the proxy.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client -> device: read from the client socket, sent out of the device socket.
+    ToDevice = 0,
+    /// Device -> client.
+    FromDevice = 1,
+}
+
+impl Direction {
+    pub const COUNT: u32 = 2;
+}
+
+/// Index into the per-CPU XDP verdict counters. Stable: metrics and dashboards use them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpVerdict {
+    /// A TCP packet to the listen port from a source inside the ACL.
+    Pass = 0,
+    /// A TCP packet to the listen port from a source outside the ACL.
+    DropSource = 1,
+    /// Not ours to judge (other port, other protocol, non-IP, fragments): passed untouched.
+    NotInspected = 2,
+    /// Truncated headers: passed, the stack drops what it cannot parse.
+    Malformed = 3,
+}
+
+impl XdpVerdict {
+    pub const COUNT: u32 = 4;
+}
+
+/// Index into the per-CPU splice counters kept by the verdict program.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpliceCounter {
+    /// Zero-length skbs (end of stream) passed instead of redirected.
+    EndOfStream = 0,
+    /// Skbs seen on a socket with no link entry (not yet armed, or being torn down): passed.
+    Unlinked = 1,
+}
+
+impl SpliceCounter {
+    pub const COUNT: u32 = 2;
+}
+
+/// The XDP program's configuration, slot 0 of a one-element array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The proxy's listen port, host byte order. Only TCP to this port is judged.
+    pub listen_port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding fields; any bit pattern is valid.
+    unsafe impl aya::Pod for super::SpliceLink {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XdpConfig {}
+}
