@@ -42,9 +42,7 @@ pub fn judge(ctx: &XdpContext) -> Result<u32, ()> {
     }
     Ok(match verdict {
         XdpVerdict::DropSource => xdp_action::XDP_DROP,
-        XdpVerdict::Pass | XdpVerdict::NotInspected | XdpVerdict::Malformed => {
-            xdp_action::XDP_PASS
-        }
+        XdpVerdict::Pass | XdpVerdict::NotInspected | XdpVerdict::Malformed => xdp_action::XDP_PASS,
     })
 }
 

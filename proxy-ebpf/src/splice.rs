@@ -19,6 +19,12 @@ static SPLICE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SO
 #[map]
 static SPLICE_LINKS: HashMap<u64, SpliceLink> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
+/// Bytes that arrived on a socket already in `SPLICE_SOCKETS` but not yet armed (its link entry
+/// not written), keyed by cookie. They stay on that socket (in its psock queue), where user space
+/// picks them up; it creates the entry before inserting the socket and reads it after arming.
+#[map]
+static SPLICE_HELD: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+
 /// Payload bytes redirected, per CPU, indexed by [`Direction`].
 #[map]
 static SPLICE_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Direction::COUNT, 0);
@@ -43,6 +49,10 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
         // Not armed yet (user space arms a pair only once both sockets are in the hash) or being
         // torn down: keep the bytes on this socket rather than drop them.
         count(SpliceCounter::Unlinked);
+        if let Some(held) = SPLICE_HELD.get_ptr_mut(&cookie) {
+            // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
+            unsafe { *held += u64::from(len) };
+        }
         return Ok(sk_action::SK_PASS);
     };
     // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.

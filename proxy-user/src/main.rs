@@ -1,1 +1,132 @@
-fn main() {}
+//! `devicelink-proxy`: one TCP path from allowed clients to one device.
+mod acl;
+mod config;
+mod copy;
+mod kernel;
+mod metrics;
+mod proxy;
+mod sockopt;
+mod splice;
+
+use std::{process::ExitCode, sync::Arc, time::SystemTime};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Args, Config, LogFormat},
+    metrics::Metrics,
+    proxy::DataPlane,
+};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let config = match Config::from_args(args, SystemTime::now()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+
+    // Bind before loading anything: a wrong address is the most common mistake and the cheapest
+    // to report.
+    let listener = proxy::bind(config.listen)?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+
+    let data_plane = DataPlane::choose(&config)?;
+    let kernel = match &data_plane {
+        DataPlane::Kernel { plane, .. } => Some(Arc::clone(plane)),
+        DataPlane::Userspace => None,
+    };
+    metrics.set_data_plane(data_plane.mode(), kernel);
+
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received"),
+            _ = interrupt.recv() => info!("SIGINT received"),
+        }
+        on_signal.cancel();
+    });
+
+    if config.acl.is_empty() {
+        warn!("no --allow given: every client is refused (add e.g. --allow 203.0.113.0/24)");
+    }
+    info!(
+        listen = %config.listen,
+        device = %config.device,
+        allow = ?config.acl.prefixes().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        expires_at = ?config.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "devicelink-proxy accepting clients"
+    );
+    let stop = proxy::run(
+        config,
+        listener,
+        data_plane.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    )
+    .await;
+    let [to_device, from_device] = metrics.bytes();
+    info!(
+        ?stop,
+        to_device, from_device, "stopped; detaching kernel programs"
+    );
+    shutdown.cancel();
+    // Dropping the last handle on the kernel plane detaches XDP and the verdict program.
+    drop(data_plane);
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The userspace data plane: bytes are read and written by the proxy. Used when eBPF is not
+//! available, and for single connections that cannot enter the splice. Half-close is passed on
+//! (a FIN from one side shuts the other's write side once everything before it is written), and
+//! so is a reset.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use devicelink_proxy_common::Direction;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::Metrics, sockopt};
+
+/// Copy buffer per direction: large enough that a bulk stream costs few syscalls.
+const COPY_BUFFER: usize = 128 * 1024;
+
+/// Per-connection limits shared by both data planes.
+#[derive(Clone, Copy, Debug)]
+pub struct CarryLimits {
+    pub idle_timeout: Option<Duration>,
+    pub splice_sndbuf: u32,
+}
+
+/// How a carried connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions ended with a FIN, every byte delivered.
+    Completed,
+    /// One side reset (or failed); the reset was passed on to the other.
+    Reset { side: &'static str, error: String },
+    /// Nothing moved either way for the idle timeout.
+    IdleTimeout,
+    /// The link expired or the proxy is shutting down.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn from_io(err: io::Error) -> Self {
+        Self::Reset {
+            side: "peer",
+            error: err.to_string(),
+        }
+    }
+
+    /// The `result` label of `devicelink_connections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Reset { .. } => "reset",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Cancelled => "closed_by_proxy",
+        }
+    }
+}
+
+/// Carries one connection in user space until both directions end, one side resets, it idles
+/// out, or `cancel` fires.
+pub async fn carry(
+    client: TcpStream,
+    device: TcpStream,
+    limits: &CarryLimits,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let fds = [client.as_raw_fd(), device.as_raw_fd()];
+    let activity = AtomicU64::new(0);
+    let (client_read, client_write) = client.into_split();
+    let (device_read, device_write) = device.into_split();
+    let to_device = pump(
+        client_read,
+        device_write,
+        Direction::ToDevice,
+        &activity,
+        metrics,
+    );
+    let from_device = pump(
+        device_read,
+        client_write,
+        Direction::FromDevice,
+        &activity,
+        metrics,
+    );
+    tokio::pin!(to_device, from_device);
+
+    let mut done = [false; 2];
+    let idle_check = limits
+        .idle_timeout
+        .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
+    let mut last_bytes = 0;
+    let mut last_activity = Instant::now();
+    let outcome = loop {
+        let tick = async {
+            match idle_check {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut to_device, if !done[0] => match result {
+                Ok(()) => done[0] = true,
+                Err((side, err)) => break Outcome::Reset { side, error: err.to_string() },
+            },
+            result = &mut from_device, if !done[1] => match result {
+                Ok(()) => done[1] = true,
+                Err((side, err)) => break Outcome::Reset { side: flip(side), error: err.to_string() },
+            },
+            () = tick => {
+                let bytes = activity.load(Ordering::Relaxed);
+                let now = Instant::now();
+                if bytes != last_bytes {
+                    last_bytes = bytes;
+                    last_activity = now;
+                } else if limits.idle_timeout.is_some_and(|idle| now.duration_since(last_activity) >= idle) {
+                    break Outcome::IdleTimeout;
+                }
+            }
+            () = cancel.cancelled() => break Outcome::Cancelled,
+        }
+        if done == [true, true] {
+            break Outcome::Completed;
+        }
+    };
+    if matches!(outcome, Outcome::Reset { .. }) {
+        reset_on_close(fds);
+    }
+    outcome
+}
+
+/// `pump` names sides as seen from the client -> device direction; the other direction swaps.
+fn flip(side: &'static str) -> &'static str {
+    match side {
+        "client" => "device",
+        "device" => "client",
+        other => other,
+    }
+}
+
+/// Both sockets send RST instead of FIN when the halves are dropped.
+fn reset_on_close(fds: [RawFd; 2]) {
+    for fd in fds {
+        let _ = sockopt::set_linger_reset(&fd);
+    }
+}
+
+/// Copies one direction until EOF, then shuts the target's write side. An error names the side
+/// it came from: "client" for the read side, "device" for the write side (as seen from the
+/// client -> device direction).
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    direction: Direction,
+    activity: &AtomicU64,
+    metrics: &Metrics,
+) -> Result<(), (&'static str, io::Error)> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|e| ("client", e))?;
+        if n == 0 {
+            to.shutdown().await.map_err(|e| ("device", e))?;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await.map_err(|e| ("device", e))?;
+        activity.fetch_add(n as u64, Ordering::Relaxed);
+        metrics.add_bytes(direction, n as u64);
+    }
+}

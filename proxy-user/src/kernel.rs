@@ -1,0 +1,381 @@
+//! The eBPF data plane's kernel side: loading the programs, attaching the XDP ACL and the splice
+//! verdict, and the map operations a connection needs (insert, arm, read counters, remove).
+//! Nothing is pinned: dropping [`KernelPlane`] detaches and unloads everything.
+
+use std::{net::IpAddr, os::fd::AsRawFd, sync::Mutex};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, SockHash, lpm_trie::Key},
+    programs::{ProgramError, SkSkb, Xdp, XdpMode},
+};
+use devicelink_proxy_common::{
+    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceLink, XdpConfig, XdpVerdict,
+};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, XdpModeChoice};
+
+/// The kernel programs, built by `build.rs` from `proxy-ebpf/`.
+static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devicelink-proxy"));
+
+/// The oldest kernel whose sockmap handles FIN, wake-ups after copy and backlog rescheduling
+/// correctly (the "bpf, sockmap" fixes of v6.4, May 2023).
+pub const MIN_KERNEL: (u32, u32) = (6, 4);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("kernel {found} is older than {}.{}, whose sockmap fixes the splice relies on", MIN_KERNEL.0, MIN_KERNEL.1)]
+    TooOld { found: String },
+    #[error("loading the eBPF object failed: {0} (needs CAP_BPF and CAP_NET_ADMIN, or root)")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
+    MissingMap(&'static str),
+    #[error(
+        "program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)"
+    )]
+    MissingProgram(&'static str),
+    #[error(
+        "attaching the XDP ACL to {interface} in {mode:?} mode failed: {source}; check the interface exists in this network namespace, or try --xdp-mode skb"
+    )]
+    XdpAttach {
+        interface: String,
+        mode: XdpModeChoice,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    pub xdp: [u64; XdpVerdict::COUNT as usize],
+    pub end_of_stream_skbs: u64,
+    pub unlinked_skbs: u64,
+}
+
+pub struct KernelPlane {
+    sockets: Mutex<SockHash<MapData, u64>>,
+    links: Mutex<HashMap<MapData, u64, SpliceLink>>,
+    held: Mutex<HashMap<MapData, u64, u64>>,
+    splice_bytes: PerCpuArray<MapData, u64>,
+    splice_events: PerCpuArray<MapData, u64>,
+    xdp_verdicts: PerCpuArray<MapData, u64>,
+    /// Kept for the life of the programs (and for ACL changes without a restart, later).
+    _acl: (
+        LpmTrie<MapData, [u8; 4], u8>,
+        LpmTrie<MapData, [u8; 16], u8>,
+    ),
+    _xdp_config: Array<MapData, XdpConfig>,
+    xdp_interface: Option<String>,
+    /// Owns the programs and their attachments; declared last so that it is dropped after the
+    /// maps above (drop order is declaration order).
+    _ebpf: Ebpf,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program { name, source }
+}
+
+/// `uname -r` as `(major, minor)`.
+pub fn kernel_release() -> (String, Option<(u32, u32)>) {
+    // SAFETY: utsname is plain data filled by the kernel.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return ("unknown".into(), None);
+    }
+    // SAFETY: the kernel NUL-terminates the release field.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let version = parse_release(&release);
+    (release, version)
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+impl KernelPlane {
+    /// Loads and attaches everything for `config`, or says why it cannot.
+    pub fn load(config: &Config) -> Result<Self, KernelError> {
+        let (release, version) = kernel_release();
+        if version.is_none_or(|v| v < MIN_KERNEL) {
+            return Err(KernelError::TooOld { found: release });
+        }
+        raise_memlock_limit();
+
+        let capacity = (2 * config.max_connections + 64).min(MAX_SPLICED_SOCKETS);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("SPLICE_SOCKETS", capacity)
+            .map_max_entries("SPLICE_LINKS", capacity)
+            .map_max_entries("SPLICE_HELD", capacity)
+            .load(KERNEL_OBJECT)
+            .map_err(KernelError::Load)?;
+        start_kernel_log(&mut ebpf);
+
+        // Load every program before taking any map out of `ebpf`: a taken map that is dropped
+        // closes its fd, and a program loaded afterwards would reference a dead fd.
+        let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
+        verdict.load().map_err(prog_err("splice_verdict"))?;
+        let acl: &mut Xdp = program(&mut ebpf, "source_acl")?;
+        acl.load().map_err(prog_err("source_acl"))?;
+
+        let sockets: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_SOCKETS")?;
+        let links: HashMap<MapData, u64, SpliceLink> = take(&mut ebpf, "SPLICE_LINKS")?;
+        let held: HashMap<MapData, u64, u64> = take(&mut ebpf, "SPLICE_HELD")?;
+        let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
+        let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
+        let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
+        let mut xdp_config: Array<MapData, XdpConfig> = take(&mut ebpf, "XDP_CONFIG")?;
+        let mut acl_v4: LpmTrie<MapData, [u8; 4], u8> = take(&mut ebpf, "ACL_V4")?;
+        let mut acl_v6: LpmTrie<MapData, [u8; 16], u8> = take(&mut ebpf, "ACL_V6")?;
+
+        let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
+        verdict
+            .attach(sockets.fd())
+            .map_err(prog_err("splice_verdict"))?;
+
+        xdp_config
+            .set(
+                0,
+                XdpConfig {
+                    listen_port: config.listen.port(),
+                    _pad: [0; 6],
+                },
+                0,
+            )
+            .map_err(map_err("XDP_CONFIG"))?;
+        for net in config.acl.prefixes() {
+            let prefix_len = u32::from(net.prefix_len());
+            match net.network() {
+                IpAddr::V4(addr) => acl_v4
+                    .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
+                    .map_err(map_err("ACL_V4"))?,
+                IpAddr::V6(addr) => acl_v6
+                    .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
+                    .map_err(map_err("ACL_V6"))?,
+            }
+        }
+
+        let xdp_interface = match &config.xdp_interface {
+            Some(interface) => {
+                attach_xdp(&mut ebpf, interface, config.xdp_mode)?;
+                info!(%interface, mode = ?config.xdp_mode, "XDP source ACL attached");
+                Some(interface.clone())
+            }
+            None => {
+                warn!(
+                    "no --xdp-interface: disallowed sources are refused at accept only, not dropped on the wire"
+                );
+                None
+            }
+        };
+
+        Ok(Self {
+            sockets: Mutex::new(sockets),
+            links: Mutex::new(links),
+            held: Mutex::new(held),
+            splice_bytes,
+            splice_events,
+            xdp_verdicts,
+            _acl: (acl_v4, acl_v6),
+            _xdp_config: xdp_config,
+            xdp_interface,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn xdp_interface(&self) -> Option<&str> {
+        self.xdp_interface.as_deref()
+    }
+
+    /// Puts a socket into the splice hash. Its bytes are not redirected until [`Self::arm`];
+    /// any that the verdict program sees before then are held on the socket and counted (see
+    /// [`Self::held_bytes`]).
+    pub fn insert_socket(&self, cookie: u64, socket: &impl AsRawFd) -> Result<(), MapError> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cookie, 0, 0)?;
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.insert(cookie, socket.as_raw_fd(), 0)
+    }
+
+    /// Bytes that arrived on `cookie` after it was inserted but before it was armed: they sit in
+    /// the socket's psock queue, readable with `recv`, and are not forwarded by the kernel.
+    pub fn held_bytes(&self, cookie: u64) -> u64 {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&cookie, 0).unwrap_or(0)
+    }
+
+    /// Takes a socket out of the splice entirely: no more redirects, out of the hash.
+    pub fn release(&self, cookie: u64) {
+        self.disarm(cookie);
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = sockets.remove(&cookie) {
+            // Closing a socket also removes it, so "not found" is expected after a reset.
+            debug!(cookie, %err, "removing socket from splice hash");
+        }
+        drop(sockets);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = held.remove(&cookie) {
+            debug!(cookie, %err, "removing held-bytes entry");
+        }
+    }
+
+    /// Starts redirecting bytes that arrive on `cookie` to `peer`.
+    pub fn arm(&self, cookie: u64, peer: u64, direction: Direction) -> Result<(), MapError> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = SpliceLink {
+            peer_cookie: peer,
+            bytes: 0,
+            direction: direction as u32,
+            _pad: 0,
+        };
+        links.insert(cookie, link, 0)
+    }
+
+    pub fn disarm(&self, cookie: u64) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = links.remove(&cookie) {
+            debug!(cookie, %err, "removing splice link");
+        }
+    }
+
+    /// Bytes the verdict program has redirected from `cookie` so far.
+    pub fn redirected_bytes(&self, cookie: u64) -> u64 {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(&cookie, 0).map(|link| link.bytes).unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |map: &PerCpuArray<MapData, u64>, index: u32| -> u64 {
+            map.get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        let mut xdp = [0; XdpVerdict::COUNT as usize];
+        for (index, slot) in xdp.iter_mut().enumerate() {
+            *slot = sum(&self.xdp_verdicts, index as u32);
+        }
+        KernelCounters {
+            bytes_to_device: sum(&self.splice_bytes, Direction::ToDevice as u32),
+            bytes_from_device: sum(&self.splice_bytes, Direction::FromDevice as u32),
+            xdp,
+            end_of_stream_skbs: sum(&self.splice_events, SpliceCounter::EndOfStream as u32),
+            unlinked_skbs: sum(&self.splice_events, SpliceCounter::Unlinked as u32),
+        }
+    }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(), KernelError> {
+    let program: &mut Xdp = program(ebpf, "source_acl")?;
+    let flags = match mode {
+        XdpModeChoice::Skb => XdpMode::Skb,
+        XdpModeChoice::Native => XdpMode::Driver,
+    };
+    program
+        .attach(interface, flags)
+        .map_err(|source| KernelError::XdpAttach {
+            interface: interface.to_string(),
+            mode,
+            source,
+        })?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; harmless elsewhere.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(err = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Forwards the kernel programs' aya-log records to `tracing`. The logger owns the log ring
+/// buffer: it must live as long as the programs, or later loads fail.
+fn start_kernel_log(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            debug!(%err, "kernel programs carry no log map");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns the logger.
+    let Ok(mut logger) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }) else {
+        warn!("cannot poll the kernel log ring buffer; kernel log records are not shown");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(Some((6, 3)) < Some(MIN_KERNEL));
+        assert!(Some((6, 18)) >= Some(MIN_KERNEL));
+    }
+}

@@ -1,0 +1,337 @@
+//! What the proxy counts, and the small HTTP server that shows it: Prometheus text at
+//! `/metrics`, liveness at `/healthz`, readiness at `/readyz`.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+use devicelink_proxy_common::{Direction, XdpVerdict};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::kernel::KernelPlane;
+
+/// Every value of the `result` label of `devicelink_connections_total`.
+pub const RESULTS: [&str; 10] = [
+    "completed",
+    "reset",
+    "idle_timeout",
+    "closed_by_proxy",
+    "rejected_acl",
+    "rejected_limit",
+    "device_refused",
+    "device_timeout",
+    "device_unreachable",
+    "device_error",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    active: AtomicI64,
+    results: [AtomicU64; RESULTS.len()],
+    /// Connections carried by each path: `[kernel, userspace]`.
+    paths: [AtomicU64; 2],
+    /// Bytes moved by user space (userspace mode, and bytes queued before a splice started).
+    user_bytes: [AtomicU64; Direction::COUNT as usize],
+    ready: AtomicBool,
+    data_plane: OnceLock<DataPlaneInfo>,
+}
+
+#[derive(Clone)]
+struct DataPlaneInfo {
+    mode: &'static str,
+    kernel: Option<Arc<KernelPlane>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Kernel = 0,
+    Userspace = 1,
+}
+
+impl Metrics {
+    pub fn set_data_plane(&self, mode: &'static str, kernel: Option<Arc<KernelPlane>>) {
+        let _ = self.data_plane.set(DataPlaneInfo { mode, kernel });
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn count_result(&self, result: &str) {
+        let index = RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .expect("result labels are listed in RESULTS");
+        self.results[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_path(&self, path: Path) {
+        self.paths[path as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes(&self, direction: Direction, bytes: u64) {
+        self.user_bytes[direction as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes per direction, kernel and user space together: `[to_device, from_device]`.
+    pub fn bytes(&self) -> [u64; 2] {
+        let mut bytes = [0, 1].map(|i| self.user_bytes[i].load(Ordering::Relaxed));
+        if let Some(kernel) = self.kernel() {
+            let counters = kernel.counters();
+            bytes[0] += counters.bytes_to_device;
+            bytes[1] += counters.bytes_from_device;
+        }
+        bytes
+    }
+
+    fn kernel(&self) -> Option<&Arc<KernelPlane>> {
+        self.data_plane.get().and_then(|info| info.kernel.as_ref())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mode = self.data_plane.get().map_or("starting", |info| info.mode);
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_data_plane_info Which data plane carries the bytes."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_data_plane_info gauge");
+        let _ = writeln!(out, "devicelink_data_plane_info{{mode=\"{mode}\"}} 1");
+
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_connections_active Connections being carried now."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_connections_active gauge");
+        let _ = writeln!(out, "devicelink_connections_active {}", self.active());
+
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_connections_total Client connections, by how they ended."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_connections_total counter");
+        for (label, value) in RESULTS.iter().zip(&self.results) {
+            let _ = writeln!(
+                out,
+                "devicelink_connections_total{{result=\"{label}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_connections_carried_total Connections carried, by the path their bytes took."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_connections_carried_total counter");
+        for (label, value) in ["kernel", "userspace"].iter().zip(&self.paths) {
+            let _ = writeln!(
+                out,
+                "devicelink_connections_carried_total{{path=\"{label}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+
+        let [to_device, from_device] = self.bytes();
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_bytes_total Payload bytes carried, by direction."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "devicelink_bytes_total{{direction=\"to_device\"}} {to_device}"
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_bytes_total{{direction=\"from_device\"}} {from_device}"
+        );
+
+        let xdp = self
+            .kernel()
+            .map(|k| (k.counters(), k.xdp_interface().is_some()));
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_xdp_attached Whether the XDP source ACL is attached."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_xdp_attached gauge");
+        let _ = writeln!(
+            out,
+            "devicelink_xdp_attached {}",
+            u8::from(xdp.is_some_and(|(_, a)| a))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_xdp_packets_total Packets seen by the XDP source ACL, by verdict and reason."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_xdp_packets_total counter");
+        let counts = xdp.map(|(c, _)| c.xdp).unwrap_or_default();
+        for (verdict, reason, slot) in [
+            ("pass", "allowed", XdpVerdict::Pass),
+            ("pass", "not_inspected", XdpVerdict::NotInspected),
+            ("pass", "malformed", XdpVerdict::Malformed),
+            ("drop", "source_not_allowed", XdpVerdict::DropSource),
+        ] {
+            let _ = writeln!(
+                out,
+                "devicelink_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
+                counts[slot as usize]
+            );
+        }
+        out
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics and probes listening");
+    }
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    debug!(%err, "metrics accept failed");
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            let read = async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (status, content_type, body) = respond(&metrics, &request);
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(err) = stream.write_all(response.as_bytes()).await {
+                debug!(%peer, %err, "metrics response not sent");
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn respond(metrics: &Metrics, request: &[u8]) -> (&'static str, &'static str, String) {
+    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or(path);
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != "GET" && method != "HEAD" {
+        return ("405 Method Not Allowed", TEXT, "only GET\n".into());
+    }
+    match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" if metrics.is_ready() => ("200 OK", TEXT, "ready\n".into()),
+        "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".into()),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_series_the_dashboards_use() {
+        let metrics = Metrics::default();
+        metrics.set_data_plane("userspace", None);
+        metrics.count_result("rejected_acl");
+        metrics.add_bytes(Direction::ToDevice, 5);
+        metrics.connection_opened();
+        let text = metrics.render();
+        for needle in [
+            "devicelink_data_plane_info{mode=\"userspace\"} 1",
+            "devicelink_connections_active 1",
+            "devicelink_connections_total{result=\"rejected_acl\"} 1",
+            "devicelink_connections_total{result=\"completed\"} 0",
+            "devicelink_bytes_total{direction=\"to_device\"} 5",
+            "devicelink_bytes_total{direction=\"from_device\"} 0",
+            "devicelink_xdp_packets_total{verdict=\"pass\",reason=\"allowed\"} 0",
+            "devicelink_xdp_packets_total{verdict=\"drop\",reason=\"source_not_allowed\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn probes_answer() {
+        let metrics = Metrics::default();
+        assert_eq!(
+            respond(&metrics, b"GET /healthz HTTP/1.1\r\n\r\n").0,
+            "200 OK"
+        );
+        assert_eq!(
+            respond(&metrics, b"GET /readyz HTTP/1.1\r\n\r\n").0,
+            "503 Service Unavailable"
+        );
+        metrics.set_ready(true);
+        assert_eq!(
+            respond(&metrics, b"GET /readyz HTTP/1.1\r\n\r\n").0,
+            "200 OK"
+        );
+        assert_eq!(
+            respond(&metrics, b"GET /nope HTTP/1.1\r\n\r\n").0,
+            "404 Not Found"
+        );
+        assert_eq!(
+            respond(&metrics, b"POST /metrics HTTP/1.1\r\n\r\n").0,
+            "405 Method Not Allowed"
+        );
+    }
+}

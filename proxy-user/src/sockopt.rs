@@ -1,0 +1,144 @@
+//! Thin, checked wrappers over the socket options and ioctls the proxy relies on. Each returns
+//! `io::Error` from errno so callers can say which socket and option failed.
+
+use std::{
+    io,
+    mem::{MaybeUninit, size_of},
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn get<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the buffer is `len` bytes and zero-initialised, so a short answer leaves zeros.
+    check(unsafe { libc::getsockopt(fd, level, name, value.as_mut_ptr().cast(), &mut len) })?;
+    // SAFETY: zero-initialised plain-old-data, possibly partly filled by the kernel.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// The socket cookie: the key the verdict program sees as `bpf_get_socket_cookie`.
+pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
+    get::<u64>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE)
+}
+
+/// Minimum bytes queued before TCP wakes a reader. Also decides when TCP calls `data_ready`,
+/// which is what runs the verdict program on a spliced socket.
+pub fn set_rcvlowat(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
+    set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// Send buffer size beyond `net.core.wmem_max` (needs CAP_NET_ADMIN).
+pub fn force_sndbuf(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    set_int(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        bytes,
+    )
+}
+
+pub fn tcp_info(sock: &impl AsRawFd) -> io::Result<libc::tcp_info> {
+    get::<libc::tcp_info>(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO)
+}
+
+/// The pending socket error (`SO_ERROR`), cleared by reading it.
+pub fn take_error(sock: &impl AsRawFd) -> io::Result<Option<io::Error>> {
+    let errno = get::<libc::c_int>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((errno != 0).then(|| io::Error::from_raw_os_error(errno)))
+}
+
+/// Bytes in the send queue not yet acknowledged by the peer (sent or not).
+pub fn unacked_outq(sock: &impl AsRawFd) -> io::Result<u64> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut value) })?;
+    Ok(u64::try_from(value).unwrap_or(0))
+}
+
+/// Every byte ever put into this socket's send queue: acknowledged plus still queued.
+pub fn bytes_queued_total(sock: &impl AsRawFd) -> io::Result<u64> {
+    Ok(tcp_info(sock)?.tcpi_bytes_acked + unacked_outq(sock)?)
+}
+
+/// Makes the next `close` send a RST instead of a FIN: how a reset is passed on to the peer.
+pub fn set_linger_reset(sock: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` outlives the call and its size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Whether the peer's FIN has been received (the read side is shut), and whether the socket has
+/// an error or is fully hung up, without blocking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollState {
+    pub read_closed: bool,
+    pub error: bool,
+    pub hung_up: bool,
+}
+
+pub fn poll_state(sock: &impl AsRawFd) -> io::Result<PollState> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    check(unsafe { libc::poll(&mut pfd, 1, 0) })?;
+    Ok(PollState {
+        read_closed: pfd.revents & libc::POLLRDHUP != 0,
+        error: pfd.revents & libc::POLLERR != 0,
+        hung_up: pfd.revents & libc::POLLHUP != 0,
+    })
+}
+
+/// Keepalive so that a vanished peer (device rebooted, NAT state lost) is noticed eventually
+/// even on a connection that carries nothing.
+pub fn set_keepalive(sock: &impl AsRawFd, idle: Duration) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    let secs = i32::try_from(idle.as_secs().max(1)).unwrap_or(i32::MAX);
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15)?;
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4)
+}
+
+pub fn shutdown_write(sock: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+}
