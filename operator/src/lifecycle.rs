@@ -1,0 +1,560 @@
+//! What a link should be right now, and the status that says so. Pure: the controller feeds in
+//! the object, the clock and what the API server reported, and carries out the answer.
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+
+use crate::resource::{
+    DeviceLink, DeviceLinkStatus, InvalidSpec, Phase, ValidLink, format_instant,
+};
+
+/// The decision for one link at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Desired {
+    /// Apply the children; the link closes at `expires_at`.
+    Open {
+        link: ValidLink,
+        enabled_at: Timestamp,
+        expires_at: Timestamp,
+    },
+    /// Remove the children: disabled by the user.
+    Disabled { enabled_at: Option<Timestamp> },
+    /// Remove the children: the TTL or `expiresAt` has passed.
+    Expired {
+        enabled_at: Timestamp,
+        expires_at: Timestamp,
+    },
+    /// Remove the children: the spec cannot be carried out.
+    Invalid(InvalidSpec),
+}
+
+/// Decides from the spec, the previous status and the clock.
+///
+/// A TTL counts from `status.enabledAt`, which is set when the link goes from disabled (or
+/// never enabled) to enabled: so re-enabling restarts the TTL, and anything else (an ACL
+/// change, an operator restart) keeps it.
+pub fn decide(link: &DeviceLink, now: Timestamp) -> Desired {
+    let valid = match link.validate() {
+        Ok(valid) => valid,
+        Err(invalid) => return Desired::Invalid(invalid),
+    };
+    let previous = link.status.as_ref();
+    let previous_enabled_at = previous.and_then(|s| s.enabled_at.as_ref()).map(|t| t.0);
+    if !valid.enabled {
+        return Desired::Disabled {
+            enabled_at: previous_enabled_at,
+        };
+    }
+    let was_disabled = previous.and_then(|s| s.phase) == Some(Phase::Disabled);
+    let enabled_at = match previous_enabled_at {
+        Some(at) if !was_disabled => at,
+        _ => now,
+    };
+    let expires_at = valid.lifetime.expires_at(enabled_at);
+    if now >= expires_at {
+        Desired::Expired {
+            enabled_at,
+            expires_at,
+        }
+    } else {
+        Desired::Open {
+            link: valid,
+            enabled_at,
+            expires_at,
+        }
+    }
+}
+
+/// What the API server said about the applied children.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// ADDRESS:PORT from the Service's load balancer ingress, once there is one.
+    pub endpoint: Option<String>,
+    /// Whether a proxy pod passes its /readyz.
+    pub proxy_ready: bool,
+}
+
+impl Observed {
+    pub fn from_children(service: &Service, deployment: &Deployment) -> Self {
+        Self {
+            endpoint: endpoint_of(service),
+            proxy_ready: deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= 1,
+        }
+    }
+}
+
+/// The first load balancer ingress address with the Service's port, IPv6 bracketed.
+pub fn endpoint_of(service: &Service) -> Option<String> {
+    let port = service.spec.as_ref()?.ports.as_ref()?.first()?.port;
+    let ingress = service
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?;
+    ingress.iter().find_map(|entry| {
+        let address = entry
+            .ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty())
+            .or(entry.hostname.as_deref().filter(|h| !h.is_empty()))?;
+        Some(if address.contains(':') {
+            format!("[{address}]:{port}")
+        } else {
+            format!("{address}:{port}")
+        })
+    })
+}
+
+/// The status that describes `desired` (with `observed` for an open link).
+pub fn status_for(
+    link: &DeviceLink,
+    desired: &Desired,
+    observed: &Observed,
+    now: Timestamp,
+) -> DeviceLinkStatus {
+    let child = crate::resource::child_name(&link.metadata.name.clone().unwrap_or_default());
+    let (phase, endpoint, enabled_at, expires_at, ready, reason, message) = match desired {
+        Desired::Open {
+            enabled_at,
+            expires_at,
+            ..
+        } => {
+            let until = format_instant(*expires_at);
+            match (&observed.endpoint, observed.proxy_ready) {
+                (Some(endpoint), true) => (
+                    Phase::Active,
+                    Some(endpoint.clone()),
+                    Some(*enabled_at),
+                    Some(*expires_at),
+                    true,
+                    "Active",
+                    format!("open at {endpoint} until {until}"),
+                ),
+                (None, _) => (
+                    Phase::Pending,
+                    None,
+                    Some(*enabled_at),
+                    Some(*expires_at),
+                    false,
+                    "WaitingForLoadBalancer",
+                    format!(
+                        "Service {child} has no load balancer address yet; if this lasts, check that the cluster has a load balancer implementation (kubectl describe service {child})"
+                    ),
+                ),
+                (Some(endpoint), false) => (
+                    Phase::Pending,
+                    Some(endpoint.clone()),
+                    Some(*enabled_at),
+                    Some(*expires_at),
+                    false,
+                    "WaitingForProxy",
+                    format!(
+                        "endpoint {endpoint} assigned, proxy not ready yet; if this lasts, see kubectl logs deployment/{child}"
+                    ),
+                ),
+            }
+        }
+        Desired::Disabled { enabled_at } => (
+            Phase::Disabled,
+            None,
+            *enabled_at,
+            None,
+            false,
+            "Disabled",
+            "spec.enabled is false; set it to true to open the link (the TTL restarts)".to_owned(),
+        ),
+        Desired::Expired {
+            enabled_at,
+            expires_at,
+        } => (
+            Phase::Expired,
+            None,
+            Some(*enabled_at),
+            Some(*expires_at),
+            false,
+            "Expired",
+            format!(
+                "closed at {}; to reopen, disable and re-enable it (restarts spec.ttl) or move spec.expiresAt later",
+                format_instant(*expires_at)
+            ),
+        ),
+        Desired::Invalid(invalid) => {
+            let previous = link.status.as_ref();
+            (
+                Phase::Failed,
+                None,
+                previous.and_then(|s| s.enabled_at.as_ref()).map(|t| t.0),
+                None,
+                false,
+                "InvalidSpec",
+                invalid.to_string(),
+            )
+        }
+    };
+    let generation = link.metadata.generation;
+    let ready_status = if ready { "True" } else { "False" };
+    let previous_ready = link
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    // The transition time moves only when the condition's status does, as Kubernetes expects.
+    let last_transition_time = match previous_ready {
+        Some(previous) if previous.status == ready_status => previous.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    DeviceLinkStatus {
+        phase: Some(phase),
+        endpoint,
+        enabled_at: enabled_at.map(Time),
+        expires_at: expires_at.map(Time),
+        observed_generation: generation,
+        conditions: vec![Condition {
+            type_: "Ready".to_owned(),
+            status: ready_status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        }],
+    }
+}
+
+/// A Kubernetes Event worth publishing for a change of phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub reason: &'static str,
+    pub warning: bool,
+    pub note: String,
+}
+
+/// Events for opened, closed, expired and failed: once per change, not once per reconcile.
+pub fn transition(previous: Option<Phase>, status: &DeviceLinkStatus) -> Option<Transition> {
+    let phase = status.phase?;
+    if previous == Some(phase) {
+        return None;
+    }
+    let message = status
+        .conditions
+        .first()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    match phase {
+        Phase::Active => Some(Transition {
+            reason: "Opened",
+            warning: false,
+            note: message,
+        }),
+        Phase::Disabled if matches!(previous, Some(Phase::Active | Phase::Pending)) => {
+            Some(Transition {
+                reason: "Closed",
+                warning: false,
+                note: "disabled: endpoint and proxy removed".to_owned(),
+            })
+        }
+        Phase::Expired => Some(Transition {
+            reason: "Expired",
+            warning: false,
+            note: message,
+        }),
+        Phase::Failed => Some(Transition {
+            reason: "Failed",
+            warning: true,
+            note: message,
+        }),
+        Phase::Pending | Phase::Disabled => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
+
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn link(spec: &str, status: Option<DeviceLinkStatus>) -> DeviceLink {
+        let yaml = format!(
+            "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLink\nmetadata: {{name: pump-17-ssh, namespace: plant-a, generation: 3}}\nspec:\n  device: {{host: 10.20.30.40, port: 22}}\n  allowedSourceRanges: [203.0.113.0/24]\n{spec}"
+        );
+        let mut link: DeviceLink = serde_yaml::from_str(&yaml).expect("test YAML");
+        link.status = status;
+        link
+    }
+
+    fn status(phase: Phase, enabled_at: &str) -> DeviceLinkStatus {
+        DeviceLinkStatus {
+            phase: Some(phase),
+            enabled_at: Some(Time(at(enabled_at))),
+            ..DeviceLinkStatus::default()
+        }
+    }
+
+    #[test]
+    fn new_link_opens_now_and_expires_a_ttl_later() {
+        let now = at("2026-11-25T08:00:00Z");
+        match decide(&link("  ttl: 2h\n", None), now) {
+            Desired::Open {
+                enabled_at,
+                expires_at,
+                ..
+            } => {
+                assert_eq!(enabled_at, now);
+                assert_eq!(expires_at, at("2026-11-25T10:00:00Z"));
+            }
+            other => panic!("expected Open, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ttl_keeps_counting_from_the_recorded_enable_across_reconciles() {
+        let link = link(
+            "  ttl: 2h\n",
+            Some(status(Phase::Active, "2026-11-25T08:00:00Z")),
+        );
+        match decide(&link, at("2026-11-25T09:59:59Z")) {
+            Desired::Open { expires_at, .. } => assert_eq!(expires_at, at("2026-11-25T10:00:00Z")),
+            other => panic!("expected Open, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_is_exactly_at_the_instant() {
+        let link = link(
+            "  ttl: 2h\n",
+            Some(status(Phase::Active, "2026-11-25T08:00:00Z")),
+        );
+        let expiry = at("2026-11-25T10:00:00Z");
+        assert!(
+            matches!(decide(&link, expiry), Desired::Expired { expires_at, .. } if expires_at == expiry)
+        );
+        let just_before = expiry.checked_sub(Duration::from_millis(1)).unwrap();
+        assert!(matches!(decide(&link, just_before), Desired::Open { .. }));
+    }
+
+    #[test]
+    fn re_enabling_restarts_the_ttl() {
+        let link = link(
+            "  ttl: 2h\n",
+            Some(status(Phase::Disabled, "2026-11-25T08:00:00Z")),
+        );
+        let now = at("2026-11-25T12:00:00Z");
+        match decide(&link, now) {
+            Desired::Open {
+                enabled_at,
+                expires_at,
+                ..
+            } => {
+                assert_eq!(enabled_at, now, "a re-enabled link counts from now");
+                assert_eq!(expires_at, at("2026-11-25T14:00:00Z"));
+            }
+            other => panic!("expected Open, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expired_link_stays_expired_until_reenabled_or_extended() {
+        let expired = link(
+            "  ttl: 2h\n",
+            Some(status(Phase::Expired, "2026-11-25T08:00:00Z")),
+        );
+        assert!(matches!(
+            decide(&expired, at("2026-11-25T12:00:00Z")),
+            Desired::Expired { .. }
+        ));
+        let extended = link(
+            "  ttl: 5h\n",
+            Some(status(Phase::Expired, "2026-11-25T08:00:00Z")),
+        );
+        assert!(
+            matches!(
+                decide(&extended, at("2026-11-25T12:00:00Z")),
+                Desired::Open { .. }
+            ),
+            "a longer TTL reopens"
+        );
+    }
+
+    #[test]
+    fn disabled_link_keeps_its_enable_time_for_the_record() {
+        let link = link(
+            "  ttl: 2h\n  enabled: false\n",
+            Some(status(Phase::Active, "2026-11-25T08:00:00Z")),
+        );
+        assert_eq!(
+            decide(&link, at("2026-11-25T09:00:00Z")),
+            Desired::Disabled {
+                enabled_at: Some(at("2026-11-25T08:00:00Z"))
+            }
+        );
+    }
+
+    #[test]
+    fn absolute_expiry_in_the_past_is_expired_at_once() {
+        let link = link("  expiresAt: '2026-11-25T07:00:00Z'\n", None);
+        assert!(matches!(
+            decide(&link, at("2026-11-25T08:00:00Z")),
+            Desired::Expired { .. }
+        ));
+    }
+
+    fn service_with_ingress(ip: Option<&str>, hostname: Option<&str>) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    port: 22,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: ip.map(Into::into),
+                        hostname: hostname.map(Into::into),
+                        ..LoadBalancerIngress::default()
+                    }]),
+                }),
+                ..ServiceStatus::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn endpoint_comes_from_the_load_balancer_ip_or_hostname() {
+        assert_eq!(
+            endpoint_of(&service_with_ingress(Some("198.51.100.7"), None)).as_deref(),
+            Some("198.51.100.7:22")
+        );
+        assert_eq!(
+            endpoint_of(&service_with_ingress(Some("2001:db8::7"), None)).as_deref(),
+            Some("[2001:db8::7]:22")
+        );
+        assert_eq!(
+            endpoint_of(&service_with_ingress(None, Some("lb-1.example.net"))).as_deref(),
+            Some("lb-1.example.net:22")
+        );
+        assert_eq!(
+            endpoint_of(&Service::default()),
+            None,
+            "no status yet, no endpoint"
+        );
+    }
+
+    #[test]
+    fn open_link_is_pending_until_endpoint_and_ready_proxy_then_active() {
+        let now = at("2026-11-25T08:00:00Z");
+        let link = link("  ttl: 2h\n", None);
+        let desired = decide(&link, now);
+        let waiting = status_for(&link, &desired, &Observed::default(), now);
+        assert_eq!(waiting.phase, Some(Phase::Pending));
+        assert_eq!(waiting.conditions[0].reason, "WaitingForLoadBalancer");
+        assert_eq!(waiting.observed_generation, Some(3));
+        let observed = Observed {
+            endpoint: Some("198.51.100.7:22".into()),
+            proxy_ready: true,
+        };
+        let active = status_for(&link, &desired, &observed, now);
+        assert_eq!(active.phase, Some(Phase::Active));
+        assert_eq!(active.endpoint.as_deref(), Some("198.51.100.7:22"));
+        assert_eq!(active.conditions[0].status, "True");
+        assert_eq!(active.expires_at, Some(Time(at("2026-11-25T10:00:00Z"))));
+    }
+
+    #[test]
+    fn invalid_spec_fails_with_the_field_in_the_condition() {
+        let now = at("2026-11-25T08:00:00Z");
+        let link = link("", None);
+        let desired = decide(&link, now);
+        let status = status_for(&link, &desired, &Observed::default(), now);
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.conditions[0].reason, "InvalidSpec");
+        assert!(
+            status.conditions[0]
+                .message
+                .contains("spec.ttl/spec.expiresAt"),
+            "{:?}",
+            status.conditions[0]
+        );
+    }
+
+    #[test]
+    fn condition_transition_time_only_moves_when_status_changes() {
+        let t0 = at("2026-11-25T08:00:00Z");
+        let t1 = at("2026-11-25T08:05:00Z");
+        let mut link = link("  ttl: 2h\n", None);
+        let first = status_for(&link, &decide(&link, t0), &Observed::default(), t0);
+        link.status = Some(first.clone());
+        let second = status_for(&link, &decide(&link, t1), &Observed::default(), t1);
+        assert_eq!(
+            second.conditions[0].last_transition_time,
+            Time(t0),
+            "still False: time kept"
+        );
+        assert_eq!(
+            second, first,
+            "nothing changed, so the status is identical (and not re-patched)"
+        );
+    }
+
+    #[test]
+    fn events_fire_once_per_phase_change() {
+        let active = DeviceLinkStatus {
+            phase: Some(Phase::Active),
+            ..DeviceLinkStatus::default()
+        };
+        assert_eq!(
+            transition(Some(Phase::Pending), &active).map(|t| t.reason),
+            Some("Opened")
+        );
+        assert_eq!(
+            transition(Some(Phase::Active), &active),
+            None,
+            "no event when nothing changed"
+        );
+        let disabled = DeviceLinkStatus {
+            phase: Some(Phase::Disabled),
+            ..DeviceLinkStatus::default()
+        };
+        assert_eq!(
+            transition(Some(Phase::Active), &disabled).map(|t| t.reason),
+            Some("Closed")
+        );
+        assert_eq!(
+            transition(None, &disabled),
+            None,
+            "created disabled: nothing was closed"
+        );
+        let expired = DeviceLinkStatus {
+            phase: Some(Phase::Expired),
+            ..DeviceLinkStatus::default()
+        };
+        assert_eq!(
+            transition(Some(Phase::Active), &expired).map(|t| t.reason),
+            Some("Expired")
+        );
+        let failed = DeviceLinkStatus {
+            phase: Some(Phase::Failed),
+            ..DeviceLinkStatus::default()
+        };
+        let event = transition(None, &failed).expect("failure event");
+        assert!(event.warning);
+    }
+}

@@ -1,0 +1,501 @@
+//! A validated DeviceLink rendered into the two children the operator applies: a LoadBalancer
+//! Service and a Deployment of `devicelink-proxy` pods. Pure, and shared by the controller and
+//! `devicelink-operator render`, so what is reviewed is what is applied.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+            ServicePort, ServiceSpec,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+    jiff::Timestamp,
+};
+
+use crate::resource::{GROUP, ValidLink, format_duration, format_instant};
+
+/// The one field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "devicelink-operator";
+
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "devicelink-operator";
+
+/// Label naming the DeviceLink a child belongs to; the Service selects pods by it.
+pub const LINK_LABEL: &str = "devicelink.io/link";
+
+/// The port the proxy listens on inside its pod. Fixed and unprivileged so the container needs
+/// no CAP_NET_BIND_SERVICE even for links on 22 or 80; the Service maps the endpoint port to it.
+pub const PROXY_LISTEN_PORT: u16 = 10_000;
+
+/// Where the proxy serves /metrics, /healthz and /readyz.
+pub const PROXY_METRICS_PORT: u16 = 9100;
+
+/// The pod's only interface, where the proxy attaches its XDP source ACL.
+pub const POD_INTERFACE: &str = "eth0";
+
+/// The proxy image and how to pull it: the operator's configuration, not the link's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyImage {
+    pub image: String,
+    pub pull_policy: Option<String>,
+}
+
+/// Everything the operator applies for an open link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub service: Service,
+    pub deployment: Deployment,
+}
+
+impl Children {
+    /// The two objects as a multi-document YAML stream, Service first.
+    pub fn to_yaml(&self) -> Result<String, serde_json::Error> {
+        Ok(format!(
+            "---\n{}---\n{}",
+            crate::yaml::to_string(&self.service)?,
+            crate::yaml::to_string(&self.deployment)?
+        ))
+    }
+}
+
+/// Renders the Service and Deployment for an enabled, unexpired link that closes at `expires_at`.
+pub fn render(link: &ValidLink, expires_at: Timestamp, proxy: &ProxyImage) -> Children {
+    Children {
+        service: render_service(link),
+        deployment: render_deployment(link, expires_at, proxy),
+    }
+}
+
+/// Labels on both children and on the proxy pods.
+pub fn child_labels(link_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "devicelink-proxy".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            link_name.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
+        (LINK_LABEL.to_owned(), link_name.to_owned()),
+    ])
+}
+
+/// Selects exactly this link's proxy pods (and nothing a user may label alike by accident).
+fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "devicelink-proxy".to_owned(),
+        ),
+        (LINK_LABEL.to_owned(), link_name.to_owned()),
+    ])
+}
+
+fn child_metadata(link: &ValidLink) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(link.child_name()),
+        namespace: Some(link.namespace.clone()),
+        labels: Some(child_labels(&link.name)),
+        // Without a uid (a file given to `render` that never was in a cluster) there is nothing
+        // to point at yet; the controller always has one.
+        owner_references: link.uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: format!("{GROUP}/v1alpha1"),
+                kind: "DeviceLink".to_owned(),
+                name: link.name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The public endpoint: only the allowed ranges get through the load balancer, and
+/// `externalTrafficPolicy: Local` keeps the client's address so the proxy's own ACL sees it.
+pub fn render_service(link: &ValidLink) -> Service {
+    Service {
+        metadata: child_metadata(link),
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".to_owned()),
+            external_traffic_policy: Some("Local".to_owned()),
+            load_balancer_source_ranges: Some(
+                link.allowed_source_ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
+            // Both families where the cluster has them, so IPv6 allowed ranges can be used.
+            ip_family_policy: Some("PreferDualStack".to_owned()),
+            selector: Some(pod_selector(&link.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("link".to_owned()),
+                protocol: Some("TCP".to_owned()),
+                port: i32::from(link.port),
+                target_port: Some(IntOrString::String("link".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The proxy's command line for this link.
+pub fn proxy_args(link: &ValidLink, expires_at: Timestamp) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("0.0.0.0:{PROXY_LISTEN_PORT}"),
+        "--device".to_owned(),
+        link.device.to_string(),
+    ];
+    for range in &link.allowed_source_ranges {
+        args.push("--allow".to_owned());
+        args.push(range.to_string());
+    }
+    args.extend([
+        "--data-plane".to_owned(),
+        link.data_plane.as_flag().to_owned(),
+        "--xdp-interface".to_owned(),
+        POD_INTERFACE.to_owned(),
+        "--metrics".to_owned(),
+        format!("0.0.0.0:{PROXY_METRICS_PORT}"),
+    ]);
+    if let Some(idle) = link.idle_timeout {
+        args.extend(["--idle-timeout".to_owned(), format_duration(idle)]);
+    }
+    if let Some(max) = link.max_connections {
+        args.extend(["--max-connections".to_owned(), max.to_string()]);
+    }
+    // The proxy closes every connection at this instant by itself, even if the operator is down.
+    args.extend(["--expires-at".to_owned(), format_instant(expires_at)]);
+    args.extend(["--log-format".to_owned(), "json".to_owned()]);
+    args
+}
+
+fn http_probe(path: &str, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// One proxy pod, one container, no sidecar.
+pub fn render_deployment(
+    link: &ValidLink,
+    expires_at: Timestamp,
+    proxy: &ProxyImage,
+) -> Deployment {
+    let container = Container {
+        name: "proxy".to_owned(),
+        image: Some(proxy.image.clone()),
+        image_pull_policy: proxy.pull_policy.clone(),
+        args: Some(proxy_args(link, expires_at)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("link".to_owned()),
+                container_port: i32::from(PROXY_LISTEN_PORT),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: i32::from(PROXY_METRICS_PORT),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2)),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("50m".to_owned())),
+                ("memory".to_owned(), Quantity("32Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("256Mi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(proxy_security_context()),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: child_metadata(link),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(pod_selector(&link.name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(child_labels(&link.name)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The proxy never talks to the API server.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Least privilege for the eBPF data plane:
+/// - BPF loads the programs and creates the maps (the LPM tries, the sockhash);
+/// - NET_ADMIN attaches XDP to the pod's eth0 and the sk_skb verdict to the sockhash;
+/// - PERFMON lets the verifier accept the pointer arithmetic and helpers the programs use.
+///
+/// Not SYS_RESOURCE: kernels from 5.11 charge BPF memory to the cgroup instead of RLIMIT_MEMLOCK,
+/// and CAP_BPF itself needs 5.8; on 5.8-5.10 `dataPlane: auto` falls back to the userspace copy
+/// rather than widening every link's privileges. Not privileged, no host network, no bpffs
+/// mount (nothing is pinned). It runs as uid 0 because Kubernetes grants added capabilities to
+/// root only (there are no ambient capabilities for non-root containers); every other
+/// capability is dropped and privilege escalation is off, so that root is confined to these three.
+fn proxy_security_context() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: Some(vec![
+                "BPF".to_owned(),
+                "NET_ADMIN".to_owned(),
+                "PERFMON".to_owned(),
+            ]),
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::resource::{DataPlane, DeviceAddr, Lifetime};
+
+    fn link() -> ValidLink {
+        ValidLink {
+            name: "pump-17-ssh".into(),
+            namespace: "plant-a".into(),
+            uid: Some("5c1c1b5e-0000-4000-8000-000000000017".into()),
+            enabled: true,
+            device: DeviceAddr {
+                host: "10.20.30.40".into(),
+                port: 22,
+            },
+            port: 2222,
+            allowed_source_ranges: vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            lifetime: Lifetime::Ttl(Duration::from_secs(7200)),
+            idle_timeout: Some(Duration::from_secs(900)),
+            max_connections: Some(16),
+            data_plane: DataPlane::Ebpf,
+        }
+    }
+
+    fn image() -> ProxyImage {
+        ProxyImage {
+            image: "ghcr.io/example/devicelink-proxy:0.1.0".into(),
+            pull_policy: Some("IfNotPresent".into()),
+        }
+    }
+
+    fn expires() -> Timestamp {
+        "2026-11-25T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn service_is_a_source_restricted_load_balancer_keeping_client_addresses() {
+        let service = render_service(&link());
+        let spec = service.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(
+            spec.external_traffic_policy.as_deref(),
+            Some("Local"),
+            "the proxy's ACL needs real client addresses"
+        );
+        assert_eq!(
+            spec.load_balancer_source_ranges,
+            Some(vec![
+                "203.0.113.0/24".to_owned(),
+                "2001:db8::/32".to_owned()
+            ])
+        );
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!(port.port, 2222, "the endpoint port is spec.port");
+        assert_eq!(port.target_port, Some(IntOrString::String("link".into())));
+        assert_eq!(
+            spec.selector
+                .expect("selector")
+                .get(LINK_LABEL)
+                .map(String::as_str),
+            Some("pump-17-ssh"),
+            "selects only this link's pods"
+        );
+    }
+
+    #[test]
+    fn both_children_are_owned_by_the_link_and_labelled() {
+        let children = render(&link(), expires(), &image());
+        for meta in [&children.service.metadata, &children.deployment.metadata] {
+            assert_eq!(meta.name.as_deref(), Some("devicelink-pump-17-ssh"));
+            assert_eq!(meta.namespace.as_deref(), Some("plant-a"));
+            let labels = meta.labels.as_ref().expect("labels");
+            assert_eq!(
+                labels
+                    .get("app.kubernetes.io/managed-by")
+                    .map(String::as_str),
+                Some(MANAGED_BY)
+            );
+            assert_eq!(
+                labels.get(LINK_LABEL).map(String::as_str),
+                Some("pump-17-ssh")
+            );
+            let owner = &meta.owner_references.as_ref().expect("owner references")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str()),
+                ("DeviceLink", "pump-17-ssh")
+            );
+            assert_eq!(owner.api_version, "devicelink.io/v1alpha1");
+            assert_eq!(
+                owner.controller,
+                Some(true),
+                "garbage collection deletes children with the link"
+            );
+        }
+    }
+
+    #[test]
+    fn link_without_uid_renders_without_owner_reference() {
+        let mut link = link();
+        link.uid = None;
+        assert!(render_service(&link).metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn proxy_flags_carry_every_setting_of_the_link() {
+        let args = proxy_args(&link(), expires()).join(" ");
+        assert_eq!(
+            args,
+            "--listen 0.0.0.0:10000 --device 10.20.30.40:22 --allow 203.0.113.0/24 --allow 2001:db8::/32 \
+             --data-plane ebpf --xdp-interface eth0 --metrics 0.0.0.0:9100 --idle-timeout 15m \
+             --max-connections 16 --expires-at 2026-11-25T10:00:00Z --log-format json"
+        );
+    }
+
+    #[test]
+    fn optional_flags_are_left_to_the_proxy_defaults() {
+        let mut link = link();
+        link.idle_timeout = None;
+        link.max_connections = None;
+        let args = proxy_args(&link, expires());
+        assert!(!args.contains(&"--idle-timeout".to_owned()));
+        assert!(!args.contains(&"--max-connections".to_owned()));
+        assert!(
+            args.contains(&"--expires-at".to_owned()),
+            "expiry is always enforced by the proxy too"
+        );
+    }
+
+    #[test]
+    fn deployment_runs_one_unprivileged_proxy_with_ebpf_capabilities_and_probes() {
+        let deployment = render_deployment(&link(), expires(), &image());
+        let spec = deployment.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.expect("pod spec");
+        assert_eq!(pod.containers.len(), 1, "one container, no sidecar");
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("ghcr.io/example/devicelink-proxy:0.1.0")
+        );
+        let security = container
+            .security_context
+            .as_ref()
+            .expect("security context");
+        assert_eq!(security.privileged, Some(false));
+        let caps = security.capabilities.as_ref().expect("capabilities");
+        assert_eq!(
+            caps.add,
+            Some(vec!["BPF".into(), "NET_ADMIN".into(), "PERFMON".into()])
+        );
+        assert_eq!(caps.drop, Some(vec!["ALL".into()]));
+        let readiness = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("readiness");
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+        let liveness = container
+            .liveness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("liveness");
+        assert_eq!(liveness.path.as_deref(), Some("/healthz"));
+        // The pod template's labels must satisfy the Deployment's selector, or the API server rejects it.
+        let template_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("template labels");
+        for (key, value) in spec.selector.match_labels.expect("selector") {
+            assert_eq!(
+                template_labels.get(&key),
+                Some(&value),
+                "selector label {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_device_is_bracketed_in_the_device_flag() {
+        let mut link = link();
+        link.device = DeviceAddr {
+            host: "2001:db8::7".into(),
+            port: 5900,
+        };
+        assert!(proxy_args(&link, expires()).contains(&"[2001:db8::7]:5900".to_owned()));
+    }
+}

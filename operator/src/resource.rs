@@ -1,0 +1,751 @@
+//! The `DeviceLink` custom resource: its wire types (which generate the CRD schema) and the
+//! validation that turns a spec into a [`ValidLink`]. Pure: no I/O, no clock of its own.
+//!
+//! Fields arrive as loosely typed as the schema allows (ports as integers, ranges, durations and
+//! instants as strings) so that a bad value still deserializes and can be reported in the
+//! object's status, naming the field and the fix, instead of breaking the watch.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{CustomResource, KubeSchema, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every devicelink resource.
+pub const GROUP: &str = "devicelink.io";
+
+/// Child objects are named `devicelink-<link>`: the prefix keeps them from colliding with (and
+/// server-side apply from taking over) a user's own Service or Deployment of the same name.
+pub const CHILD_NAME_PREFIX: &str = "devicelink-";
+
+/// A Service name is a DNS-1035 label of at most 63 characters; minus the prefix, that is
+/// what a link's name may use.
+pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
+
+/// An on-demand, source-restricted TCP path from the internet to one device on a private network.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "devicelink.io",
+    version = "v1alpha1",
+    kind = "DeviceLink",
+    plural = "devicelinks",
+    shortname = "dl",
+    namespaced,
+    status = "DeviceLinkStatus",
+    derive = "PartialEq",
+    doc = "An on-demand, source-restricted TCP path from the internet to one device on a private network.",
+    printcolumn(name = "Device", type_ = "string", json_path = ".spec.device.host"),
+    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.device.port"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 52 && !self.metadata.name.contains('.') && self.metadata.name.matches('^[a-z]')")
+        .message("metadata.name must start with a letter, have no '.', and be at most 52 characters (children are named devicelink-<name>, a DNS-1035 label)")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.ttl) != has(self.expiresAt)")
+        .message("set exactly one of spec.ttl (e.g. 2h) or spec.expiresAt (e.g. 2026-11-25T10:00:00Z)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLinkSpec {
+    /// Whether the link is open. Setting it back to true after false restarts the TTL.
+    #[serde(default = "enabled_by_default")]
+    #[schemars(default = "enabled_by_default")]
+    pub enabled: bool,
+
+    /// The device on the private network that the link leads to.
+    pub device: Device,
+
+    /// Port of the public endpoint; defaults to the device's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i64>,
+
+    /// Source address blocks (IPv4 or IPv6 CIDR) allowed to connect; at least one.
+    // Bounded lengths keep the CEL rule's estimated cost within the API server's budget.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))").message("every spec.allowedSourceRanges entry must be a CIDR such as 203.0.113.0/24 or 2001:db8::/32"))]
+    pub allowed_source_ranges: Vec<String>,
+
+    /// How long the link stays open, counted from when it was last enabled (e.g. 2h, 90m, 1h30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    pub ttl: Option<String>,
+
+    /// When the link closes (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expires_at: Option<String>,
+
+    /// Close a connection that carried no byte either way for this long (e.g. 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    pub idle_timeout: Option<String>,
+
+    /// Connections carried at once; more are refused. The proxy's default (1024) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<i64>,
+
+    /// Which data plane carries the bytes: eBPF splice when possible (`auto`), only eBPF, or
+    /// only the userspace copy.
+    #[serde(default)]
+    pub data_plane: DataPlane,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Where the device listens, as seen from the cluster's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct Device {
+    /// IP address or DNS name of the device.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TCP port of the device.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i64,
+}
+
+/// Which data plane the proxy uses.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPlane {
+    /// eBPF splice when the kernel and privileges allow, else the userspace copy.
+    #[default]
+    Auto,
+    /// eBPF splice, or the proxy fails at start.
+    Ebpf,
+    /// Userspace copy only.
+    Userspace,
+}
+
+impl DataPlane {
+    /// The value of the proxy's `--data-plane` flag.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            DataPlane::Auto => "auto",
+            DataPlane::Ebpf => "ebpf",
+            DataPlane::Userspace => "userspace",
+        }
+    }
+}
+
+/// What the operator last saw and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLinkStatus {
+    /// Pending, Active, Disabled, Expired or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// ADDRESS:PORT to connect to, once the load balancer reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// When the link was last enabled; a TTL counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_at: Option<Time>,
+    /// When the link closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: whether the endpoint accepts connections, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where a link is in its life.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Children applied; waiting for the load balancer's address or the proxy's readiness.
+    Pending,
+    /// Endpoint assigned and the proxy ready.
+    Active,
+    /// `spec.enabled` is false; no children.
+    Disabled,
+    /// The TTL or `expiresAt` has passed; no children.
+    Expired,
+    /// The spec is invalid; no children. The Ready condition says which field and how to fix it.
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Pending,
+        Phase::Active,
+        Phase::Disabled,
+        Phase::Expired,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Active => "Active",
+            Phase::Disabled => "Disabled",
+            Phase::Expired => "Expired",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A spec that cannot be carried out: which field, what is wrong, and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}; {fix}")]
+pub struct InvalidSpec {
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl InvalidSpec {
+    fn new(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// How a link's end is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Counted from when the link was last enabled.
+    Ttl(Duration),
+    /// An absolute instant.
+    Until(Timestamp),
+}
+
+impl Lifetime {
+    /// The instant the link closes, given when it was (last) enabled.
+    pub fn expires_at(self, enabled_at: Timestamp) -> Timestamp {
+        match self {
+            Lifetime::Ttl(ttl) => enabled_at.checked_add(ttl).unwrap_or(Timestamp::MAX),
+            Lifetime::Until(at) => at,
+        }
+    }
+}
+
+/// The device as the proxy's `--device` flag wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for DeviceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A DeviceLink whose every field has been checked; all decisions are made from this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidLink {
+    pub name: String,
+    pub namespace: String,
+    pub uid: Option<String>,
+    pub enabled: bool,
+    pub device: DeviceAddr,
+    /// Port of the public endpoint.
+    pub port: u16,
+    pub allowed_source_ranges: Vec<IpNet>,
+    pub lifetime: Lifetime,
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<u32>,
+    pub data_plane: DataPlane,
+}
+
+impl ValidLink {
+    /// Name of the Service and the Deployment.
+    pub fn child_name(&self) -> String {
+        child_name(&self.name)
+    }
+}
+
+/// Name of a link's Service and Deployment.
+pub fn child_name(link_name: &str) -> String {
+    format!("{CHILD_NAME_PREFIX}{link_name}")
+}
+
+impl DeviceLink {
+    /// Checks every field; the first problem found is returned, naming the field and the fix.
+    pub fn validate(&self) -> Result<ValidLink, InvalidSpec> {
+        let name = self.name_any();
+        validate_name(&name)?;
+        let namespace = self.namespace().unwrap_or_else(|| "default".to_owned());
+        let spec = &self.spec;
+
+        let device_port = validate_port("spec.device.port", spec.device.port)?;
+        let device = DeviceAddr {
+            host: validate_host(&spec.device.host)?,
+            port: device_port,
+        };
+        let port = match spec.port {
+            Some(port) => validate_port("spec.port", port)?,
+            None => device_port,
+        };
+
+        if spec.allowed_source_ranges.is_empty() {
+            return Err(InvalidSpec::new(
+                "spec.allowedSourceRanges",
+                "is empty, so nobody could connect",
+                "list at least one source block, e.g. [203.0.113.0/24] (your office's public range)",
+            ));
+        }
+        let allowed_source_ranges = spec
+            .allowed_source_ranges
+            .iter()
+            .enumerate()
+            .map(|(index, range)| validate_cidr(index, range))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let lifetime = match (&spec.ttl, &spec.expires_at) {
+            (Some(ttl), None) => Lifetime::Ttl(parse_duration("spec.ttl", ttl)?),
+            (None, Some(at)) => Lifetime::Until(parse_instant("spec.expiresAt", at)?),
+            (Some(_), Some(_)) => {
+                return Err(InvalidSpec::new(
+                    "spec.ttl/spec.expiresAt",
+                    "both are set",
+                    "keep only one: ttl (e.g. 2h, counted from when the link was enabled) or expiresAt (an RFC 3339 instant)",
+                ));
+            }
+            (None, None) => {
+                return Err(InvalidSpec::new(
+                    "spec.ttl/spec.expiresAt",
+                    "neither is set, and a link never stays open forever",
+                    "set ttl (e.g. 2h) or expiresAt (e.g. 2026-11-25T10:00:00Z)",
+                ));
+            }
+        };
+
+        let idle_timeout = spec
+            .idle_timeout
+            .as_deref()
+            .map(|value| parse_duration("spec.idleTimeout", value))
+            .transpose()?;
+        let max_connections = spec
+            .max_connections
+            .map(|value| {
+                u32::try_from(value)
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        InvalidSpec::new(
+                            "spec.maxConnections",
+                            format!("{value} is out of range"),
+                            "use a number from 1 to 1000000, or leave it out for the proxy's default",
+                        )
+                    })
+            })
+            .transpose()?;
+
+        Ok(ValidLink {
+            name,
+            namespace,
+            uid: self.uid(),
+            enabled: spec.enabled,
+            device,
+            port,
+            allowed_source_ranges,
+            lifetime,
+            idle_timeout,
+            max_connections,
+            data_plane: spec.data_plane,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), InvalidSpec> {
+    let label_ok = name.len() <= MAX_LINK_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if label_ok {
+        Ok(())
+    } else {
+        Err(InvalidSpec::new(
+            "metadata.name",
+            format!("{name:?} cannot name the link's Service ({CHILD_NAME_PREFIX}{name})"),
+            format!(
+                "use at most {MAX_LINK_NAME_LEN} lowercase letters, digits and '-', starting with a letter, e.g. pump-17-ssh"
+            ),
+        ))
+    }
+}
+
+fn validate_port(field: &str, port: i64) -> Result<u16, InvalidSpec> {
+    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+        InvalidSpec::new(
+            field,
+            format!("{port} is not a TCP port"),
+            "use a port from 1 to 65535",
+        )
+    })
+}
+
+fn validate_host(host: &str) -> Result<String, InvalidSpec> {
+    let host = host.trim();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(bare.to_owned());
+    }
+    let dns_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if dns_ok {
+        Ok(host.to_ascii_lowercase())
+    } else {
+        let hint = if host.contains(':') {
+            " (put the port in spec.device.port, not in the host)"
+        } else {
+            ""
+        };
+        Err(InvalidSpec::new(
+            "spec.device.host",
+            format!("{host:?} is neither an IP address nor a DNS name{hint}"),
+            "write the device's address as the cluster's pods reach it, e.g. 10.20.30.40 or pump-17.plant-a.internal",
+        ))
+    }
+}
+
+fn validate_cidr(index: usize, range: &str) -> Result<IpNet, InvalidSpec> {
+    let field = format!("spec.allowedSourceRanges[{index}]");
+    let range = range.trim();
+    if let Ok(addr) = range.parse::<IpAddr>() {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        return Err(InvalidSpec::new(
+            field,
+            format!("{range:?} is an address, not a CIDR block"),
+            format!("write {range}/{bits} to allow that one address"),
+        ));
+    }
+    let net: IpNet = range.parse().map_err(|_| {
+        InvalidSpec::new(
+            field.clone(),
+            format!("{range:?} is not a CIDR block"),
+            "write an address block such as 203.0.113.0/24 or 2001:db8::/32",
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(InvalidSpec::new(
+            field,
+            format!(
+                "{range:?} has bits set past its /{} prefix",
+                net.prefix_len()
+            ),
+            format!("did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+/// Durations as the schema's pattern allows: digits and a unit (s, m, h, d), repeated,
+/// e.g. `2h`, `90m`, `1h30m`. Zero is rejected: a link or an idle timer of nothing is a mistake.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
+    let invalid = || {
+        InvalidSpec::new(
+            field,
+            format!("{value:?} is not a duration"),
+            "write digits and a unit (s, m, h, d), e.g. 2h, 90m or 1h30m",
+        )
+    };
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in value.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(invalid()),
+        };
+        let amount: u64 = digits.parse().map_err(|_| invalid())?;
+        total = amount
+            .checked_mul(unit)
+            .and_then(|seconds| total.checked_add(seconds))
+            .ok_or_else(invalid)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || value.trim().is_empty() {
+        return Err(invalid());
+    }
+    if total == 0 {
+        return Err(InvalidSpec::new(
+            field,
+            format!("{value:?} is zero"),
+            "give a positive duration, e.g. 2h",
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration in the grammar [`parse_duration`] reads (and the proxy's humantime does).
+pub fn format_duration(duration: Duration) -> String {
+    let mut seconds = duration.as_secs();
+    if seconds == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if seconds >= size {
+            out.push_str(&format!("{}{unit}", seconds / size));
+            seconds %= size;
+        }
+    }
+    out
+}
+
+fn parse_instant(field: &str, value: &str) -> Result<Timestamp, InvalidSpec> {
+    value.trim().parse::<Timestamp>().map_err(|_| {
+        InvalidSpec::new(
+            field,
+            format!("{value:?} is not an RFC 3339 instant"),
+            "write a UTC time such as 2026-11-25T10:00:00Z",
+        )
+    })
+}
+
+/// RFC 3339 in UTC to the second, as the proxy's `--expires-at` and kubectl show it.
+pub fn format_instant(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(spec_yaml: &str) -> DeviceLink {
+        let yaml = format!(
+            "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLink\nmetadata: {{name: pump-17-ssh, namespace: plant-a}}\nspec:\n{spec_yaml}"
+        );
+        serde_yaml::from_str(&yaml)
+            .unwrap_or_else(|e| panic!("test YAML should parse: {e}\n{yaml}"))
+    }
+
+    const GOOD: &str = "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24, 2001:db8::/32]\n  ttl: 2h\n";
+
+    fn error_of(spec_yaml: &str) -> InvalidSpec {
+        link(spec_yaml)
+            .validate()
+            .expect_err("spec should be rejected")
+    }
+
+    #[test]
+    fn issue_example_is_valid_with_defaults_filled_in() {
+        let valid = link(GOOD).validate().expect("the issue's example is valid");
+        assert!(valid.enabled, "enabled defaults to true");
+        assert_eq!(valid.port, 22, "port defaults to device.port");
+        assert_eq!(valid.device.to_string(), "10.20.30.40:22");
+        assert_eq!(valid.lifetime, Lifetime::Ttl(Duration::from_secs(7200)));
+        assert_eq!(valid.data_plane, DataPlane::Auto);
+        assert_eq!(valid.allowed_source_ranges.len(), 2);
+        assert_eq!(valid.child_name(), "devicelink-pump-17-ssh");
+    }
+
+    #[test]
+    fn every_optional_field_is_carried_through() {
+        let valid = link(
+            "  enabled: false\n  device: {host: '2001:db8::7', port: 3389}\n  port: 13389\n  allowedSourceRanges: [198.51.100.0/24]\n  expiresAt: '2026-11-25T10:00:00Z'\n  idleTimeout: 15m\n  maxConnections: 16\n  dataPlane: userspace\n",
+        )
+        .validate()
+        .expect("valid");
+        assert!(!valid.enabled);
+        assert_eq!(
+            valid.device.to_string(),
+            "[2001:db8::7]:3389",
+            "IPv6 hosts are bracketed for --device"
+        );
+        assert_eq!(valid.port, 13389);
+        assert_eq!(
+            valid.lifetime,
+            Lifetime::Until("2026-11-25T10:00:00Z".parse().unwrap())
+        );
+        assert_eq!(valid.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(valid.max_connections, Some(16));
+        assert_eq!(valid.data_plane, DataPlane::Userspace);
+    }
+
+    #[test]
+    fn bad_cidr_names_its_index_and_shows_the_form() {
+        let err = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24, 10.0.0.300/24]\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.allowedSourceRanges[1]");
+        assert!(
+            err.to_string().contains("203.0.113.0/24"),
+            "the fix shows a valid CIDR: {err}"
+        );
+    }
+
+    #[test]
+    fn bare_address_is_rejected_with_the_slash_32_it_needs() {
+        let err = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.9]\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.allowedSourceRanges[0]");
+        assert!(err.fix.contains("203.0.113.9/32"), "{err}");
+    }
+
+    #[test]
+    fn host_bits_past_the_prefix_are_rejected_with_the_network_suggested() {
+        let err = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.7/24]\n  ttl: 2h\n",
+        );
+        assert!(err.fix.contains("203.0.113.0/24"), "{err}");
+    }
+
+    #[test]
+    fn empty_source_ranges_are_rejected() {
+        let err = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: []\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.allowedSourceRanges");
+    }
+
+    #[test]
+    fn ports_outside_1_to_65535_are_rejected_naming_the_field() {
+        for (yaml, field) in [
+            (
+                "  device: {host: 10.20.30.40, port: 0}\n",
+                "spec.device.port",
+            ),
+            (
+                "  device: {host: 10.20.30.40, port: 70000}\n",
+                "spec.device.port",
+            ),
+            (
+                "  device: {host: 10.20.30.40, port: 22}\n  port: -1\n",
+                "spec.port",
+            ),
+            (
+                "  device: {host: 10.20.30.40, port: 22}\n  port: 65536\n",
+                "spec.port",
+            ),
+        ] {
+            let err = error_of(&format!(
+                "{yaml}  allowedSourceRanges: [203.0.113.0/24]\n  ttl: 2h\n"
+            ));
+            assert_eq!(err.field, field, "{yaml}");
+            assert!(err.fix.contains("1 to 65535"), "{err}");
+        }
+    }
+
+    #[test]
+    fn exactly_one_of_ttl_and_expires_at_is_required() {
+        let both = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  ttl: 2h\n  expiresAt: '2026-11-25T10:00:00Z'\n",
+        );
+        assert_eq!(both.field, "spec.ttl/spec.expiresAt");
+        assert!(both.problem.contains("both"), "{both}");
+        let neither = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n",
+        );
+        assert!(neither.problem.contains("neither"), "{neither}");
+    }
+
+    #[test]
+    fn malformed_durations_and_instants_name_their_field() {
+        let ttl = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  ttl: two hours\n",
+        );
+        assert_eq!(ttl.field, "spec.ttl");
+        let zero = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  ttl: 0m\n",
+        );
+        assert_eq!(zero.field, "spec.ttl");
+        let at = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  expiresAt: tomorrow\n",
+        );
+        assert_eq!(at.field, "spec.expiresAt");
+        let idle = error_of(&format!("{GOOD}  idleTimeout: 15\n"));
+        assert_eq!(idle.field, "spec.idleTimeout");
+    }
+
+    #[test]
+    fn device_host_with_a_port_in_it_says_where_the_port_goes() {
+        let err = error_of(
+            "  device: {host: '10.20.30.40:22', port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.device.host");
+        assert!(err.problem.contains("spec.device.port"), "{err}");
+    }
+
+    #[test]
+    fn names_too_long_for_the_child_service_are_rejected() {
+        let mut long = link(GOOD);
+        long.metadata.name = Some("a".repeat(MAX_LINK_NAME_LEN + 1));
+        assert_eq!(long.validate().unwrap_err().field, "metadata.name");
+        long.metadata.name = Some("a".repeat(MAX_LINK_NAME_LEN));
+        assert!(long.validate().is_ok(), "a name of exactly the limit fits");
+        long.metadata.name = Some("pump.17".into());
+        assert_eq!(long.validate().unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn durations_parse_and_format_round_trip() {
+        for (text, seconds) in [
+            ("2h", 7200),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("1d", 86_400),
+            ("45s", 45),
+        ] {
+            let parsed = parse_duration("f", text).unwrap();
+            assert_eq!(parsed.as_secs(), seconds, "{text}");
+            assert_eq!(
+                parse_duration("f", &format_duration(parsed)).unwrap(),
+                parsed
+            );
+        }
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        for bad in ["", "h", "2", "2x", "-2h", "2 h"] {
+            assert!(
+                parse_duration("f", bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_counts_from_enabled_at_and_expires_at_is_absolute() {
+        let enabled: Timestamp = "2026-11-25T08:00:00Z".parse().unwrap();
+        assert_eq!(
+            format_instant(Lifetime::Ttl(Duration::from_secs(7200)).expires_at(enabled)),
+            "2026-11-25T10:00:00Z"
+        );
+        let until: Timestamp = "2026-11-26T00:00:00Z".parse().unwrap();
+        assert_eq!(Lifetime::Until(until).expires_at(enabled), until);
+    }
+}
