@@ -28,7 +28,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// PyPI packages: `kubernetes-validate` checks manifests against Kubernetes' own schemas.
-const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.31.0")];
+const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.34.1")];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_ebpf_toolchain()?;
