@@ -25,6 +25,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("/usr/bin/capsh", "libcap2-bin"),
     ("/usr/bin/python3", "python3"),
+    // VNC and RDP peers (issue 7): TigerVNC's Xvnc, xsetroot, xrdp, FreeRDP under Xvfb.
+    ("/usr/bin/Xtigervnc", "tigervnc-standalone-server"),
+    ("/usr/bin/xsetroot", "x11-xserver-utils"),
+    ("/usr/sbin/xrdp", "xrdp"),
+    ("/usr/bin/xfreerdp", "freerdp2-x11"),
+    ("/usr/bin/Xvfb", "xvfb"),
 ];
 
 /// PyPI packages: `kubernetes-validate` checks manifests against Kubernetes' own schemas.
