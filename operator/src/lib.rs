@@ -1,12 +1,60 @@
 //! The DeviceLink operator: the `DeviceLink` resource, the children it renders to, and the
 //! controller that keeps them in step. Binaries (`devicelink-operator`, `devicelink`) are thin.
 
+pub mod controller;
+pub mod leader;
 pub mod lifecycle;
+pub mod metrics;
 pub mod render;
 pub mod resource;
 pub mod yaml;
 
+#[cfg(test)]
+mod fixtures;
+
 use kube::CustomResourceExt;
+
+/// What can go wrong while reconciling or leading.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("DeviceLink has no namespace (the CRD is namespaced; is an old CRD installed?)")]
+    NotNamespaced,
+    #[error("applying the link's Service or Deployment: {0}")]
+    Apply(#[source] kube::Error),
+    #[error("deleting the link's Service or Deployment: {0}")]
+    Delete(#[source] kube::Error),
+    #[error("writing the DeviceLink status: {0}")]
+    Status(#[source] kube::Error),
+    #[error(
+        "the DeviceLink CRD is not installed: kubectl apply -f deploy/crd.yaml (or: devicelink-operator crd | kubectl apply -f -)"
+    )]
+    CrdMissing,
+    #[error("leader election Lease: {0}")]
+    Lease(#[source] kube::Error),
+    #[error("lost leadership: {0}")]
+    LostLeadership(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error's kind as a metric label: bounded, never a message.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::NotNamespaced => "not_namespaced",
+            Error::Apply(_) => "apply",
+            Error::Delete(_) => "delete",
+            Error::Status(_) => "status",
+            Error::CrdMissing => "crd_missing",
+            Error::Lease(_) => "lease",
+            Error::LostLeadership(_) => "lost_leadership",
+            Error::Kube(_) => "kube",
+        }
+    }
+}
 
 /// The CustomResourceDefinition for `DeviceLink`, as committed in `deploy/crd.yaml`.
 pub fn crd_yaml() -> String {

@@ -1,12 +1,34 @@
 //! `devicelink-operator`: runs the controller, or prints the CRD, or renders a DeviceLink's
 //! children offline. Thin: everything it does lives in the library.
 
-use std::{io::Read, path::PathBuf};
+use std::{
+    io::Read,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use clap::{Parser, Subcommand};
-use devicelink_operator::render::ProxyImage;
+use devicelink_operator::{
+    controller::{self, Context},
+    leader::LeaderElection,
+    metrics::Metrics,
+    render::ProxyImage,
+    resource::DeviceLink,
+};
 use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Client,
+    runtime::{events::Reporter, reflector::Store},
+};
+use tokio::sync::watch;
+use tracing::{error, info};
 
 /// Default proxy image: the one built from deploy/proxy.Dockerfile at this version.
 const DEFAULT_PROXY_IMAGE: &str = concat!("devicelink-proxy:", env!("CARGO_PKG_VERSION"));
@@ -43,6 +65,8 @@ impl ProxyImageArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controller (with leader election, metrics and health endpoints).
+    Run(RunArgs),
     /// Print the DeviceLink CustomResourceDefinition (what deploy/crd.yaml holds).
     Crd,
     /// Print, as YAML, the Service and Deployment the operator would apply for a DeviceLink.
@@ -58,9 +82,44 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    proxy: ProxyImageArgs,
+    /// Serve /healthz, /readyz and Prometheus /metrics here.
+    #[arg(long, env = "DEVICELINK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "devicelink-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "devicelink-operator")]
+    lease_name: String,
+    /// This replica's name in the Lease and in Events (the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a leader's Lease lasts without renewal before another replica takes over.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Run without leader election: only when exactly one replica runs (e.g. on a laptop).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Log format: json for clusters, text for people.
+    #[arg(long, env = "DEVICELINK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            init_tracing(&args.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(args))
+        }
         Command::Crd => {
             print!("{}", devicelink_operator::crd_yaml());
             Ok(())
@@ -86,4 +145,154 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// What the HTTP endpoints read.
+#[derive(Clone)]
+struct Health {
+    metrics: Metrics,
+    links: Arc<std::sync::Mutex<Option<Store<DeviceLink>>>>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
+    if let Some(store) = health.links.lock().expect("links lock").as_ref() {
+        let links = store.state();
+        health
+            .metrics
+            .count_links(links.iter().map(|link| link.as_ref()));
+    }
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+async fn readyz(State(health): State<Health>) -> StatusCode {
+    if health.ready.load(Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn stop_requested() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context(
+        "no Kubernetes API server configured: run in a cluster, or set KUBECONFIG / ~/.kube/config",
+    )?;
+    controller::ensure_crd_installed(&client).await?;
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("devicelink-operator-{}", std::process::id()));
+    let metrics = Metrics::default();
+    let health = Health {
+        metrics: metrics.clone(),
+        links: Arc::default(),
+        ready: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health.clone());
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}", args.http_addr))?;
+    info!(addr = %args.http_addr, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            error!(%error, "HTTP endpoints stopped");
+        }
+    });
+    // Ready means started and able to reach the API server; a follower is ready too, so that
+    // a rollout does not wait on an election.
+    health.ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        stop_requested().await;
+        info!("stop requested; finishing reconciles in flight");
+        let _ = stop_tx.send(true);
+    });
+
+    let elector = (!args.no_leader_election).then(|| {
+        LeaderElection::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            args.lease_duration,
+        )
+    });
+    if let Some(elector) = &elector {
+        info!(identity = %identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting to lead");
+        tokio::select! {
+            () = elector.acquire(Duration::from_secs(2), &metrics) => {}
+            _ = stop_rx.wait_for(|stop| *stop) => return Ok(()),
+        }
+        info!(identity = %identity, "leading: starting the controller");
+    } else {
+        metrics.leader.set(1);
+    }
+
+    let reporter = Reporter {
+        controller: "devicelink-operator".to_owned(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        reporter,
+        metrics.clone(),
+        args.proxy.proxy_image(),
+    ));
+    let mut stop_for_controller = stop_rx.clone();
+    let (store, controller) = controller::controller(ctx, async move {
+        let _ = stop_for_controller.wait_for(|stop| *stop).await;
+    });
+    *health.links.lock().expect("links lock") = Some(store);
+
+    match elector {
+        None => controller.await,
+        Some(elector) => {
+            let renew_every = args.lease_duration / 3;
+            tokio::select! {
+                () = controller => {}
+                lost = elector.hold(renew_every, &metrics) => {
+                    // Exiting is the only safe way to stop every reconcile at once; Kubernetes
+                    // restarts the pod, which rejoins as a follower.
+                    error!(error = %lost, "stepping down");
+                    return Err(lost.into());
+                }
+            }
+        }
+    }
+    info!("stopped");
+    Ok(())
 }

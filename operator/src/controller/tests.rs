@@ -1,0 +1,562 @@
+//! Reconcile tests against kube's mock service: each scenario lists, in order, the requests a
+//! real API server would receive and answers them as it would.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+
+use super::{error_policy, reconcile, until};
+use crate::{
+    Error,
+    controller::Context,
+    fixtures::*,
+    leader::LeaderElection,
+    metrics::Metrics,
+    resource::{DeviceLink, DeviceLinkStatus, Phase},
+};
+
+const NOW: &str = "2026-11-25T08:00:00Z";
+
+#[tokio::test]
+async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
+    let (ctx, server) = Context::test(at(NOW));
+    let link = DeviceLink::test();
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
+                let spec = service.spec.as_ref().unwrap();
+                assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+                assert_eq!(
+                    spec.load_balancer_source_ranges.as_deref(),
+                    Some(&["203.0.113.0/24".to_owned(), "2001:db8::/32".to_owned()][..])
+                );
+                assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+                let owner = &service.metadata.owner_references.as_ref().unwrap()[0];
+                assert_eq!(
+                    (owner.uid.as_str(), owner.controller),
+                    (LINK_UID, Some(true))
+                );
+                assert_eq!(
+                    labels_of(service)
+                        .get("devicelink.io/link")
+                        .map(String::as_str),
+                    Some(LINK)
+                );
+                assert_eq!(
+                    labels_of(service)
+                        .get("app.kubernetes.io/managed-by")
+                        .map(String::as_str),
+                    Some("devicelink-operator")
+                );
+            })
+            .await
+            .apply_deployment(Exists::No, Proxy::NotReady, |deployment| {
+                let args = proxy_args(deployment);
+                assert_eq!(
+                    flag_value(&args, "--device").as_deref(),
+                    Some("10.20.30.40:22")
+                );
+                assert_eq!(
+                    flag_values(&args, "--allow"),
+                    ["203.0.113.0/24", "2001:db8::/32"]
+                );
+                assert_eq!(
+                    flag_value(&args, "--expires-at").as_deref(),
+                    Some("2026-11-25T10:00:00Z"),
+                    "now + ttl"
+                );
+                let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+                assert_eq!(owner.uid, LINK_UID);
+                let image = deployment
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .image
+                    .clone();
+                assert_eq!(
+                    image.as_deref(),
+                    Some(PROXY_IMAGE),
+                    "image from the operator's configuration"
+                );
+            })
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Pending));
+                assert_eq!(status.endpoint, None);
+                assert_eq!(status.enabled_at, Some(Time(at(NOW))));
+                assert_eq!(status.expires_at, Some(Time(at("2026-11-25T10:00:00Z"))));
+                assert_eq!(status.observed_generation, Some(1));
+                assert_eq!(status.conditions[0].reason, "WaitingForLoadBalancer");
+            })
+            .await
+    });
+    let action = reconcile(Arc::new(link), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(2 * 3600)),
+        "requeued at the expiry instant, not polled"
+    );
+}
+
+#[tokio::test]
+async fn endpoint_appearing_later_makes_the_link_active_with_an_opened_event() {
+    let now = "2026-11-25T08:01:00Z";
+    let (ctx, server) = Context::test(at(now));
+    // The first reconcile left it Pending; the load balancer has since assigned an address,
+    // which the Service watch reports, triggering this reconcile.
+    let pending = DeviceLink::test().with_status(DeviceLinkStatus {
+        phase: Some(Phase::Pending),
+        enabled_at: Some(Time(at(NOW))),
+        ..DeviceLinkStatus::default()
+    });
+    let stored = pending.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Active));
+                assert_eq!(status.endpoint.as_deref(), Some("198.51.100.7:22"));
+                assert_eq!(
+                    status.enabled_at,
+                    Some(Time(at(NOW))),
+                    "the TTL keeps its start"
+                );
+                assert_eq!(status.conditions[0].status, "True");
+            })
+            .await
+            .event("Opened", "Normal")
+            .await
+    });
+    let action = reconcile(Arc::new(pending), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2 * 3600 - 60)));
+}
+
+#[tokio::test]
+async fn steady_active_link_is_reapplied_without_status_write_or_event() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let active = DeviceLink::test().active_since(NOW, now);
+    let mock = server.run(|server| async move {
+        server
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+    });
+    reconcile(Arc::new(active), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn disabling_deletes_both_children_and_reports_closed() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let disabled = DeviceLink::test()
+        .active_since(NOW, now)
+        .edited(|spec| spec.enabled = false);
+    let stored = disabled.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::Yes)
+            .await
+            .delete_deployment(Present::Yes)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Disabled));
+                assert_eq!(status.endpoint, None, "no endpoint once closed");
+                assert_eq!(status.observed_generation, Some(2));
+            })
+            .await
+            .event("Closed", "Normal")
+            .await
+    });
+    let action = reconcile(Arc::new(disabled), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "nothing to wait for while disabled"
+    );
+}
+
+#[tokio::test]
+async fn re_enabling_reapplies_and_restarts_the_ttl() {
+    let now = "2026-11-25T12:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let reenabled = DeviceLink::test().with_status(DeviceLinkStatus {
+        phase: Some(Phase::Disabled),
+        enabled_at: Some(Time(at(NOW))),
+        ..DeviceLinkStatus::default()
+    });
+    let stored = reenabled.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::No, Proxy::Ready, |deployment| {
+                assert_eq!(
+                    flag_value(&proxy_args(deployment), "--expires-at").as_deref(),
+                    Some("2026-11-25T14:00:00Z"),
+                    "two hours from the re-enable, not from the first enable"
+                );
+            })
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Active));
+                assert_eq!(status.enabled_at, Some(Time(at(now))));
+            })
+            .await
+            .event("Opened", "Normal")
+            .await
+    });
+    let action = reconcile(Arc::new(reenabled), ctx)
+        .await
+        .expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2 * 3600)));
+}
+
+#[tokio::test]
+async fn acl_change_updates_the_children_in_place() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let edited = DeviceLink::test()
+        .active_since(NOW, now)
+        .edited(|spec| spec.allowed_source_ranges = vec!["198.51.100.0/25".into()]);
+    let stored = edited.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .apply_service(
+                Exists::Yes,
+                LoadBalancer::Address("198.51.100.7"),
+                |service| {
+                    let ranges = service
+                        .spec
+                        .as_ref()
+                        .unwrap()
+                        .load_balancer_source_ranges
+                        .clone();
+                    assert_eq!(
+                        ranges,
+                        Some(vec!["198.51.100.0/25".to_owned()]),
+                        "the old ranges are gone"
+                    );
+                },
+            )
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |deployment| {
+                let args = proxy_args(deployment);
+                assert_eq!(flag_values(&args, "--allow"), ["198.51.100.0/25"]);
+                assert_eq!(
+                    flag_value(&args, "--expires-at").as_deref(),
+                    Some("2026-11-25T10:00:00Z"),
+                    "an ACL change does not restart the TTL"
+                );
+            })
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Active));
+                assert_eq!(
+                    status.observed_generation,
+                    Some(2),
+                    "the new generation is acknowledged"
+                );
+            })
+            .await
+    });
+    reconcile(Arc::new(edited), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
+    // The reconcile an hour in asks to be called again exactly at the expiry...
+    let one_hour_in = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(one_hour_in));
+    let active = DeviceLink::test().active_since(NOW, one_hour_in);
+    let mock = server.run(|server| async move {
+        server
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+    });
+    let action = reconcile(Arc::new(active.clone()), ctx)
+        .await
+        .expect("reconcile");
+    scenario_completes(mock).await;
+    let requeue_after = Duration::from_secs(3600);
+    assert_eq!(action, Action::requeue(requeue_after));
+
+    // ...and that reconcile closes the link.
+    let expiry = at(one_hour_in).checked_add(requeue_after).unwrap();
+    let (ctx, server) = Context::test(expiry);
+    let stored = active.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::Yes)
+            .await
+            .delete_deployment(Present::Yes)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Expired));
+                assert_eq!(status.endpoint, None);
+                assert_eq!(status.expires_at, Some(Time(at("2026-11-25T10:00:00Z"))));
+                assert_eq!(status.conditions[0].reason, "Expired");
+            })
+            .await
+            .event("Expired", "Normal")
+            .await
+    });
+    let action = reconcile(Arc::new(active), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(until(expiry, at("2026-11-25T10:00:00Z")), Duration::ZERO);
+}
+
+#[tokio::test]
+async fn expired_link_stays_closed_and_quiet() {
+    let now = "2026-11-25T11:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let link = DeviceLink::test();
+    let expired = link.clone().with_status(crate::lifecycle::status_for(
+        &link,
+        &crate::lifecycle::decide(&link.clone().active_since(NOW, now), at(now)),
+        &crate::lifecycle::Observed::default(),
+        at("2026-11-25T10:00:00Z"),
+    ));
+    assert_eq!(expired.status.as_ref().unwrap().phase, Some(Phase::Expired));
+    let mock = server.run(|server| async move {
+        server
+            .delete_service(Present::No)
+            .await
+            .delete_deployment(Present::No)
+            .await
+    });
+    let action = reconcile(Arc::new(expired), ctx)
+        .await
+        .expect("404s on delete are fine");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn deleted_link_makes_no_calls_because_owner_references_collect_the_children() {
+    let (ctx, server) = Context::test(at(NOW));
+    let deleted = DeviceLink::test().active_since(NOW, NOW).being_deleted();
+    let mock = server.run(|server| async move { server });
+    let action = reconcile(Arc::new(deleted), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn invalid_spec_fails_naming_the_field_and_leaves_no_children() {
+    let (ctx, server) = Context::test(at(NOW));
+    let invalid = DeviceLink::test().edited(|spec| spec.port = Some(70_000));
+    let stored = invalid.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::No)
+            .await
+            .delete_deployment(Present::No)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(condition.reason, "InvalidSpec");
+                assert!(
+                    condition.message.contains("spec.port")
+                        && condition.message.contains("1 to 65535"),
+                    "names the field and the fix: {}",
+                    condition.message
+                );
+            })
+            .await
+            .event("Failed", "Warning")
+            .await
+    });
+    let action = reconcile(Arc::new(invalid), ctx)
+        .await
+        .expect("an invalid spec is a status, not an error");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "nothing to retry until the spec changes"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_reconcile_and_count_by_kind() {
+    let (ctx, server) = Context::test(at(NOW));
+    let link = Arc::new(DeviceLink::test());
+    let mock = server.run(|server| async move { server.forbidden().await });
+    let error = reconcile(link.clone(), ctx.clone())
+        .await
+        .expect_err("a 403 is an error");
+    scenario_completes(mock).await;
+    assert!(matches!(error, Error::Apply(_)), "{error:?}");
+    assert!(error.to_string().contains("forbidden"), "{error}");
+    assert_eq!(
+        error_policy(link, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("devicelink_operator_reconcile_errors_total{error=\"apply\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn missing_crd_is_reported_with_an_install_hint() {
+    let (ctx, server) = Context::test(at(NOW));
+    let mock = tokio::spawn(async move {
+        let mut handle = server.0;
+        let (request, send) = handle.next_request().await.expect("a list of DeviceLinks");
+        assert_eq!(
+            request.uri().to_string(),
+            "/apis/devicelink.io/v1alpha1/devicelinks?&limit=1"
+        );
+        send.send_response(
+            http::Response::builder()
+                .status(404)
+                .body(kube::client::Body::from(
+                    br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#.to_vec(),
+                ))
+                .unwrap(),
+        );
+    });
+    let error = super::ensure_crd_installed(&ctx.client)
+        .await
+        .expect_err("CRD missing");
+    scenario_completes(mock).await;
+    assert!(
+        error
+            .to_string()
+            .contains("kubectl apply -f deploy/crd.yaml"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_stops_renewing() {
+    let store = LeaseStore::default();
+    let lease_duration = Duration::from_secs(15);
+    let mut first = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-a",
+        lease_duration,
+    );
+    let mut second = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-b",
+        lease_duration,
+    );
+    let t0 = at(NOW);
+    first.clock = crate::controller::Clock::Fixed(t0);
+    second.clock = crate::controller::Clock::Fixed(t0);
+
+    assert!(
+        first.try_acquire_or_renew().await.expect("create"),
+        "the first replica creates the Lease (404 then 201)"
+    );
+    assert!(
+        !second.try_acquire_or_renew().await.expect("read"),
+        "the second follows a fresh Lease"
+    );
+    assert_eq!(store.holder().as_deref(), Some("replica-a"));
+
+    let t10 = t0.checked_add(Duration::from_secs(10)).unwrap();
+    first.clock = crate::controller::Clock::Fixed(t10);
+    second.clock = crate::controller::Clock::Fixed(t10);
+    assert!(
+        first.try_acquire_or_renew().await.expect("renew"),
+        "the leader renews"
+    );
+    assert!(
+        !second.try_acquire_or_renew().await.expect("read"),
+        "renewed: still following"
+    );
+
+    // The first replica stops renewing (it hangs or its node dies); 15s after its last renewal
+    // the second takes over, and the first, when it comes back, finds it no longer leads.
+    let t25 = t10.checked_add(lease_duration).unwrap();
+    second.clock = crate::controller::Clock::Fixed(t25);
+    assert!(
+        second.try_acquire_or_renew().await.expect("take over"),
+        "a lapsed Lease is taken over"
+    );
+    assert_eq!(store.holder().as_deref(), Some("replica-b"));
+    first.clock = crate::controller::Clock::Fixed(t25);
+    assert!(
+        !first.try_acquire_or_renew().await.expect("read"),
+        "the old leader steps down"
+    );
+}
+
+#[tokio::test]
+async fn racing_replicas_cannot_both_take_a_lapsed_lease() {
+    let store = LeaseStore::default();
+    let lease_duration = Duration::from_secs(15);
+    let mut gone = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-gone",
+        lease_duration,
+    );
+    gone.clock = crate::controller::Clock::Fixed(at(NOW));
+    assert!(gone.try_acquire_or_renew().await.unwrap());
+    let later = crate::controller::Clock::Fixed(at("2026-11-25T08:01:00Z"));
+    let mut a = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-a",
+        lease_duration,
+    );
+    let mut b = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-b",
+        lease_duration,
+    );
+    a.clock = later;
+    b.clock = later;
+    let (won_a, won_b) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
+    let winners = [won_a.unwrap(), won_b.unwrap()]
+        .iter()
+        .filter(|won| **won)
+        .count();
+    assert_eq!(
+        winners, 1,
+        "resourceVersion makes exactly one write win (the other gets 409)"
+    );
+    let metrics = Metrics::default();
+    let leader = if store.holder().as_deref() == Some("replica-a") {
+        a
+    } else {
+        b
+    };
+    leader.acquire(Duration::from_millis(1), &metrics).await;
+    assert!(metrics.encode().contains("devicelink_operator_leader 1"));
+}

@@ -1,0 +1,261 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, so that two or more operator
+//! replicas never reconcile at once: one leads, the others wait to take over.
+//!
+//! The protocol is client-go's: the leader renews `renewTime` well within
+//! `leaseDurationSeconds`; a follower takes the Lease over once it has not been renewed for that
+//! long. Every write carries the `resourceVersion` it read, so when two replicas race the API
+//! server accepts one and answers the other 409 Conflict. A leader that cannot renew in time
+//! steps down (the binary exits, and Kubernetes restarts it as a follower).
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{Api, Client, api::PostParams};
+use tracing::{info, warn};
+
+use crate::{Error, Result, controller::Clock, metrics::Metrics};
+
+/// What to do with the Lease as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// There is no Lease yet: create it, held by us.
+    Create,
+    /// We hold it: move `renewTime` forward.
+    Renew,
+    /// Nobody holds it, or its holder has not renewed in time: take it.
+    TakeOver,
+    /// Someone else holds it and renews it: wait.
+    Follow { holder: String },
+}
+
+/// Decides from the Lease (if any), who we are and the time. Pure.
+pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> LeaseAction {
+    let Some(lease) = lease else {
+        return LeaseAction::Create;
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.unwrap_or_default();
+    if holder.is_empty() {
+        return LeaseAction::TakeOver;
+    }
+    if holder == identity {
+        return LeaseAction::Renew;
+    }
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
+    match renewed.and_then(|at| at.checked_add(duration).ok()) {
+        Some(valid_until) if valid_until > now => LeaseAction::Follow { holder },
+        _ => LeaseAction::TakeOver,
+    }
+}
+
+/// One replica's side of the election.
+#[derive(Clone)]
+pub struct LeaderElection {
+    leases: Api<Lease>,
+    lease_name: String,
+    identity: String,
+    lease_duration: Duration,
+    pub clock: Clock,
+}
+
+impl LeaderElection {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        lease_name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Self {
+        Self {
+            leases: Api::namespaced(client, namespace),
+            lease_name: lease_name.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration,
+            clock: Clock::System,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// One round: reads the Lease and creates, renews or takes it over when it should.
+    /// True when this replica holds the Lease afterwards.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
+        let now = self.clock.now();
+        let current = self
+            .leases
+            .get_opt(&self.lease_name)
+            .await
+            .map_err(Error::Lease)?;
+        let action = decide(current.as_ref(), &self.identity, now);
+        let lease = match (&action, current) {
+            (LeaseAction::Follow { .. }, _) => return Ok(false),
+            (LeaseAction::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.lease_name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now, now, 0)),
+                };
+                return match self.leases.create(&PostParams::default(), &lease).await {
+                    Ok(_) => {
+                        info!(identity = %self.identity, lease = %self.lease_name, "created the Lease: leading");
+                        Ok(true)
+                    }
+                    Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(false),
+                    Err(error) => Err(Error::Lease(error)),
+                };
+            }
+            (LeaseAction::Renew, Some(mut lease)) => {
+                let spec = lease.spec.take().unwrap_or_default();
+                let acquired = spec.acquire_time.map_or(now, |t| t.0);
+                lease.spec = Some(self.spec(acquired, now, spec.lease_transitions.unwrap_or(0)));
+                lease
+            }
+            (LeaseAction::TakeOver, Some(mut lease)) => {
+                let transitions = lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0)
+                    + 1;
+                lease.spec = Some(self.spec(now, now, transitions));
+                lease
+            }
+        };
+        // `replace` sends the resourceVersion we read: a concurrent writer makes it a 409.
+        match self
+            .leases
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                if action == LeaseAction::TakeOver {
+                    info!(identity = %self.identity, lease = %self.lease_name, "took over the Lease: leading");
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),
+            Err(error) => Err(Error::Lease(error)),
+        }
+    }
+
+    fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            acquire_time: Some(MicroTime(acquired)),
+            renew_time: Some(MicroTime(renewed)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// Waits until this replica leads, trying every `retry`.
+    pub async fn acquire(&self, retry: Duration, metrics: &Metrics) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    metrics.leader.set(1);
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election: will retry"),
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    /// Renews every `renew` while leading; returns once leadership is lost (another replica
+    /// holds the Lease, or no renewal succeeded for a whole lease duration).
+    pub async fn hold(&self, renew: Duration, metrics: &Metrics) -> Error {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(renew).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    metrics.leader.set(0);
+                    return Error::LostLeadership("another replica holds the Lease".to_owned());
+                }
+                Err(error) if last_renewed.elapsed() >= self.lease_duration => {
+                    metrics.leader.set(0);
+                    return Error::LostLeadership(format!(
+                        "could not renew the Lease for a whole lease duration: {error}"
+                    ));
+                }
+                Err(error) => warn!(%error, "could not renew the Lease; still within its duration"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed: &str, seconds: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                lease_duration_seconds: Some(seconds),
+                renew_time: Some(MicroTime(renewed.parse().unwrap())),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn no_lease_means_create_it() {
+        assert_eq!(
+            decide(None, "a", at("2026-11-25T08:00:00Z")),
+            LeaseAction::Create
+        );
+    }
+
+    #[test]
+    fn our_own_lease_is_renewed() {
+        let lease = lease("a", "2026-11-25T08:00:00Z", 15);
+        assert_eq!(
+            decide(Some(&lease), "a", at("2026-11-25T09:00:00Z")),
+            LeaseAction::Renew
+        );
+    }
+
+    #[test]
+    fn a_fresh_lease_of_another_replica_is_followed_until_it_lapses() {
+        let lease = lease("a", "2026-11-25T08:00:00Z", 15);
+        assert_eq!(
+            decide(Some(&lease), "b", at("2026-11-25T08:00:14Z")),
+            LeaseAction::Follow { holder: "a".into() }
+        );
+        assert_eq!(
+            decide(Some(&lease), "b", at("2026-11-25T08:00:15Z")),
+            LeaseAction::TakeOver
+        );
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let lease = lease("", "2026-11-25T08:00:00Z", 15);
+        assert_eq!(
+            decide(Some(&lease), "b", at("2026-11-25T08:00:01Z")),
+            LeaseAction::TakeOver
+        );
+    }
+}
