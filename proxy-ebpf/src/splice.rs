@@ -37,11 +37,15 @@ static SPLICE_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SpliceCou
 pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     let len = ctx.len();
     if len == 0 {
-        // End of stream arrives as a zero-length skb. Redirecting it makes the peer's backlog
-        // "send" 0 bytes, which it treats as a hard error (EPIPE, TX disabled for good) and the
-        // other direction breaks. The FIN is user space's to propagate, after the bytes drain.
+        // End of stream arrives as a zero-length skb (the FIN's). It carries no byte, and both
+        // other verdicts break the connection: redirected, the peer's backlog "sends" 0 bytes,
+        // which it treats as a hard error (EPIPE, TX disabled for good); passed while this
+        // socket's own psock still queues bytes for it to send (its sndbuf is full), the skb
+        // joins that queue and the backlog hits the same 0-byte error on *this* socket, losing
+        // what the peer sent back. Dropping it is safe: TCP already recorded the FIN
+        // (RCV_SHUTDOWN, seen by user space as EPOLLRDHUP) before this program runs.
         count(SpliceCounter::EndOfStream);
-        return Ok(sk_action::SK_PASS);
+        return Ok(sk_action::SK_DROP);
     }
     // SAFETY: the helper only reads the socket the skb belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };

@@ -60,7 +60,21 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Two descriptors per connection plus the listener: lift the soft limit to the hard one so
+/// `--max-connections` is not capped by the default 1024.
+fn raise_fd_limit() {
+    // SAFETY: plain rlimit calls on a zeroed struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 

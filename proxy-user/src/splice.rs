@@ -501,7 +501,9 @@ fn drained(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io:
         return Ok(false);
     }
     let queued = sockopt::bytes_queued_total(&dst.stream)?;
-    Ok(queued.saturating_sub(dst.queued_base) == dst.user_written + redirected)
+    let done = queued.saturating_sub(dst.queued_base) == dst.user_written + redirected;
+    tracing::trace!(source, received, consumed, queued, base = dst.queued_base, user_written = dst.user_written, redirected, done, "drain check");
+    Ok(done)
 }
 
 /// Bytes the verdict program held on `source` because they arrived (with a FIN) between its

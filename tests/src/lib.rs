@@ -30,6 +30,8 @@ use anyhow::{Context as _, bail};
 
 pub mod rfb;
 
+pub mod peers;
+
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const OTHER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 3);
 pub const PROXY_FRONT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail, ensure};
 pub const BYTES_PER_PIXEL: usize = 4;
 
 /// One full screen as the client assembled it: `width * height` pixels, 4 bytes each in the
-/// order B, G, R, padding (the padding byte is always written as 0 by the client).
+/// order B, G, R, padding, exactly as the server sent them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Frame {
     pub width: u16,
@@ -234,10 +234,6 @@ impl RfbClient {
                     .with_context(|| format!("reading row {line} of a {w}x{h} rectangle"))?;
             }
             self.update_bytes += 12 + (row * h) as u64;
-        }
-        // The padding byte carries no colour; make it deterministic whatever the server put.
-        for pixel in self.frame.pixels.chunks_exact_mut(BYTES_PER_PIXEL) {
-            pixel[3] = 0;
         }
         Ok(())
     }

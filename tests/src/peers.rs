@@ -1,0 +1,193 @@
+//! Small device-side servers for the data-plane tests, run inside the device namespace. Each
+//! behaviour stands for a real protocol shape: echo (interactive), sink-then-reply (upload then
+//! answer after a half-close), speak-first (SSH, VNC: the server talks before the client).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::{Checksum, Netns, Pattern, receive_all, send_pattern};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Behavior {
+    /// Writes back everything it reads; shuts its write side after the client's FIN.
+    Echo,
+    /// Reads to EOF, then answers with the checksum of what it read (16 bytes: hash, length,
+    /// little endian) followed by [`reply_len`] pattern bytes seeded with that length.
+    SinkThenReply,
+    /// Sends `banner` pattern bytes (seed 7) first, then behaves like `SinkThenReply`.
+    SpeakFirst { banner: usize },
+    /// Accepts, then closes with a reset at once.
+    Reset,
+    /// Accepts and holds the connection open, reading and discarding.
+    Hold,
+}
+
+/// How much a `SinkThenReply` server answers to an upload of `len` bytes.
+pub fn reply_len(len: u64) -> u64 {
+    len / 2 + 3
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a server with `behavior` on `addr` inside `ns`, listening when this returns.
+pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let stop = Arc::clone(&stop);
+        let accepted = Arc::clone(&accepted);
+        ns.spawn(move || {
+            let listener = TcpListener::bind(addr)
+                .unwrap_or_else(|e| panic!("device server cannot bind {addr}: {e}"));
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
+            ready_tx.send(()).expect("ready");
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        stream.set_nonblocking(false).expect("blocking stream");
+                        thread::spawn(move || {
+                            let _ = handle(stream, behavior);
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => panic!("device accept failed: {e}"),
+                }
+            }
+        });
+    }
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("device server did not start");
+    Server {
+        addr,
+        stop,
+        accepted,
+    }
+}
+
+fn handle(mut stream: TcpStream, behavior: Behavior) -> std::io::Result<()> {
+    match behavior {
+        Behavior::Echo => {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    stream.shutdown(Shutdown::Write)?;
+                    return Ok(());
+                }
+                stream.write_all(&buf[..n])?;
+            }
+        }
+        Behavior::SinkThenReply => sink_then_reply(&mut stream),
+        Behavior::SpeakFirst { banner } => {
+            send_pattern(&mut stream, 7, banner as u64)?;
+            sink_then_reply(&mut stream)
+        }
+        Behavior::Reset => {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: valid fd and option struct.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&stream),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    size_of::<libc::linger>() as u32,
+                )
+            };
+            drop(stream);
+            Ok(())
+        }
+        Behavior::Hold => {
+            let _ = receive_all(&mut stream);
+            Ok(())
+        }
+    }
+}
+
+fn sink_then_reply(stream: &mut TcpStream) -> std::io::Result<()> {
+    let sum = receive_all(stream)?;
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&sum.hash.to_le_bytes());
+    header[8..].copy_from_slice(&sum.len.to_le_bytes());
+    stream.write_all(&header)?;
+    send_pattern(stream, sum.len, reply_len(sum.len))?;
+    stream.shutdown(Shutdown::Write)?;
+    // Wait for the client to close, so our reply is never cut by a reset.
+    let _ = receive_all(stream);
+    Ok(())
+}
+
+/// The client side of a `SinkThenReply` exchange: upload `len` pattern bytes (seed `seed`),
+/// half-close, then check the device saw exactly those bytes and that its reply is intact.
+/// With `banner`, first read and check a speak-first banner of that length.
+pub fn upload_and_check(
+    stream: &mut TcpStream,
+    seed: u64,
+    len: u64,
+    banner: Option<usize>,
+) -> Result<(), String> {
+    if let Some(banner) = banner {
+        let mut got = vec![0u8; banner];
+        stream
+            .read_exact(&mut got)
+            .map_err(|e| format!("reading the {banner}-byte banner: {e}"))?;
+        let mut want = vec![0u8; banner];
+        Pattern::new(7).fill(&mut want);
+        if got != want {
+            return Err("banner bytes differ".into());
+        }
+    }
+    let sent = send_pattern(stream, seed, len).map_err(|e| format!("upload: {e}"))?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| format!("half-close: {e}"))?;
+    let mut header = [0u8; 16];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("reading the device's checksum after {len} bytes: {e}"))?;
+    let seen = Checksum {
+        hash: u64::from_le_bytes(header[..8].try_into().expect("8 bytes")),
+        len: u64::from_le_bytes(header[8..].try_into().expect("8 bytes")),
+    };
+    if seen != sent {
+        return Err(format!("device saw {seen:?}, client sent {sent:?}"));
+    }
+    let reply = receive_all(stream).map_err(|e| format!("reading the reply: {e}"))?;
+    let mut expected = Checksum::default();
+    let mut pattern = Pattern::new(len);
+    let mut buf = vec![0u8; reply_len(len) as usize];
+    pattern.fill(&mut buf);
+    expected.update(&buf);
+    if reply != expected {
+        return Err(format!("reply {reply:?}, expected {expected:?}"));
+    }
+    Ok(())
+}
