@@ -560,3 +560,180 @@ async fn racing_replicas_cannot_both_take_a_lapsed_lease() {
     leader.acquire(Duration::from_millis(1), &metrics).await;
     assert!(metrics.encode().contains("devicelink_operator_leader 1"));
 }
+
+/// The whole controller, watches included, against a fake API server that routes by path:
+/// lists answer at once, watches are held open, and the Service watch later reports the load
+/// balancer's address, which must trigger the reconcile that makes the link Active.
+#[tokio::test]
+async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appears() {
+    use http::{Method, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    let (ctx, server) = Context::test(at(NOW));
+    let mut handle = server.0;
+    let link = serde_json::to_value(DeviceLink::test()).unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<(Vec<String>, Vec<String>)>();
+    let fake = tokio::spawn(async move {
+        let reply = |send: tower_test::mock::SendResponse<http::Response<Body>>,
+                     code: StatusCode,
+                     body: Value| {
+            send.send_response(
+                http::Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        };
+        let list = |kind: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": items});
+        let mut held_watches = Vec::new();
+        let mut service_watch = None;
+        let mut endpoint_reported = false;
+        let mut phases = Vec::new();
+        let mut events = Vec::new();
+        let mut done_tx = Some(done_tx);
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let body: Value = {
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                }
+            };
+            let watching = query.contains("watch=true");
+            match (method, path.as_str()) {
+                (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinks") if watching => {
+                    held_watches.push(send)
+                }
+                (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinks") => {
+                    reply(
+                        send,
+                        StatusCode::OK,
+                        list("DeviceLinkList", vec![link.clone()]),
+                    );
+                }
+                (Method::GET, "/api/v1/services") if watching => {
+                    assert!(
+                        query.contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Ddevicelink-operator"
+                        ),
+                        "{query}"
+                    );
+                    if service_watch.is_none() && !endpoint_reported {
+                        service_watch = Some(send);
+                    } else {
+                        held_watches.push(send);
+                    }
+                }
+                (Method::GET, "/api/v1/services") => {
+                    reply(send, StatusCode::OK, list("ServiceList", vec![]))
+                }
+                (Method::GET, "/apis/apps/v1/deployments") if watching => held_watches.push(send),
+                (Method::GET, "/apis/apps/v1/deployments") => {
+                    reply(send, StatusCode::OK, list("DeploymentList", vec![]))
+                }
+                (Method::PATCH, "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh") => {
+                    let mut service = body.clone();
+                    service["metadata"]["uid"] = json!("svc-uid-17");
+                    service["metadata"]["resourceVersion"] = json!("150");
+                    service["status"] = if endpoint_reported {
+                        json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.7", "ipMode": "VIP"}]}})
+                    } else {
+                        json!({"loadBalancer": {}})
+                    };
+                    reply(
+                        send,
+                        if endpoint_reported {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::CREATED
+                        },
+                        service,
+                    );
+                }
+                (
+                    Method::PATCH,
+                    "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh",
+                ) => {
+                    let mut deployment = body.clone();
+                    deployment["metadata"]["uid"] = json!("deploy-uid-17");
+                    deployment["status"] =
+                        json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1});
+                    reply(send, StatusCode::OK, deployment);
+                }
+                (
+                    Method::PATCH,
+                    "/apis/devicelink.io/v1alpha1/namespaces/plant-a/devicelinks/pump-17-ssh/status",
+                ) => {
+                    phases.push(body["status"]["phase"].as_str().unwrap().to_owned());
+                    let mut stored = link.clone();
+                    stored["status"] = body["status"].clone();
+                    reply(send, StatusCode::OK, stored);
+                    if !endpoint_reported {
+                        // The load balancer assigns an address: the Service watch says so.
+                        endpoint_reported = true;
+                        let service = json!({
+                            "apiVersion": "v1", "kind": "Service",
+                            "metadata": {
+                                "name": "devicelink-pump-17-ssh", "namespace": "plant-a", "uid": "svc-uid-17",
+                                "resourceVersion": "160",
+                                "labels": {"app.kubernetes.io/managed-by": "devicelink-operator"},
+                                "ownerReferences": [{"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
+                                    "name": "pump-17-ssh", "uid": LINK_UID, "controller": true}],
+                            },
+                            "spec": {"type": "LoadBalancer", "ports": [{"port": 22}]},
+                            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}},
+                        });
+                        let event =
+                            serde_json::to_vec(&json!({"type": "MODIFIED", "object": service}))
+                                .unwrap();
+                        let watch = service_watch
+                            .take()
+                            .expect("the controller watches Services");
+                        watch.send_response(
+                            http::Response::builder()
+                                .status(200)
+                                .body(Body::from(event))
+                                .unwrap(),
+                        );
+                    }
+                }
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/plant-a/events") => {
+                    events.push(body["reason"].as_str().unwrap().to_owned());
+                    reply(send, StatusCode::CREATED, body);
+                    if let Some(done) = done_tx.take() {
+                        let _ = done.send((phases.clone(), events.clone()));
+                    }
+                }
+                (method, path) => panic!("unexpected request {method} {path}?{query}"),
+            }
+        }
+        drop(held_watches);
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (_store, run) = super::controller(ctx, async move {
+        let _ = stop_rx.await;
+    });
+    let running = tokio::spawn(run);
+    let (phases, events) = tokio::time::timeout(Duration::from_secs(10), done_rx)
+        .await
+        .expect("the Service watch event led to a reconcile that opened the link")
+        .expect("fake API server ran");
+    assert_eq!(
+        phases,
+        ["Pending", "Active"],
+        "first waiting for the load balancer, then active"
+    );
+    assert_eq!(events, ["Opened"]);
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+    fake.abort();
+}
