@@ -15,7 +15,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{
         TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        tcp::{ReadHalf, WriteHalf},
     },
     time::Instant,
 };
@@ -68,16 +68,18 @@ impl Outcome {
 /// Carries one connection in user space until both directions end, one side resets, it idles
 /// out, or `cancel` fires.
 pub async fn carry(
-    client: TcpStream,
-    device: TcpStream,
+    mut client: TcpStream,
+    mut device: TcpStream,
     limits: &CarryLimits,
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Outcome {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
     let activity = AtomicU64::new(0);
-    let (client_read, client_write) = client.into_split();
-    let (device_read, device_write) = device.into_split();
+    // Borrowed halves: unlike owned ones, dropping them does not shut the write side, so a reset
+    // is passed on as a reset and not as a FIN followed by one.
+    let (client_read, client_write) = client.split();
+    let (device_read, device_write) = device.split();
     let to_device = pump(
         client_read,
         device_write,
@@ -158,8 +160,8 @@ fn reset_on_close(fds: [RawFd; 2]) {
 /// it came from: "client" for the read side, "device" for the write side (as seen from the
 /// client -> device direction).
 async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     direction: Direction,
     activity: &AtomicU64,
     metrics: &Metrics,

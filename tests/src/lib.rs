@@ -456,6 +456,9 @@ pub struct ProxyOptions<'a> {
     pub allow: Vec<String>,
     pub xdp: bool,
     pub extra: Vec<String>,
+    /// A program (with its arguments) that starts the proxy, e.g. `setpriv` to drop
+    /// capabilities; empty for none.
+    pub launcher: Vec<String>,
 }
 
 impl Default for ProxyOptions<'_> {
@@ -465,6 +468,7 @@ impl Default for ProxyOptions<'_> {
             allow: vec![format!("{CLIENT_V4}/32"), format!("{CLIENT_V6}/128")],
             xdp: true,
             extra: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -481,7 +485,14 @@ impl Proxy {
         options: ProxyOptions<'_>,
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), METRICS_PORT);
-        let mut cmd = topology.proxy.command(proxy_binary()?);
+        let mut cmd = match options.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = topology.proxy.command(program);
+                cmd.args(args).arg(proxy_binary()?);
+                cmd
+            }
+            None => topology.proxy.command(proxy_binary()?),
+        };
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

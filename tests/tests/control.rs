@@ -1,0 +1,571 @@
+//! What the proxy decides, end to end in namespaces: the source ACL (XDP on the wire in eBPF
+//! mode, at accept in both), the device being down, limits, idle timeout, expiry, falling back
+//! when eBPF cannot load, resets passed on, and a clean SIGTERM. Needs root.
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use devicelink_testbed::{
+    CLIENT_V4, CLIENT_V6, DEVICE_V4, OTHER_CLIENT_V4, OTHER_CLIENT_V6, PROXY_FRONT_IFACE,
+    PROXY_FRONT_V4, PROXY_FRONT_V6, Proxy, ProxyOptions, Topology, connect_from,
+    peers::{self, Behavior},
+    proxy_binary,
+};
+
+const DEVICE_PORT: u16 = 7100;
+const PROXY_PORT: u16 = 2323;
+
+fn front() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), PROXY_PORT)
+}
+
+fn device() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(DEVICE_V4), DEVICE_PORT)
+}
+
+fn topology(tag: &str) -> Topology {
+    Topology::new(tag).unwrap_or_else(|e| panic!("topology {tag}: {e:#} (these tests need root)"))
+}
+
+fn start(topology: &Topology, listen: SocketAddr, options: ProxyOptions<'_>) -> Proxy {
+    Proxy::start(topology, listen, device(), options).unwrap_or_else(|e| panic!("proxy: {e:#}"))
+}
+
+fn extra(flags: &[&str]) -> Vec<String> {
+    flags.iter().map(ToString::to_string).collect()
+}
+
+/// One echo round trip over `stream`.
+fn echo_once(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"ping")?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}
+
+/// Whether the proxy closed `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// XDP drops a disallowed source's SYNs (v4 and v6) on the wire, while the allowed source on the
+/// same interface connects and talks.
+#[test]
+fn xdp_drops_disallowed_sources_v4_and_v6() {
+    let topology = topology("xdp");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let proxy_v4 = start(&topology, front(), ProxyOptions::default());
+    topology.client.run(|| {
+        let mut allowed = connect_from(IpAddr::V4(CLIENT_V4), front(), Duration::from_secs(3))
+            .expect("allowed v4 source connects");
+        echo_once(&mut allowed).expect("allowed v4 source talks to the device");
+        let denied = connect_from(
+            IpAddr::V4(OTHER_CLIENT_V4),
+            front(),
+            Duration::from_millis(1500),
+        );
+        assert_eq!(
+            denied.map(drop).map_err(|e| e.kind()),
+            Err(ErrorKind::TimedOut),
+            "a v4 source outside --allow should get no answer at all (SYN dropped)"
+        );
+    });
+    let dropped = proxy_v4
+        .metric("devicelink_xdp_packets_total{verdict=\"drop\",reason=\"source_not_allowed\"}");
+    let allowed =
+        proxy_v4.metric("devicelink_xdp_packets_total{verdict=\"pass\",reason=\"allowed\"}");
+    assert!(
+        dropped >= 1.0,
+        "the XDP program should have counted the dropped SYNs, saw {dropped}"
+    );
+    assert!(
+        allowed >= 3.0,
+        "the allowed connection's packets should pass XDP, saw {allowed}"
+    );
+    assert_eq!(proxy_v4.metric("devicelink_xdp_attached"), 1.0);
+    drop(proxy_v4);
+
+    let front_v6 = SocketAddr::new(IpAddr::V6(PROXY_FRONT_V6), PROXY_PORT);
+    let proxy_v6 = start(&topology, front_v6, ProxyOptions::default());
+    topology.client.run(move || {
+        let mut allowed = connect_from(IpAddr::V6(CLIENT_V6), front_v6, Duration::from_secs(3))
+            .expect("allowed v6 source connects");
+        echo_once(&mut allowed).expect("allowed v6 source talks to the device");
+        let denied = connect_from(
+            IpAddr::V6(OTHER_CLIENT_V6),
+            front_v6,
+            Duration::from_millis(1500),
+        );
+        assert_eq!(
+            denied.map(drop).map_err(|e| e.kind()),
+            Err(ErrorKind::TimedOut),
+            "a v6 source outside --allow should get no answer"
+        );
+    });
+    let dropped = proxy_v6
+        .metric("devicelink_xdp_packets_total{verdict=\"drop\",reason=\"source_not_allowed\"}");
+    assert!(dropped >= 1.0, "v6 drops should be counted, saw {dropped}");
+}
+
+/// Without XDP (userspace mode) the same ACL holds at accept: the disallowed source is reset
+/// before any byte reaches the device.
+#[test]
+fn accept_time_acl_refuses_disallowed_sources_without_xdp() {
+    let topology = topology("acl");
+    let device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            data_plane: "userspace",
+            xdp: false,
+            ..Default::default()
+        },
+    );
+    topology.client.run(|| {
+        // The handshake completes in the kernel; the proxy then resets it, maybe before the
+        // client even looks.
+        if let Ok(mut denied) =
+            connect_from(IpAddr::V4(OTHER_CLIENT_V4), front(), Duration::from_secs(3))
+        {
+            assert!(
+                echo_once(&mut denied).is_err(),
+                "a disallowed source must not reach the device"
+            );
+        }
+        let mut allowed =
+            connect_from(IpAddr::V4(CLIENT_V4), front(), Duration::from_secs(3)).unwrap();
+        echo_once(&mut allowed).expect("allowed source talks");
+    });
+    assert_eq!(
+        proxy.metric("devicelink_connections_total{result=\"rejected_acl\"}"),
+        1.0
+    );
+    assert_eq!(
+        device.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the allowed client reaches the device"
+    );
+}
+
+/// No `--allow` at all: nobody gets in.
+#[test]
+fn no_allow_means_nobody_gets_in() {
+    let topology = topology("noallow");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            allow: vec![],
+            xdp: false,
+            ..Default::default()
+        },
+    );
+    topology.client.run(|| {
+        let mut stream = TcpStream::connect(front()).unwrap();
+        assert!(
+            echo_once(&mut stream).is_err(),
+            "with no --allow every client must be refused"
+        );
+    });
+    assert!(
+        proxy.process.log().contains("no --allow given"),
+        "the proxy should say why everyone is refused"
+    );
+}
+
+/// Device refusing, or not there at all: the client is closed promptly, the cause counted and
+/// logged once.
+#[test]
+fn device_down_closes_clients_promptly() {
+    for (tag, device_addr, result) in [
+        ("refused", device(), "device_refused"),
+        // No host at .99: ARP gets no answer, the connect times out.
+        (
+            "absent",
+            SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 2, 99)),
+                DEVICE_PORT,
+            ),
+            "device_timeout",
+        ),
+    ] {
+        let topology = topology(tag);
+        let proxy = Proxy::start(
+            &topology,
+            front(),
+            device_addr,
+            ProxyOptions {
+                extra: extra(&["--connect-timeout", "1s"]),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+        topology.client.run(|| {
+            for _ in 0..3 {
+                let mut stream = TcpStream::connect(front()).unwrap();
+                let start = Instant::now();
+                assert!(
+                    closed_within(&mut stream, Duration::from_secs(4)),
+                    "client should be closed when the device is down"
+                );
+                assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "closed after {:?}, expected about the connect timeout",
+                    start.elapsed()
+                );
+            }
+        });
+        assert_eq!(
+            proxy.metric(&format!(
+                "devicelink_connections_total{{result=\"{result}\"}}"
+            )),
+            3.0,
+            "{tag}"
+        );
+        let log = proxy.process.log();
+        assert_eq!(
+            log.matches("cannot reach the device").count(),
+            1,
+            "one log line per cause, not per client:\n{log}"
+        );
+    }
+}
+
+/// Past `--max-connections`, a client is refused at once; a freed slot is reused.
+#[test]
+fn max_connections_refuses_excess_promptly() {
+    let topology = topology("maxconn");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            extra: extra(&["--max-connections", "2"]),
+            ..Default::default()
+        },
+    );
+    topology.client.run(|| {
+        let mut first = TcpStream::connect(front()).unwrap();
+        let mut second = TcpStream::connect(front()).unwrap();
+        echo_once(&mut first).unwrap();
+        echo_once(&mut second).unwrap();
+        let mut third = TcpStream::connect(front()).unwrap();
+        let start = Instant::now();
+        assert!(
+            closed_within(&mut third, Duration::from_secs(2)),
+            "the third client should be refused"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "refusal should be prompt"
+        );
+        drop(first);
+        thread::sleep(Duration::from_millis(300));
+        let mut fourth = TcpStream::connect(front()).unwrap();
+        echo_once(&mut fourth).expect("a freed slot takes a new client");
+    });
+    assert_eq!(
+        proxy.metric("devicelink_connections_total{result=\"rejected_limit\"}"),
+        1.0
+    );
+}
+
+/// An idle connection is closed after `--idle-timeout`; a busy one is not (eBPF mode judges from
+/// the kernel's byte counters, userspace mode from its own).
+fn idle_timeout(mode: &str) {
+    let topology = topology(&format!("idle{mode}"));
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            data_plane: mode,
+            extra: extra(&["--idle-timeout", "1s"]),
+            ..Default::default()
+        },
+    );
+    topology.client.run(|| {
+        let mut idle = TcpStream::connect(front()).unwrap();
+        let mut busy = TcpStream::connect(front()).unwrap();
+        echo_once(&mut idle).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2500) {
+            echo_once(&mut busy).expect("a busy connection must not idle out");
+            thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(2)),
+            "the idle connection should be closed after 1s"
+        );
+        echo_once(&mut busy).expect("still open");
+    });
+    assert_eq!(
+        proxy.metric("devicelink_connections_total{result=\"idle_timeout\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn idle_connections_close_ebpf() {
+    idle_timeout("ebpf");
+}
+
+#[test]
+fn idle_connections_close_userspace() {
+    idle_timeout("userspace");
+}
+
+/// At `--expires-at` the proxy stops accepting, closes every connection and exits 0, even with
+/// nobody telling it to.
+fn expiry(mode: &str) {
+    let topology = topology(&format!("exp{mode}"));
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let at = humantime_rfc3339(expires_at);
+    let mut proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            data_plane: mode,
+            extra: extra(&["--expires-at", &at]),
+            ..Default::default()
+        },
+    );
+    topology.client.run(move || {
+        let mut open = TcpStream::connect(front()).unwrap();
+        echo_once(&mut open).unwrap();
+        assert!(
+            closed_within(&mut open, Duration::from_secs(6)),
+            "the open connection should be closed at expiry"
+        );
+        let late = std::time::SystemTime::now()
+            .duration_since(expires_at)
+            .unwrap_or_default();
+        assert!(
+            late < Duration::from_secs(1),
+            "closed {late:?} after the expiry instant"
+        );
+        assert!(
+            TcpStream::connect_timeout(&front(), Duration::from_secs(1)).is_err(),
+            "no new client after expiry"
+        );
+    });
+    let status = proxy
+        .process
+        .wait_timeout(Duration::from_secs(5))
+        .expect("proxy exits after expiry");
+    assert!(status.success(), "exit status {status}");
+    assert!(proxy.process.log().contains("link expired"));
+}
+
+#[test]
+fn expiry_closes_everything_on_time_ebpf() {
+    expiry("ebpf");
+}
+
+#[test]
+fn expiry_closes_everything_on_time_userspace() {
+    expiry("userspace");
+}
+
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Without the capabilities eBPF needs, `auto` falls back to the userspace copy, says so in one
+/// line and in metrics, and still carries bytes; `ebpf` refuses to start, naming the fix.
+#[test]
+fn falls_back_to_userspace_when_ebpf_cannot_load() {
+    let topology = topology("fallback");
+    let _device = peers::serve(&topology.device, device(), Behavior::SinkThenReply);
+    let drop_caps: Vec<String> = [
+        "setpriv",
+        "--bounding-set",
+        "-bpf,-net_admin,-perfmon,-sys_admin",
+    ]
+    .map(String::from)
+    .to_vec();
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            data_plane: "auto",
+            launcher: drop_caps.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        proxy.metric("devicelink_data_plane_info{mode=\"userspace\"}"),
+        1.0
+    );
+    let log = proxy.process.log();
+    let reason = log
+        .lines()
+        .find(|l| l.contains("data plane: userspace copy, because"))
+        .unwrap_or_else(|| panic!("one line should say why:\n{log}"));
+    assert!(
+        reason.contains("CAP_BPF"),
+        "the line should name what is missing: {reason}"
+    );
+    topology.client.run(|| {
+        let mut stream = TcpStream::connect(front()).unwrap();
+        peers::upload_and_check(&mut stream, 5, 5_000_000, None)
+            .expect("bytes flow through the fallback");
+    });
+    drop(proxy);
+
+    let mut cmd = topology.proxy.command(&drop_caps[0]);
+    cmd.args(&drop_caps[1..]).arg(proxy_binary().unwrap());
+    cmd.args([
+        "--listen",
+        &front().to_string(),
+        "--device",
+        &device().to_string(),
+        "--allow",
+        "10.77.1.2",
+        "--data-plane",
+        "ebpf",
+    ]);
+    let output = cmd.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "--data-plane ebpf without privileges must fail at start"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--data-plane ebpf") && stderr.contains("--data-plane auto"),
+        "the error should say what to do:\n{stderr}"
+    );
+}
+
+/// A device that resets has its reset passed on to the client (both modes).
+#[test]
+fn device_reset_reaches_the_client() {
+    for mode in ["ebpf", "userspace"] {
+        let topology = topology(&format!("rst{mode}"));
+        let _device = peers::serve(&topology.device, device(), Behavior::Reset);
+        let _proxy = start(
+            &topology,
+            front(),
+            ProxyOptions {
+                data_plane: mode,
+                ..Default::default()
+            },
+        );
+        topology.client.run(move || {
+            let mut stream = TcpStream::connect(front()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 8];
+            let result = stream.read(&mut buf);
+            assert!(
+                matches!(&result, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+                "{mode}: the client should see the device's reset, got {result:?}"
+            );
+        });
+    }
+}
+
+/// SIGTERM: stop accepting, close connections, detach XDP, exit 0; nothing is left attached or
+/// pinned.
+#[test]
+fn sigterm_detaches_everything() {
+    let topology = topology("term");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let mut proxy = start(&topology, front(), ProxyOptions::default());
+    let link = topology
+        .proxy
+        .ip(&["link", "show", PROXY_FRONT_IFACE])
+        .unwrap();
+    assert!(
+        link.contains("xdp"),
+        "XDP should be attached while running:\n{link}"
+    );
+    let client = topology.client.spawn(|| {
+        let mut stream = TcpStream::connect(front()).unwrap();
+        echo_once(&mut stream).unwrap();
+        closed_within(&mut stream, Duration::from_secs(5))
+    });
+    thread::sleep(Duration::from_millis(300));
+    proxy.process.signal(libc::SIGTERM);
+    let status = proxy
+        .process
+        .wait_timeout(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        client.join().unwrap(),
+        "the open connection should be closed"
+    );
+    let link = topology
+        .proxy
+        .ip(&["link", "show", PROXY_FRONT_IFACE])
+        .unwrap();
+    assert!(
+        !link.contains("xdp"),
+        "XDP should be detached after exit:\n{link}"
+    );
+    let pinned = std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().contains("devicelink"))
+        })
+        .unwrap_or(false);
+    assert!(!pinned, "nothing of devicelink should be pinned");
+}
+
+/// Bad flags get an error naming the flag, and the proxy does not start.
+#[test]
+fn bad_arguments_name_the_flag() {
+    for (args, flag) in [
+        (vec!["--allow", "10.0.0.0/33"], "--allow"),
+        (vec!["--listen", "0.0.0.0:0"], "--listen"),
+        (vec!["--expires-at", "2001-01-01T00:00:00Z"], "--expires-at"),
+        (vec!["--device", "10.0.0.1"], "--device"),
+    ] {
+        let mut cmd = Command::new(proxy_binary().unwrap());
+        for (name, default) in [("--listen", "127.0.0.1:4000"), ("--device", "127.0.0.1:22")] {
+            if !args.contains(&name) {
+                cmd.args([name, default]);
+            }
+        }
+        cmd.args(&args);
+        let output = cmd.output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} should be refused with exit code 2"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(flag),
+            "{args:?}: the error should name {flag}:\n{stderr}"
+        );
+    }
+}
