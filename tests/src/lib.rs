@@ -31,6 +31,7 @@ use anyhow::{Context as _, bail};
 pub mod rfb;
 
 pub mod peers;
+pub mod ssh;
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const OTHER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 3);
