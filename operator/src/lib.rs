@@ -1,6 +1,7 @@
 //! The DeviceLink operator: the `DeviceLink` resource, the children it renders to, and the
 //! controller that keeps them in step. Binaries (`devicelink-operator`, `devicelink`) are thin.
 
+pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod lifecycle;

@@ -469,6 +469,61 @@ async fn end_to_end_on_a_real_cluster() {
     assert!(message.contains("spec.allowedSourceRanges[0]"), "{message}");
     children_gone(&client, &namespace, "e2e-bad").await;
 
+    // The CLI against the same cluster: open, list, extend, status, close.
+    step("devicelink CLI");
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_devicelink"))
+            .args(["-n", &namespace])
+            .args(args)
+            .output()
+            .expect("run devicelink");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "devicelink {args:?} failed ({:?}): {stderr}",
+            output.status.code()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let device = format!("{device_ip}:9376");
+    let opened: serde_json::Value = serde_json::from_str(&cli(&[
+        "-o", "json", "open", "e2e-cli", "--device", &device, "--port", "19377", "--for", "30m",
+        "--allow", &cidr,
+    ]))
+    .expect("open -o json prints JSON");
+    let cli_endpoint = opened["endpoint"].as_str().expect("an endpoint").to_owned();
+    let reply = wait_for(
+        "a connection through the CLI's link",
+        Duration::from_secs(60),
+        || {
+            let endpoint = cli_endpoint.clone();
+            async move { talk_through(&endpoint).ok() }
+        },
+    )
+    .await;
+    assert_eq!(reply, device_name);
+    assert!(
+        cli(&["list"])
+            .lines()
+            .any(|line| line.starts_with("e2e-cli ") && line.contains("Active"))
+    );
+    let extended: serde_json::Value =
+        serde_json::from_str(&cli(&["-o", "json", "extend", "e2e-cli", "--for", "10m"])).unwrap();
+    assert!(
+        extended["expiresInSeconds"].as_i64().unwrap() > 35 * 60,
+        "30m + 10m: {extended}"
+    );
+    assert!(
+        cli(&["status", "e2e-cli"]).contains("Opened"),
+        "the Opened event is listed"
+    );
+    cli(&["close", "e2e-cli"]);
+    children_gone(&client, &namespace, "e2e-cli").await;
+    links
+        .delete("e2e-cli", &DeleteParams::default())
+        .await
+        .expect("delete CLI link");
+
     // Two replicas: kill the leader; the other takes over and keeps reconciling.
     step("leader failover");
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
