@@ -27,6 +27,7 @@ const FOREGROUND: &str = "#e07020";
 const BACKGROUND: &str = "#1040a0";
 
 static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
+static NEXT_BITMAP: AtomicU32 = AtomicU32::new(0);
 
 /// `Xvnc` running in a namespace; killed (and its pattern file removed) on drop.
 pub struct Xvnc {
@@ -41,21 +42,16 @@ impl Xvnc {
     /// Starts `Xvnc` in `ns` listening for RFB on `addr` (an address of `ns`), draws the pattern
     /// and returns once a viewer can connect.
     pub fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
-        let bitmap =
-            std::env::temp_dir().join(format!("devicelink-xvnc-{}.xbm", std::process::id()));
+        // One file per server: each removes its own on drop.
+        let bitmap = std::env::temp_dir().join(format!(
+            "devicelink-xvnc-{}-{}.xbm",
+            std::process::id(),
+            NEXT_BITMAP.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&bitmap, pattern_xbm()).context("writing the root-window pattern")?;
-        // X display numbers are global to the machine (the sockets and lock files live in /tmp,
-        // which namespaces share), so pick free ones, unique per test process.
         let mut last_error = None;
         for _ in 0..20 {
-            let display = 200
-                + (std::process::id() % 400) * 4
-                + NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed) % 4;
-            if Path::new(&format!("/tmp/.X{display}-lock")).exists() {
-                NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match Self::start_on(ns, addr, display, &bitmap) {
+            match Self::start_on(ns, addr, free_display(), &bitmap) {
                 Ok(xvnc) => return Ok(xvnc),
                 Err(e) => last_error = Some(e),
             }
@@ -129,6 +125,22 @@ impl Drop for Xvnc {
         let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.display));
         let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.display));
         let _ = std::fs::remove_file(&self.bitmap);
+    }
+}
+
+/// An X display number nobody uses now. Display numbers are global to the machine (the
+/// sockets and lock files live in /tmp, which namespaces share), so each test process draws
+/// from its own range.
+pub fn free_display() -> u32 {
+    loop {
+        let display =
+            200 + (std::process::id() % 400) * 8 + NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed) % 8;
+        if !Path::new(&format!("/tmp/.X{display}-lock")).exists()
+            && !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+        {
+            return display;
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
