@@ -44,9 +44,14 @@ pub enum Clock {
 }
 
 impl Clock {
+    /// Whole seconds: status times are stored to the second (metav1.Time), so a status
+    /// computed from a finer clock would never compare equal to what was read back, and
+    /// every reconcile would patch it again.
     pub fn now(self) -> Timestamp {
         match self {
-            Clock::System => Timestamp::now(),
+            Clock::System => {
+                Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range")
+            }
             Clock::Fixed(at) => at,
         }
     }

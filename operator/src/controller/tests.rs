@@ -18,6 +18,12 @@ use crate::{
 
 const NOW: &str = "2026-11-25T08:00:00Z";
 
+#[test]
+fn system_clock_reads_whole_seconds_as_status_times_are_stored() {
+    let now = crate::controller::Clock::System.now();
+    assert_eq!(now.subsec_nanosecond(), 0);
+}
+
 #[tokio::test]
 async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
     let (ctx, server) = Context::test(at(NOW));
