@@ -161,6 +161,42 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the Lease up (when stopping), so that another replica takes over at once rather
+    /// than after a whole lease duration. Does nothing if someone else holds it.
+    pub async fn release(&self) -> Result<()> {
+        let Some(mut lease) = self
+            .leases
+            .get_opt(&self.lease_name)
+            .await
+            .map_err(Error::Lease)?
+        else {
+            return Ok(());
+        };
+        let holder = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref());
+        if holder != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+        }
+        match self
+            .leases
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                info!(identity = %self.identity, lease = %self.lease_name, "released the Lease");
+                Ok(())
+            }
+            // Someone wrote it since: it is not ours to release any more.
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(()),
+            Err(error) => Err(Error::Lease(error)),
+        }
+    }
+
     /// Waits until this replica leads, trying every `retry`.
     pub async fn acquire(&self, retry: Duration, metrics: &Metrics) {
         loop {

@@ -283,7 +283,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(elector) => {
             let renew_every = args.lease_duration / 3;
             tokio::select! {
-                () = controller => {}
+                () = controller => {
+                    if let Err(error) = elector.release().await {
+                        tracing::warn!(%error, "could not release the Lease; another replica takes over when it lapses");
+                    }
+                }
                 lost = elector.hold(renew_every, &metrics) => {
                     // Exiting is the only safe way to stop every reconcile at once; Kubernetes
                     // restarts the pod, which rejoins as a follower.

@@ -743,3 +743,108 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
         .unwrap();
     fake.abort();
 }
+
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_so_the_other_replica_takes_over_at_once() {
+    let store = LeaseStore::default();
+    let lease_duration = Duration::from_secs(15);
+    let mut first = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-a",
+        lease_duration,
+    );
+    let mut second = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-b",
+        lease_duration,
+    );
+    first.clock = crate::controller::Clock::Fixed(at(NOW));
+    second.clock = crate::controller::Clock::Fixed(at("2026-11-25T08:00:01Z"));
+    assert!(first.try_acquire_or_renew().await.unwrap());
+    second
+        .release()
+        .await
+        .expect("releasing a Lease held by another is a no-op");
+    assert_eq!(store.holder().as_deref(), Some("replica-a"));
+    first.release().await.expect("release");
+    assert_eq!(store.holder(), None);
+    assert!(
+        second.try_acquire_or_renew().await.unwrap(),
+        "taken one second later, not fifteen"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_finds_another_holder_steps_down() {
+    let store = LeaseStore::default();
+    let lease_duration = Duration::from_secs(15);
+    let mut first = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-a",
+        lease_duration,
+    );
+    let mut second = LeaderElection::new(
+        store.client(),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-b",
+        lease_duration,
+    );
+    first.clock = crate::controller::Clock::Fixed(at(NOW));
+    assert!(first.try_acquire_or_renew().await.unwrap());
+    // The first replica was paused past its lease; the second took over meanwhile.
+    second.clock = crate::controller::Clock::Fixed(at("2026-11-25T08:00:20Z"));
+    assert!(second.try_acquire_or_renew().await.unwrap());
+    let metrics = Metrics::default();
+    metrics.leader.set(1);
+    let lost = first.hold(Duration::from_millis(1), &metrics).await;
+    assert!(matches!(lost, Error::LostLeadership(_)), "{lost:?}");
+    assert!(metrics.encode().contains("devicelink_operator_leader 0"));
+}
+
+#[tokio::test]
+async fn ttl_and_device_changes_update_the_children_in_place() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let edited = DeviceLink::test().active_since(NOW, now).edited(|spec| {
+        spec.ttl = Some("3h".into());
+        spec.device.host = "10.20.30.41".into();
+    });
+    let stored = edited.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |deployment| {
+                let args = proxy_args(deployment);
+                assert_eq!(
+                    flag_value(&args, "--device").as_deref(),
+                    Some("10.20.30.41:22")
+                );
+                assert_eq!(
+                    flag_value(&args, "--expires-at").as_deref(),
+                    Some("2026-11-25T11:00:00Z"),
+                    "3h from the same enable"
+                );
+            })
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.expires_at, Some(Time(at("2026-11-25T11:00:00Z"))));
+                assert_eq!(status.enabled_at, Some(Time(at(NOW))));
+            })
+            .await
+    });
+    let action = reconcile(Arc::new(edited), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(2 * 3600)),
+        "requeued at the new expiry"
+    );
+}
