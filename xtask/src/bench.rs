@@ -2,7 +2,7 @@
 //! instead, on the test bed's client / proxy / device namespaces, in one run. Each round runs
 //! every contender once (the start order rotates between rounds), so a slow spell of the
 //! machine spreads over all of them instead of one; the report gives medians and min–max.
-//! `--kind` runs the same measurement in a kind cluster instead (see `bench/kind.rs`).
+//! `--kind` runs the throughput measurement in a kind cluster instead (see `bench/kind.rs`).
 
 mod contenders;
 mod iperf;
@@ -83,14 +83,26 @@ pub struct BenchArgs {
     /// Where latest.md, latest.json and latest.png go (relative to the workspace).
     #[arg(long, default_value = "bench-results")]
     out_dir: PathBuf,
-    /// Build the images and run the measurement in a kind cluster instead (needs Docker).
+    /// Build the images and run the throughput measurement in a kind cluster instead (needs
+    /// Docker, kind and kubectl; uses --repetitions and --throughput-seconds).
     #[arg(long)]
     kind: bool,
+    /// Check offline what --kind would deploy (manifests, the DeviceLink, deploy/), and print
+    /// its plan; no Docker needed.
+    #[arg(long, conflicts_with = "kind")]
+    kind_check: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.kind_check {
+        return kind::check();
+    }
     if args.kind {
-        return kind::run();
+        return kind::run(
+            args.repetitions,
+            args.throughput_seconds,
+            &crate::workspace_root().join(&args.out_dir),
+        );
     }
     let started = Instant::now();
     traffic::raise_fd_limit();
