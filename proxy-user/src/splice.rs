@@ -219,7 +219,12 @@ pub async fn carry(
                 reason: "a side closed before the splice was set up".into(),
             };
         }
-        Err(err) => return Spliced::Done(Outcome::from_io(err)),
+        Err(err) => {
+            // A side reset (or failed) before the splice: pass it on as a reset, not a FIN.
+            let _ = sockopt::set_linger_reset(&client);
+            let _ = sockopt::set_linger_reset(&device);
+            return Spliced::Done(Outcome::from_io(err));
+        }
     }
     let (client, device) = match (client.into_std(), device.into_std()) {
         (Ok(client), Ok(device)) => (client, device),
@@ -327,59 +332,69 @@ fn enter(
     });
     pair[0].user_read = user_bytes[Direction::ToDevice as usize];
     pair[1].user_read = user_bytes[Direction::FromDevice as usize];
-    for socket in &mut pair {
-        sockopt::set_rcvlowat(&socket.stream, i32::MAX)?;
-        // Without a deep send buffer the psock backlog meets EAGAIN and retries a jiffy later,
-        // which caps a bulk stream (see the README's benchmark).
-        if let Err(err) = sockopt::force_sndbuf(&socket.stream, sndbuf) {
-            debug!(%err, "SO_SNDBUFFORCE refused; keeping the default send buffer");
+    // Any failure past this point resets both sides and leaves nothing in the maps.
+    let fail = |pair: &[SplicedSocket; 2], err: io::Error| {
+        for socket in pair {
+            plane.release(socket.cookie);
+            let _ = sockopt::set_linger_reset(&socket.stream);
         }
-        socket.cookie = sockopt::cookie(&socket.stream)?;
-        socket.queued_base = sockopt::bytes_queued_total(&socket.stream)?;
-    }
-    let refuse = |pair: [SplicedSocket; 2], reason: String| {
-        let [client, device] = pair;
-        let _ = sockopt::set_rcvlowat(&client.stream, 1);
-        let _ = sockopt::set_rcvlowat(&device.stream, 1);
-        EnterError::Refused {
-            client: client.stream,
-            device: device.stream,
-            reason,
-        }
+        EnterError::Io(err)
     };
-    let mut inserted = 0;
-    for socket in &pair {
+    for socket in &mut pair {
+        let prepared = (|| {
+            sockopt::set_rcvlowat(&socket.stream, i32::MAX)?;
+            // Without a deep send buffer the psock backlog meets EAGAIN and retries a jiffy
+            // later, which caps a bulk stream (see the README's benchmark).
+            if let Err(err) = sockopt::force_sndbuf(&socket.stream, sndbuf) {
+                debug!(%err, "SO_SNDBUFFORCE refused; keeping the default send buffer");
+            }
+            socket.cookie = sockopt::cookie(&socket.stream)?;
+            socket.queued_base = sockopt::bytes_queued_total(&socket.stream)?;
+            Ok::<_, io::Error>(())
+        })();
+        if let Err(err) = prepared {
+            for socket in &pair {
+                let _ = sockopt::set_linger_reset(&socket.stream);
+            }
+            return Err(EnterError::Io(err));
+        }
+    }
+    for (inserted, socket) in pair.iter().enumerate() {
         if let Err(err) = plane.insert_socket(socket.cookie, &socket.stream) {
             // Typically EOPNOTSUPP: the socket left ESTABLISHED (a FIN arrived) since step 1.
-            // A socket inserted before is gated and unarmed; bytes it held go back with it.
-            for earlier in &pair[..inserted] {
-                if plane.held_bytes(earlier.cookie) > 0 {
-                    // Held bytes live in the psock, which leaving the hash discards; this
-                    // connection cannot be carried intact either way.
-                    for s in &pair[..=inserted] {
-                        plane.release(s.cookie);
-                    }
-                    return Err(EnterError::Io(io::Error::other(
-                        "bytes arrived while the splice was being set up and a socket could not enter it",
-                    )));
-                }
-                plane.release(earlier.cookie);
+            // A socket inserted before is gated and unarmed: unless a FIN made the verdict
+            // program hold bytes on it (they live in its psock, which leaving the hash
+            // discards), it can go back to user space untouched.
+            if pair[..inserted].iter().any(|s| plane.held_bytes(s.cookie) > 0) {
+                return Err(fail(
+                    &pair,
+                    io::Error::other("bytes arrived while the splice was being set up and a socket could not enter it"),
+                ));
             }
-            plane.release(socket.cookie);
-            return Err(refuse(
-                pair,
-                format!("socket could not enter the splice hash: {err}"),
-            ));
+            for socket in &pair {
+                plane.release(socket.cookie);
+                let _ = sockopt::set_rcvlowat(&socket.stream, 1);
+            }
+            let [client, device] = pair;
+            return Err(EnterError::Refused {
+                client: client.stream,
+                device: device.stream,
+                reason: format!("socket could not enter the splice hash: {err}"),
+            });
         }
-        inserted += 1;
     }
     let [client, device] = &pair;
-    plane
+    let armed = plane
         .arm(client.cookie, device.cookie, Direction::ToDevice)
         .and_then(|()| plane.arm(device.cookie, client.cookie, Direction::FromDevice))
-        .map_err(|err| io::Error::other(format!("arming the splice: {err}")))?;
+        .map_err(|err| io::Error::other(format!("arming the splice: {err}")));
+    if let Err(err) = armed {
+        return Err(fail(&pair, err));
+    }
     for socket in &pair {
-        sockopt::set_rcvlowat(&socket.stream, 1)?;
+        if let Err(err) = sockopt::set_rcvlowat(&socket.stream, 1) {
+            return Err(fail(&pair, err));
+        }
     }
     Ok(pair)
 }
