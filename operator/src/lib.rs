@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod endpoints;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;

@@ -1,32 +1,19 @@
 //! `devicelink-operator`: runs the controller, or prints the CRD, or renders a DeviceLink's
 //! children offline. Thin: everything it does lives in the library.
 
-use std::{
-    io::Read,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{io::Read, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use clap::{Parser, Subcommand};
 use devicelink_operator::{
     controller::{self, Context},
+    endpoints::{self, Health},
     leader::LeaderElection,
     metrics::Metrics,
     render::ProxyImage,
-    resource::DeviceLink,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::{
-    Client,
-    runtime::{events::Reporter, reflector::Store},
-};
+use kube::{Client, runtime::events::Reporter};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -158,38 +145,6 @@ fn init_tracing(format: &str) {
     }
 }
 
-/// What the HTTP endpoints read.
-#[derive(Clone)]
-struct Health {
-    metrics: Metrics,
-    links: Arc<std::sync::Mutex<Option<Store<DeviceLink>>>>,
-    ready: Arc<AtomicBool>,
-}
-
-async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
-    if let Some(store) = health.links.lock().expect("links lock").as_ref() {
-        let links = store.state();
-        health
-            .metrics
-            .count_links(links.iter().map(|link| link.as_ref()));
-    }
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        health.metrics.encode(),
-    )
-}
-
-async fn readyz(State(health): State<Health>) -> StatusCode {
-    if health.ready.load(Ordering::Relaxed) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
 /// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
 async fn stop_requested() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -212,16 +167,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("devicelink-operator-{}", std::process::id()));
     let metrics = Metrics::default();
-    let health = Health {
-        metrics: metrics.clone(),
-        links: Arc::default(),
-        ready: Arc::default(),
-    };
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health.clone());
+    let health = Health::new(metrics.clone());
+    let app = endpoints::router(health.clone());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding --http-addr {}", args.http_addr))?;
@@ -231,9 +178,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error!(%error, "HTTP endpoints stopped");
         }
     });
-    // Ready means started and able to reach the API server; a follower is ready too, so that
-    // a rollout does not wait on an election.
-    health.ready.store(true, Ordering::Relaxed);
+    health.set_ready();
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -276,7 +221,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (store, controller) = controller::controller(ctx, async move {
         let _ = stop_for_controller.wait_for(|stop| *stop).await;
     });
-    *health.links.lock().expect("links lock") = Some(store);
+    health.set_links(store);
 
     match elector {
         None => controller.await,
