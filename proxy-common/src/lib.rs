@@ -20,6 +20,10 @@ pub struct SpliceLink {
     /// Payload bytes the verdict program has redirected from this socket to its peer.
     /// One socket's skbs are handled in order, so a plain add is exact without atomics.
     pub bytes: u64,
+    /// Payload bytes the verdict program kept on this socket instead (its peer was not in the
+    /// hash yet, or earlier kept bytes were still being forwarded by user space), in order.
+    /// User space reads them from the socket and forwards them; see `SPLICE_FORWARDED`.
+    pub held: u64,
     /// Which way bytes from this socket travel: a [`Direction`] as `u32`.
     pub direction: u32,
     pub _pad: u32,
@@ -63,12 +67,14 @@ impl XdpVerdict {
 pub enum SpliceCounter {
     /// Zero-length skbs (end of stream) passed instead of redirected.
     EndOfStream = 0,
-    /// Skbs seen on a socket with no link entry (not yet armed, or being torn down): passed.
+    /// Skbs seen on a socket with no link entry (being torn down): passed.
     Unlinked = 1,
+    /// Skbs kept on their socket for user space to forward, to keep bytes in order.
+    Held = 2,
 }
 
 impl SpliceCounter {
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// The XDP program's configuration, slot 0 of a one-element array.

@@ -19,11 +19,11 @@ static SPLICE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SO
 #[map]
 static SPLICE_LINKS: HashMap<u64, SpliceLink> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
-/// Bytes that arrived on a socket already in `SPLICE_SOCKETS` but not yet armed (its link entry
-/// not written), keyed by cookie. They stay on that socket (in its psock queue), where user space
-/// picks them up; it creates the entry before inserting the socket and reads it after arming.
+/// Held bytes user space has forwarded so far, keyed by cookie; written only by user space.
+/// While `SpliceLink::held` is ahead of it, new bytes are held too, so that none overtakes
+/// the held ones.
 #[map]
-static SPLICE_HELD: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+static SPLICE_FORWARDED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 /// Payload bytes redirected, per CPU, indexed by [`Direction`].
 #[map]
@@ -50,24 +50,39 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     // SAFETY: the helper only reads the socket the skb belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     let Some(link) = SPLICE_LINKS.get_ptr_mut(&cookie) else {
-        // Not armed yet (user space arms a pair only once both sockets are in the hash) or being
-        // torn down: keep the bytes on this socket rather than drop them.
+        // Being torn down: keep the bytes on this socket rather than drop them.
         count(SpliceCounter::Unlinked);
-        if let Some(held) = SPLICE_HELD.get_ptr_mut(&cookie) {
-            // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
-            unsafe { *held += u64::from(len) };
-        }
         return Ok(sk_action::SK_PASS);
     };
     // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
     let link = unsafe { &mut *link };
+    // SAFETY: plain value read.
+    let forwarded = unsafe { SPLICE_FORWARDED.get(&cookie) }.copied().unwrap_or(0);
+    if link.held != forwarded {
+        // User space is still forwarding bytes held earlier: these must queue behind them.
+        return Ok(hold(link, len));
+    }
+    let verdict = SPLICE_SOCKETS.redirect_skb(ctx, link.peer_cookie, 0) as u32;
+    if verdict != sk_action::SK_PASS {
+        // The peer is not in the hash yet (the two sockets of a pair enter one after the
+        // other): keep the bytes on this socket; user space forwards them in order.
+        return Ok(hold(link, len));
+    }
     link.bytes += u64::from(len);
     if let Some(total) = SPLICE_BYTES.get_ptr_mut(link.direction) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *total += u64::from(len) };
     }
-    let verdict = SPLICE_SOCKETS.redirect_skb(ctx, link.peer_cookie, 0);
-    Ok(verdict as u32)
+    Ok(verdict)
+}
+
+/// Keeps an skb on its own socket (SK_PASS puts it in the socket's psock queue, readable with
+/// `recv`) and counts it, so user space knows how much to forward.
+#[inline(always)]
+fn hold(link: &mut SpliceLink, len: u32) -> u32 {
+    link.held += u64::from(len);
+    count(SpliceCounter::Held);
+    sk_action::SK_PASS
 }
 
 #[inline(always)]

@@ -67,12 +67,13 @@ pub struct KernelCounters {
     pub xdp: [u64; XdpVerdict::COUNT as usize],
     pub end_of_stream_skbs: u64,
     pub unlinked_skbs: u64,
+    pub held_skbs: u64,
 }
 
 pub struct KernelPlane {
     sockets: Mutex<SockHash<MapData, u64>>,
     links: Mutex<HashMap<MapData, u64, SpliceLink>>,
-    held: Mutex<HashMap<MapData, u64, u64>>,
+    forwarded: Mutex<HashMap<MapData, u64, u64>>,
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
     xdp_verdicts: PerCpuArray<MapData, u64>,
@@ -132,7 +133,7 @@ impl KernelPlane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("SPLICE_SOCKETS", capacity)
             .map_max_entries("SPLICE_LINKS", capacity)
-            .map_max_entries("SPLICE_HELD", capacity)
+            .map_max_entries("SPLICE_FORWARDED", capacity)
             .load(KERNEL_OBJECT)
             .map_err(KernelError::Load)?;
         start_kernel_log(&mut ebpf);
@@ -146,7 +147,7 @@ impl KernelPlane {
 
         let sockets: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_SOCKETS")?;
         let links: HashMap<MapData, u64, SpliceLink> = take(&mut ebpf, "SPLICE_LINKS")?;
-        let held: HashMap<MapData, u64, u64> = take(&mut ebpf, "SPLICE_HELD")?;
+        let forwarded: HashMap<MapData, u64, u64> = take(&mut ebpf, "SPLICE_FORWARDED")?;
         let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
         let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
         let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
@@ -198,7 +199,7 @@ impl KernelPlane {
         Ok(Self {
             sockets: Mutex::new(sockets),
             links: Mutex::new(links),
-            held: Mutex::new(held),
+            forwarded: Mutex::new(forwarded),
             splice_bytes,
             splice_events,
             xdp_verdicts,
@@ -213,63 +214,60 @@ impl KernelPlane {
         self.xdp_interface.as_deref()
     }
 
-    /// Puts a socket into the splice hash. Its bytes are not redirected until [`Self::arm`];
-    /// any that the verdict program sees before then are held on the socket and counted (see
-    /// [`Self::held_bytes`]).
-    pub fn insert_socket(&self, cookie: u64, socket: &impl AsRawFd) -> Result<(), MapError> {
-        self.held
+    /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and
+    /// never rewritten while it is there (the kernel updates the entry's counters).
+    pub fn arm(&self, cookie: u64, peer: u64, direction: Direction) -> Result<(), MapError> {
+        self.forwarded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(cookie, 0, 0)?;
+        let link = SpliceLink {
+            peer_cookie: peer,
+            bytes: 0,
+            held: 0,
+            direction: direction as u32,
+            _pad: 0,
+        };
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.insert(cookie, link, 0)
+    }
+
+    /// Puts an armed socket into the splice hash: from now on the verdict program sees every
+    /// byte that arrives on it.
+    pub fn insert_socket(&self, cookie: u64, socket: &impl AsRawFd) -> Result<(), MapError> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         sockets.insert(cookie, socket.as_raw_fd(), 0)
     }
 
-    /// Bytes that arrived on `cookie` after it was inserted but before it was armed: they sit in
-    /// the socket's psock queue, readable with `recv`, and are not forwarded by the kernel.
-    pub fn held_bytes(&self, cookie: u64) -> u64 {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(&cookie, 0).unwrap_or(0)
+    /// The link's kernel counters: `(redirected, held)` bytes.
+    pub fn link_bytes(&self, cookie: u64) -> (u64, u64) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .get(&cookie, 0)
+            .map(|link| (link.bytes, link.held))
+            .unwrap_or((0, 0))
     }
 
-    /// Takes a socket out of the splice entirely: no more redirects, out of the hash.
+    /// Tells the verdict program how many held bytes user space has forwarded; once this catches
+    /// up with the held count, it redirects again.
+    pub fn set_forwarded(&self, cookie: u64, bytes: u64) -> Result<(), MapError> {
+        let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
+        forwarded.insert(cookie, bytes, 0)
+    }
+
+    /// Takes a socket out of the splice entirely: out of the hash, its link and counters gone.
     pub fn release(&self, cookie: u64) {
-        self.disarm(cookie);
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = sockets.remove(&cookie) {
             // Closing a socket also removes it, so "not found" is expected after a reset.
             debug!(cookie, %err, "removing socket from splice hash");
         }
         drop(sockets);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = held.remove(&cookie) {
-            debug!(cookie, %err, "removing held-bytes entry");
-        }
-    }
-
-    /// Starts redirecting bytes that arrive on `cookie` to `peer`.
-    pub fn arm(&self, cookie: u64, peer: u64, direction: Direction) -> Result<(), MapError> {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let link = SpliceLink {
-            peer_cookie: peer,
-            bytes: 0,
-            direction: direction as u32,
-            _pad: 0,
-        };
-        links.insert(cookie, link, 0)
-    }
-
-    pub fn disarm(&self, cookie: u64) {
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = links.remove(&cookie) {
-            debug!(cookie, %err, "removing splice link");
-        }
-    }
-
-    /// Bytes the verdict program has redirected from `cookie` so far.
-    pub fn redirected_bytes(&self, cookie: u64) -> u64 {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        links.get(&cookie, 0).map(|link| link.bytes).unwrap_or(0)
+        let _ = links.remove(&cookie);
+        drop(links);
+        let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = forwarded.remove(&cookie);
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -288,6 +286,7 @@ impl KernelPlane {
             xdp,
             end_of_stream_skbs: sum(&self.splice_events, SpliceCounter::EndOfStream as u32),
             unlinked_skbs: sum(&self.splice_events, SpliceCounter::Unlinked as u32),
+            held_skbs: sum(&self.splice_events, SpliceCounter::Held as u32),
         }
     }
 }

@@ -2,21 +2,22 @@
 //! the verdict program moves every byte; user space only watches for the end of each direction
 //! and propagates it once every byte has moved.
 //!
-//! The order of the set-up steps is what keeps bytes intact:
-//! 1. Bytes already queued on either socket are read and forwarded here, so that nothing large
-//!    sits in a receive queue while the sockets enter the hash.
-//! 2. `SO_RCVLOWAT` is raised to its maximum: TCP then does not call `data_ready` (which is what
-//!    runs the verdict program) for new bytes, only for a FIN. Bytes stay in the receive queue.
-//! 3. Both sockets enter the hash, then both links are armed, then `SO_RCVLOWAT` goes back to 1,
-//!    which makes TCP call `data_ready` and the verdict program forwards the queue, in order.
-//! 4. A FIN that arrived between 3's steps ran the verdict program on an unarmed socket: those
-//!    bytes were held on the socket (`SPLICE_HELD`); they are read and forwarded here, before
-//!    anything else could follow them (nothing follows a FIN).
+//! Keeping bytes intact and in order while the two sockets enter the hash one after the other:
+//! 1. `SO_RCVLOWAT` is raised to its maximum: TCP then calls `data_ready` (which runs the verdict
+//!    program) for new bytes only under memory pressure or for a FIN; bytes that arrived before,
+//!    or arrive now, wait in the receive queue.
+//! 2. Both links are written, then the client socket enters the hash, then the device socket.
+//! 3. `SO_RCVLOWAT` goes back to 1, which makes TCP call `data_ready`: the verdict program
+//!    forwards whatever is queued, in order (SSH and VNC servers speak first; their banner is
+//!    waiting there).
+//! 4. If the verdict program ran on a socket whose peer was not in the hash yet, it kept those
+//!    bytes on the socket ("held", readable with `recv`) and keeps holding every later byte until
+//!    user space has forwarded the held ones (`SPLICE_FORWARDED` catches up), so none overtakes.
 //!
 //! The end of a direction (FIN) reaches user space as `EPOLLRDHUP` on its source socket. The
 //! peer's write side is shut only once every byte has moved: the source's received bytes (less
-//! the FIN's sequence number) all went through the verdict program, and all of those are in the
-//! target's send queue. Shutting earlier loses what the peer's psock still holds.
+//! the FIN's sequence number) all went through the verdict program or user space, and all of
+//! those are in the target's send queue. Shutting earlier loses what the peer's psock still holds.
 
 use std::{
     collections::HashMap,
@@ -176,7 +177,7 @@ impl SpliceWatcher {
 struct SplicedSocket {
     stream: StdTcpStream,
     cookie: u64,
-    /// Bytes user space read from this socket (before the splice, or held bytes).
+    /// Held bytes user space read from this socket and forwarded to its peer.
     user_read: u64,
     /// `bytes_acked + SIOCOUTQ` when the splice started: bytes put into its send queue before.
     queued_base: u64,
@@ -190,7 +191,7 @@ pub enum Spliced {
     Done(Outcome),
     /// Could not enter the kernel path (for example the client already sent its FIN: a socket
     /// that is no longer ESTABLISHED cannot enter a sockmap); carry it in user space from here.
-    /// No byte was lost or reordered: nothing was forwarded by the kernel.
+    /// No byte was lost or reordered: the kernel forwarded nothing.
     Fallback {
         client: TcpStream,
         device: TcpStream,
@@ -208,37 +209,19 @@ pub async fn carry(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Spliced {
-    let mut user_bytes = [0u64; 2];
-    // Step 1: what is already queued goes across here.
-    match forward_queued(&client, &device, &mut user_bytes, metrics).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return Spliced::Fallback {
-                client,
-                device,
-                reason: "a side closed before the splice was set up".into(),
-            };
-        }
-        Err(err) => {
-            // A side reset (or failed) before the splice: pass it on as a reset, not a FIN.
-            let _ = sockopt::set_linger_reset(&client);
-            let _ = sockopt::set_linger_reset(&device);
-            return Spliced::Done(Outcome::from_io(err));
-        }
-    }
+    // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
     let (client, device) = match (client.into_std(), device.into_std()) {
         (Ok(client), Ok(device)) => (client, device),
         (Err(err), _) | (_, Err(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
-    let mut pair = match enter(plane, client, device, user_bytes, limits.splice_sndbuf) {
+    let mut pair = match enter(plane, client, device, limits.splice_sndbuf) {
         Ok(pair) => pair,
         Err(EnterError::Refused {
             client,
             device,
             reason,
         }) => {
-            let reregister = |s: StdTcpStream| TcpStream::from_std(s);
-            return match (reregister(client), reregister(device)) {
+            return match (TcpStream::from_std(client), TcpStream::from_std(device)) {
                 (Ok(client), Ok(device)) => Spliced::Fallback {
                     client,
                     device,
@@ -262,44 +245,6 @@ pub async fn carry(
     Spliced::Done(outcome)
 }
 
-/// Reads whatever is queued on either socket and writes it to the other. `Ok(false)` when a
-/// side has already closed (read returned 0): that connection goes the userspace way.
-async fn forward_queued(
-    client: &TcpStream,
-    device: &TcpStream,
-    user_bytes: &mut [u64; 2],
-    metrics: &Metrics,
-) -> io::Result<bool> {
-    let mut buf = vec![0u8; 64 * 1024];
-    for (direction, from, to) in [
-        (Direction::ToDevice, client, device),
-        (Direction::FromDevice, device, client),
-    ] {
-        loop {
-            match from.try_read(&mut buf) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    // `&TcpStream` has no write_all; a short loop keeps the borrow simple.
-                    let mut written = 0;
-                    while written < n {
-                        to.writable().await?;
-                        match to.try_write(&buf[written..n]) {
-                            Ok(m) => written += m,
-                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(err) => return Err(err),
-                        }
-                    }
-                    user_bytes[direction as usize] += n as u64;
-                    metrics.add_bytes(direction, n as u64);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) => return Err(err),
-            }
-        }
-    }
-    Ok(true)
-}
-
 enum EnterError {
     Refused {
         client: StdTcpStream,
@@ -309,18 +254,11 @@ enum EnterError {
     Io(io::Error),
 }
 
-impl From<io::Error> for EnterError {
-    fn from(err: io::Error) -> Self {
-        Self::Io(err)
-    }
-}
-
-/// Steps 2 and 3: gate, insert, arm, open the gate. Returns `[client, device]`.
+/// Steps 1 to 3. Returns `[client, device]`.
 fn enter(
     plane: &KernelPlane,
     client: StdTcpStream,
     device: StdTcpStream,
-    user_bytes: [u64; 2],
     sndbuf: u32,
 ) -> Result<[SplicedSocket; 2], EnterError> {
     let mut pair = [client, device].map(|stream| SplicedSocket {
@@ -330,9 +268,7 @@ fn enter(
         queued_base: 0,
         user_written: 0,
     });
-    pair[0].user_read = user_bytes[Direction::ToDevice as usize];
-    pair[1].user_read = user_bytes[Direction::FromDevice as usize];
-    // Any failure past this point resets both sides and leaves nothing in the maps.
+    // Any failure resets both sides and leaves nothing in the maps.
     let fail = |pair: &[SplicedSocket; 2], err: io::Error| {
         for socket in pair {
             plane.release(socket.cookie);
@@ -353,22 +289,28 @@ fn enter(
             Ok::<_, io::Error>(())
         })();
         if let Err(err) = prepared {
-            for socket in &pair {
-                let _ = sockopt::set_linger_reset(&socket.stream);
-            }
-            return Err(EnterError::Io(err));
+            return Err(fail(&pair, err));
         }
     }
+    let [client, device] = &pair;
+    let armed = plane
+        .arm(client.cookie, device.cookie, Direction::ToDevice)
+        .and_then(|()| plane.arm(device.cookie, client.cookie, Direction::FromDevice))
+        .map_err(|err| io::Error::other(format!("arming the splice: {err}")));
+    if let Err(err) = armed {
+        return Err(fail(&pair, err));
+    }
+    // The client first: it is the side that may already have sent its FIN (a request sent whole),
+    // and if it cannot enter, nothing has been in the hash yet.
     for (inserted, socket) in pair.iter().enumerate() {
         if let Err(err) = plane.insert_socket(socket.cookie, &socket.stream) {
-            // Typically EOPNOTSUPP: the socket left ESTABLISHED (a FIN arrived) since step 1.
-            // A socket inserted before is gated and unarmed: unless a FIN made the verdict
-            // program hold bytes on it (they live in its psock, which leaving the hash
-            // discards), it can go back to user space untouched.
-            if pair[..inserted].iter().any(|s| plane.held_bytes(s.cookie) > 0) {
+            // Typically EOPNOTSUPP: the socket is no longer ESTABLISHED.
+            if inserted > 0 && plane.link_bytes(pair[0].cookie).1 > 0 {
+                // The client's bytes were held waiting for the device socket; they live in the
+                // client's psock, which leaving the hash discards. Nothing can carry them now.
                 return Err(fail(
                     &pair,
-                    io::Error::other("bytes arrived while the splice was being set up and a socket could not enter it"),
+                    io::Error::other(format!("the device socket could not enter the splice ({err}) after the client's bytes did")),
                 ));
             }
             for socket in &pair {
@@ -383,14 +325,6 @@ fn enter(
             });
         }
     }
-    let [client, device] = &pair;
-    let armed = plane
-        .arm(client.cookie, device.cookie, Direction::ToDevice)
-        .and_then(|()| plane.arm(device.cookie, client.cookie, Direction::FromDevice))
-        .map_err(|err| io::Error::other(format!("arming the splice: {err}")));
-    if let Err(err) = armed {
-        return Err(fail(&pair, err));
-    }
     for socket in &pair {
         if let Err(err) = sockopt::set_rcvlowat(&socket.stream, 1) {
             return Err(fail(&pair, err));
@@ -399,7 +333,16 @@ fn enter(
     Ok(pair)
 }
 
-/// Step 4 and the connection's life: wait for FINs, errors, idleness or cancellation.
+/// After held bytes were forwarded (or at start), look again after these delays: a verdict run
+/// that read the old forwarded count may still be adding to the held count.
+const HELD_RECHECKS: [Duration; 3] = [
+    Duration::from_millis(1),
+    Duration::from_millis(10),
+    Duration::from_millis(100),
+];
+
+/// Step 4 and the connection's life: forward held bytes, wait for FINs, errors, idleness or
+/// cancellation.
 async fn watch(
     plane: &KernelPlane,
     watcher: &SpliceWatcher,
@@ -408,22 +351,11 @@ async fn watch(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let registration =
-        match watcher.register([pair[0].stream.as_raw_fd(), pair[1].stream.as_raw_fd()]) {
-            Ok(registration) => registration,
-            Err(err) => return Outcome::from_io(err),
-        };
-    for source in [0, 1] {
-        if plane.held_bytes(pair[source].cookie) > 0
-            && let Err(err) = forward_held(plane, pair, source, metrics).await
-        {
-            warn!(%err, "splice set-up race could not be repaired; resetting the connection");
-            return Outcome::Reset {
-                side: "proxy",
-                error: err.to_string(),
-            };
-        }
-    }
+    let registration = match watcher.register([pair[0].stream.as_raw_fd(), pair[1].stream.as_raw_fd()])
+    {
+        Ok(registration) => registration,
+        Err(err) => return Outcome::from_io(err),
+    };
 
     // Directions: 0 = client -> device, 1 = device -> client. `finished` once the FIN is passed on.
     let mut finished = [false; 2];
@@ -433,8 +365,30 @@ async fn watch(
         .idle_timeout
         .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
     let mut drain_wait = Duration::from_millis(1);
+    let mut recheck = Some((0, Instant::now() + HELD_RECHECKS[0]));
     loop {
+        let now = Instant::now();
         let mut draining = false;
+        for source in [0, 1] {
+            match forward_held(plane, pair, source, metrics).await {
+                Ok(HeldState::Forwarded) => recheck = Some((0, now + HELD_RECHECKS[0])),
+                Ok(HeldState::Pending) => {
+                    recheck = Some((0, recheck.map_or(now + HELD_RECHECKS[0], |(_, at)| at.min(now + HELD_RECHECKS[0]))));
+                }
+                Ok(HeldState::None) => {}
+                Err(err) => {
+                    return Outcome::Reset {
+                        side: "proxy",
+                        error: format!("forwarding held bytes: {err}"),
+                    };
+                }
+            }
+        }
+        if let Some((step, at)) = recheck
+            && now >= at
+        {
+            recheck = HELD_RECHECKS.get(step + 1).map(|delay| (step + 1, now + *delay));
+        }
         for source in [0, 1] {
             let target = 1 - source;
             let state = match sockopt::poll_state(&pair[source].stream) {
@@ -470,10 +424,11 @@ async fn watch(
             return Outcome::Completed;
         }
 
-        let now = Instant::now();
         if let Some(idle) = limits.idle_timeout {
-            let bytes =
-                plane.redirected_bytes(pair[0].cookie) + plane.redirected_bytes(pair[1].cookie);
+            let bytes = plane.link_bytes(pair[0].cookie).0
+                + plane.link_bytes(pair[1].cookie).0
+                + pair[0].user_read
+                + pair[1].user_read;
             if bytes != last_bytes {
                 last_bytes = bytes;
                 last_activity = now;
@@ -482,11 +437,14 @@ async fn watch(
             }
         }
         let mut wake_at = idle_check.map(|every| now + every);
+        let mut sooner = |at: Instant| wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
         if draining {
             // Bytes are still on their way through a psock: look again shortly.
-            let soon = now + drain_wait;
-            wake_at = Some(wake_at.map_or(soon, |at| at.min(soon)));
+            sooner(now + drain_wait);
             drain_wait = (drain_wait * 2).min(Duration::from_millis(50));
+        }
+        if let Some((_, at)) = recheck {
+            sooner(at);
         }
         let sleep = async {
             match wake_at {
@@ -508,7 +466,7 @@ async fn watch(
 fn drained(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io::Result<bool> {
     let src = &pair[source];
     let dst = &pair[1 - source];
-    let redirected = plane.redirected_bytes(src.cookie);
+    let (redirected, _) = plane.link_bytes(src.cookie);
     let received = sockopt::tcp_info(&src.stream)?.tcpi_bytes_received;
     let consumed = src.user_read + redirected;
     // The FIN takes one sequence number.
@@ -516,55 +474,58 @@ fn drained(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io:
         return Ok(false);
     }
     let queued = sockopt::bytes_queued_total(&dst.stream)?;
-    let done = queued.saturating_sub(dst.queued_base) == dst.user_written + redirected;
-    tracing::trace!(source, received, consumed, queued, base = dst.queued_base, user_written = dst.user_written, redirected, done, "drain check");
-    Ok(done)
+    Ok(queued.saturating_sub(dst.queued_base) == dst.user_written + redirected)
 }
 
-/// Bytes the verdict program held on `source` because they arrived (with a FIN) between its
-/// insertion and its arming: read them from the socket's psock queue and write them to the peer.
-/// Safe only if nothing followed them, which holds when the FIN is among them.
+enum HeldState {
+    /// Nothing held beyond what was forwarded.
+    None,
+    /// Held bytes were forwarded just now.
+    Forwarded,
+    /// Held bytes are counted but not readable yet (still on their way into the psock queue).
+    Pending,
+}
+
+/// Forwards the bytes the verdict program held on `source` (see step 4): read them from the
+/// socket's psock queue, write them to the peer, then tell the verdict program.
 async fn forward_held(
     plane: &KernelPlane,
     pair: &mut [SplicedSocket; 2],
     source: usize,
     metrics: &Metrics,
-) -> io::Result<()> {
-    let held = plane.held_bytes(pair[source].cookie);
-    let state = sockopt::poll_state(&pair[source].stream)?;
-    let received = sockopt::tcp_info(&pair[source].stream)?.tcpi_bytes_received;
-    let redirected = plane.redirected_bytes(pair[source].cookie);
-    if !state.read_closed
-        || redirected != 0
-        || received.saturating_sub(1) != pair[source].user_read + held
-    {
-        return Err(io::Error::other(format!(
-            "{held} bytes arrived before the splice was armed and more may follow"
-        )));
+) -> io::Result<HeldState> {
+    let (_, held) = plane.link_bytes(pair[source].cookie);
+    let pending = held.saturating_sub(pair[source].user_read);
+    if pending == 0 {
+        return Ok(HeldState::None);
     }
-    warn!(
-        held,
-        "forwarding bytes that arrived while the splice was being armed"
-    );
+    let direction = if source == 0 {
+        Direction::ToDevice
+    } else {
+        Direction::FromDevice
+    };
     let mut buf = vec![0u8; 64 * 1024];
-    let mut remaining = held;
-    while remaining > 0 {
-        let n = recv_nonblocking(&pair[source].stream, &mut buf)?;
+    let mut moved = 0u64;
+    while moved < pending {
+        let want = (pending - moved).min(buf.len() as u64) as usize;
+        let n = recv_nonblocking(&pair[source].stream, &mut buf[..want])?;
         if n == 0 {
             break;
         }
-        remaining = remaining.saturating_sub(n as u64);
-        pair[source].user_read += n as u64;
         send_all(&pair[1 - source].stream, &buf[..n]).await?;
+        moved += n as u64;
+        pair[source].user_read += n as u64;
         pair[1 - source].user_written += n as u64;
-        let direction = if source == 0 {
-            Direction::ToDevice
-        } else {
-            Direction::FromDevice
-        };
         metrics.add_bytes(direction, n as u64);
     }
-    Ok(())
+    if moved == 0 {
+        return Ok(HeldState::Pending);
+    }
+    debug!(moved, "forwarded bytes held while the splice was set up");
+    plane
+        .set_forwarded(pair[source].cookie, pair[source].user_read)
+        .map_err(|err| io::Error::other(format!("updating the forwarded count: {err}")))?;
+    Ok(HeldState::Forwarded)
 }
 
 fn recv_nonblocking(stream: &StdTcpStream, buf: &mut [u8]) -> io::Result<usize> {
