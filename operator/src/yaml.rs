@@ -108,8 +108,9 @@ fn is_safe_plain(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
-    // Anything that starts like a number, a date or a version could be read as one.
-    if first.is_ascii_digit() || matches!(first, '-' | '+' | '.') {
+    // Anything that starts like a number, a date or a version could be read as one, and YAML
+    // reserves most punctuation as a first character: only letters, '/' and '_' start plain.
+    if !(first.is_ascii_alphabetic() || matches!(first, '/' | '_')) {
         return false;
     }
     const YAML11_WORDS: [&str; 12] = [
@@ -150,6 +151,7 @@ mod tests {
             "labels": {"app.kubernetes.io/name": "devicelink-proxy"},
             "list": [[1, 2], {}],
             "multi": "line one\nline two: here",
+            "reserved": ["@at", ":colon", "%percent", "*star", "&amp", "!bang", "~", "Y", "Off"],
         });
         let text = to_string(&value).unwrap();
         let reread: Value = serde_yaml::from_str(&text).unwrap();
