@@ -198,6 +198,8 @@ async fn leads_serves_its_endpoints_and_releases_the_lease_on_sigterm() {
     let metrics = loop {
         if let Some(text) = http_get(http, "/metrics").await
             && text.contains("devicelink_operator_leader 1")
+            // The links gauge appears once the controller (started right after winning) runs.
+            && text.contains("devicelink_operator_links{")
         {
             break text;
         }
