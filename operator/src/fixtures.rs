@@ -122,7 +122,7 @@ impl Context {
 
 /// Waits for a scenario to have answered every request it expected.
 pub async fn scenario_completes(handle: tokio::task::JoinHandle<()>) {
-    tokio::time::timeout(Duration::from_secs(1), handle)
+    tokio::time::timeout(Duration::from_secs(5), handle)
         .await
         .expect("the reconciler stopped before making every request the scenario expected")
         .expect("scenario assertions hold");

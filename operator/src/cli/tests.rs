@@ -175,7 +175,7 @@ fn mock_session(steps: Vec<Step>) -> (Session, tokio::task::JoinHandle<()>) {
 }
 
 async fn finished(server: tokio::task::JoinHandle<()>) {
-    tokio::time::timeout(Duration::from_secs(2), server)
+    tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("the CLI stopped before making every expected request")
         .expect("request assertions hold");
