@@ -1,5 +1,6 @@
-//! The DeviceLink operator: the `DeviceLink` resource, the children it renders to, and the
-//! controller that keeps them in step. Binaries (`devicelink-operator`, `devicelink`) are thin.
+//! The DeviceLink operator: the `DeviceLink` resource, the children it renders to, the
+//! controller that keeps them in step, and the `devicelink` CLI. The binaries
+//! (`devicelink-operator`, `devicelink`, `kubectl-devicelink`) are thin.
 
 pub mod cli;
 pub mod controller;
