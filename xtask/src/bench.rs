@@ -60,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     throughput_seconds: u64,
     /// Length of the connection setup measure (the figure is 10).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     setup_seconds: f64,
     /// Clients connecting at once during the setup measure.
     #[arg(long, default_value_t = 4)]
@@ -72,7 +72,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
     /// Length of each VNC frame-rate measure.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.0)]
     vnc_seconds: f64,
     /// Viewers at once for the multi-viewer VNC measure.
     #[arg(long, default_value_t = 8)]
@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// `--splice-sndbuf` values for the sweep.
     #[arg(long, value_delimiter = ',', default_values_t = ["4M".to_string(), "8M".to_string(), "32M".to_string()])]
     sndbuf_sizes: Vec<String>,
+    /// An extra flag for devicelink-proxy in every devicelink contender (repeatable), e.g.
+    /// `--devicelink-flag=--splice-sndbuf=32M` to try a setting across all measures.
+    #[arg(long, allow_hyphen_values = true)]
+    devicelink_flag: Vec<String>,
     /// Where latest.md, latest.json and latest.png go (relative to the workspace).
     #[arg(long, default_value = "bench-results")]
     out_dir: PathBuf,
@@ -282,7 +286,12 @@ impl Bench<'_> {
     }
 
     fn throughput(&mut self, round: u32, contender: Contender) -> anyhow::Result<()> {
-        let running = contenders::start(contender, self.topology, iperf::PORT, None)?;
+        let running = contenders::start(
+            contender,
+            self.topology,
+            iperf::PORT,
+            &self.args.devicelink_flag,
+        )?;
         let (mut bytes, mut machine, mut proxy) = (0.0, 0.0, 0.0);
         for flow in iperf::Flow::ALL {
             let busy = machine_busy_time();
@@ -328,7 +337,12 @@ impl Bench<'_> {
     }
 
     fn latency(&mut self, round: u32, contender: Contender) -> anyhow::Result<()> {
-        let running = contenders::start(contender, self.topology, ECHO_PORT, None)?;
+        let running = contenders::start(
+            contender,
+            self.topology,
+            ECHO_PORT,
+            &self.args.devicelink_flag,
+        )?;
         let sorted =
             traffic::latencies(&self.topology.client, running.target, self.args.round_trips)?;
         self.push(
@@ -347,7 +361,12 @@ impl Bench<'_> {
     }
 
     fn setup(&mut self, round: u32, contender: Contender) -> anyhow::Result<()> {
-        let running = contenders::start(contender, self.topology, ECHO_PORT, None)?;
+        let running = contenders::start(
+            contender,
+            self.topology,
+            ECHO_PORT,
+            &self.args.devicelink_flag,
+        )?;
         let (rate, failed) = traffic::setup_rate(
             &self.topology.client,
             running.target,
@@ -369,7 +388,12 @@ impl Bench<'_> {
         if !contender.is_proxy() {
             return Ok(());
         }
-        let running = contenders::start(contender, self.topology, ECHO_PORT, None)?;
+        let running = contenders::start(
+            contender,
+            self.topology,
+            ECHO_PORT,
+            &self.args.devicelink_flag,
+        )?;
         let idle = traffic::idle_connections(
             &self.topology.client,
             running.target,
@@ -390,7 +414,12 @@ impl Bench<'_> {
 
     fn vnc(&mut self, round: u32, contender: Contender) -> anyhow::Result<()> {
         let reference = self.reference.clone().context("no reference frame")?;
-        let running = contenders::start(contender, self.topology, vnc::PORT, None)?;
+        let running = contenders::start(
+            contender,
+            self.topology,
+            vnc::PORT,
+            &self.args.devicelink_flag,
+        )?;
         let duration = Duration::from_secs_f64(self.args.vnc_seconds);
         for (viewers, measure) in [
             (1, Measure::VncFps1),
@@ -427,11 +456,13 @@ impl Bench<'_> {
     }
 
     fn sweep_size(&mut self, round: u32, size: &str, row: &str) -> anyhow::Result<()> {
+        let mut flags = self.args.devicelink_flag.clone();
+        flags.push(format!("--splice-sndbuf={size}"));
         let running = contenders::start(
             Contender::DevicelinkEbpf,
             self.topology,
             iperf::PORT,
-            Some(size),
+            &flags,
         )?;
         for (flow, measure) in [
             (iperf::Flow::Upload, Measure::ThroughputUp),

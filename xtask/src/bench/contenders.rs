@@ -109,13 +109,12 @@ impl Drop for TempFile {
 }
 
 /// Starts `contender` forwarding a fresh port of the proxy to the device's `device_port`.
-/// `splice_sndbuf` overrides devicelink's `--splice-sndbuf` (the sweep that justifies its
-/// default).
+/// `devicelink_flags` go to devicelink-proxy only (e.g. the `--splice-sndbuf` sweep).
 pub fn start(
     contender: Contender,
     topology: &Topology,
     device_port: u16,
-    splice_sndbuf: Option<&str>,
+    devicelink_flags: &[String],
 ) -> anyhow::Result<Running> {
     let device = Topology::device_addr(device_port);
     let proxy_ns = topology.proxy.name().to_string();
@@ -134,9 +133,7 @@ pub fn start(
             let ebpf = contender == Contender::DevicelinkEbpf;
             // Room for the idle-connection measure (1,000 by default) with a margin.
             let mut extra = vec!["--max-connections".to_string(), "4096".to_string()];
-            if let Some(size) = splice_sndbuf {
-                extra.extend(["--splice-sndbuf".to_string(), size.to_string()]);
-            }
+            extra.extend_from_slice(devicelink_flags);
             let proxy = Proxy::start(
                 topology,
                 front,
