@@ -321,7 +321,11 @@ fn enter(
             return Err(EnterError::Refused {
                 client: client.stream,
                 device: device.stream,
-                reason: format!("socket could not enter the splice hash: {err}"),
+                reason: format!(
+                    "{} socket could not enter the splice hash: {}",
+                    if inserted == 0 { "client" } else { "device" },
+                    std::error::Error::source(&err).map_or_else(|| err.to_string(), ToString::to_string)
+                ),
             });
         }
     }

@@ -148,6 +148,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The default members: everything but the kernel crate, which only builds for BPF.
     cmd.args(["test", "--no-fail-fast"]);
     cmd.args(args);
+    // One test at a time: the network-namespace tests each run hundreds of connections and
+    // real servers, and on a 2-core machine running them side by side starves the peers the
+    // tests stand up (their accept loops), which is not what the tests are about.
+    if !args.iter().any(|a| a == "--") {
+        cmd.arg("--");
+    }
+    cmd.arg("--test-threads=1");
     cmd.env("DEVICELINK_PROXY_BIN", proxy_binary());
     run(&mut cmd)
 }
