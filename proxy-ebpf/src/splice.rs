@@ -57,7 +57,9 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
     let link = unsafe { &mut *link };
     // SAFETY: plain value read.
-    let forwarded = unsafe { SPLICE_FORWARDED.get(&cookie) }.copied().unwrap_or(0);
+    let forwarded = unsafe { SPLICE_FORWARDED.get(&cookie) }
+        .copied()
+        .unwrap_or(0);
     if link.held != forwarded {
         // User space is still forwarding bytes held earlier: these must queue behind them.
         return Ok(hold(link, len));

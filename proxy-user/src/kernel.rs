@@ -78,10 +78,8 @@ pub struct KernelPlane {
     splice_events: PerCpuArray<MapData, u64>,
     xdp_verdicts: PerCpuArray<MapData, u64>,
     /// Kept for the life of the programs (and for ACL changes without a restart, later).
-    _acl: (
-        LpmTrie<MapData, [u8; 4], u8>,
-        LpmTrie<MapData, [u8; 16], u8>,
-    ),
+    _acl_v4: LpmTrie<MapData, [u8; 4], u8>,
+    _acl_v6: LpmTrie<MapData, [u8; 16], u8>,
     _xdp_config: Array<MapData, XdpConfig>,
     xdp_interface: Option<String>,
     /// Owns the programs and their attachments; declared last so that it is dropped after the
@@ -203,7 +201,8 @@ impl KernelPlane {
             splice_bytes,
             splice_events,
             xdp_verdicts,
-            _acl: (acl_v4, acl_v6),
+            _acl_v4: acl_v4,
+            _acl_v6: acl_v6,
             _xdp_config: xdp_config,
             xdp_interface,
             _ebpf: ebpf,

@@ -310,7 +310,9 @@ fn enter(
                 // client's psock, which leaving the hash discards. Nothing can carry them now.
                 return Err(fail(
                     &pair,
-                    io::Error::other(format!("the device socket could not enter the splice ({err}) after the client's bytes did")),
+                    io::Error::other(format!(
+                        "the device socket could not enter the splice ({err}) after the client's bytes did"
+                    )),
                 ));
             }
             for socket in &pair {
@@ -324,7 +326,8 @@ fn enter(
                 reason: format!(
                     "{} socket could not enter the splice hash: {}",
                     if inserted == 0 { "client" } else { "device" },
-                    std::error::Error::source(&err).map_or_else(|| err.to_string(), ToString::to_string)
+                    std::error::Error::source(&err)
+                        .map_or_else(|| err.to_string(), ToString::to_string)
                 ),
             });
         }
@@ -355,11 +358,11 @@ async fn watch(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let registration = match watcher.register([pair[0].stream.as_raw_fd(), pair[1].stream.as_raw_fd()])
-    {
-        Ok(registration) => registration,
-        Err(err) => return Outcome::from_io(err),
-    };
+    let registration =
+        match watcher.register([pair[0].stream.as_raw_fd(), pair[1].stream.as_raw_fd()]) {
+            Ok(registration) => registration,
+            Err(err) => return Outcome::from_io(err),
+        };
 
     // Directions: 0 = client -> device, 1 = device -> client. `finished` once the FIN is passed on.
     let mut finished = [false; 2];
@@ -377,7 +380,12 @@ async fn watch(
             match forward_held(plane, pair, source, metrics).await {
                 Ok(HeldState::Forwarded) => recheck = Some((0, now + HELD_RECHECKS[0])),
                 Ok(HeldState::Pending) => {
-                    recheck = Some((0, recheck.map_or(now + HELD_RECHECKS[0], |(_, at)| at.min(now + HELD_RECHECKS[0]))));
+                    recheck = Some((
+                        0,
+                        recheck.map_or(now + HELD_RECHECKS[0], |(_, at)| {
+                            at.min(now + HELD_RECHECKS[0])
+                        }),
+                    ));
                 }
                 Ok(HeldState::None) => {}
                 Err(err) => {
@@ -391,7 +399,9 @@ async fn watch(
         if let Some((step, at)) = recheck
             && now >= at
         {
-            recheck = HELD_RECHECKS.get(step + 1).map(|delay| (step + 1, now + *delay));
+            recheck = HELD_RECHECKS
+                .get(step + 1)
+                .map(|delay| (step + 1, now + *delay));
         }
         for source in [0, 1] {
             let target = 1 - source;

@@ -166,18 +166,15 @@ pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let result = (|| {
-        let update = run_loud(Command::new("apt-get").args(["-qq", "update"]));
-        if let Err(err) = update {
-            println!("setup: apt-get update failed ({err:#}); trying the cached package lists");
-        }
-        run_loud(
-            Command::new("apt-get")
-                .args(["-qq", "install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    })();
+    if let Err(err) = run_loud(Command::new("apt-get").args(["-qq", "update"])) {
+        println!("setup: apt-get update failed ({err:#}); trying the cached package lists");
+    }
+    let result = run_loud(
+        Command::new("apt-get")
+            .args(["-qq", "install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
     if wrote_policy {
         let _ = std::fs::remove_file(policy);
     }
