@@ -7,6 +7,7 @@
 mod contenders;
 mod iperf;
 mod kind;
+mod machine;
 mod report;
 mod traffic;
 mod vnc;
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use contenders::Contender;
-use devicelink_testbed::{Topology, machine_busy_time, rfb::xvnc::Xvnc};
+use devicelink_testbed::{Topology, rfb::xvnc::Xvnc};
 use report::{Measure, Sample};
 
 // `allow`, not `expect`: the lint goes away by itself once the demo calls it.
@@ -173,8 +174,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut notes = bench.notes.clone();
     notes.push(format!(
         "{} rounds; iperf3 {} s per run; setup {} s with {} clients; {} round trips; {} idle \
-         connections; VNC {} s, {} viewers. Whole-machine CPU counts everything on the machine \
-         (iperf3 on both ends included) while the transfers ran, so direct is its floor. \
+         connections; VNC {} s, {} viewers. Whole-machine CPU counts the kernel (softirq, \
+         kworkers) and every process of the bench (iperf3 on both ends, so direct is its floor) \
+         while the transfers ran; other processes on the machine are subtracted. \
          Took {:.0} s.",
         args.repetitions,
         args.throughput_seconds,
@@ -294,7 +296,7 @@ impl Bench<'_> {
         )?;
         let (mut bytes, mut machine, mut proxy) = (0.0, 0.0, 0.0);
         for flow in iperf::Flow::ALL {
-            let busy = machine_busy_time();
+            let cpu = machine::Snapshot::take(self.topology);
             let usage = contenders::usage_in(self.topology);
             let transfer = iperf::run(
                 self.topology,
@@ -303,7 +305,7 @@ impl Bench<'_> {
                 self.args.throughput_seconds,
             )
             .with_context(|| flow.label())?;
-            machine += (machine_busy_time() - busy).as_secs_f64();
+            machine += cpu.bench_cpu_since(self.topology);
             proxy += contenders::usage_in(self.topology).cpu_seconds - usage.cpu_seconds;
             bytes += transfer.bytes;
             let measure = match flow {
