@@ -23,7 +23,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/nginx/modules/ngx_stream_module.so",
         "libnginx-mod-stream",
     ),
-    ("/usr/bin/capsh", "libcap2-bin"),
+    ("/usr/bin/setpriv", "util-linux"),
     ("/usr/bin/python3", "python3"),
     // VNC and RDP peers (issue 7): TigerVNC's Xvnc, xsetroot, xrdp, FreeRDP under Xvfb.
     ("/usr/bin/Xtigervnc", "tigervnc-standalone-server"),
