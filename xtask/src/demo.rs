@@ -132,6 +132,52 @@ pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask demo --vnc`: a TigerVNC server as the device, one full 1920x1080 frame fetched
+/// through the eBPF splice by a small RFB viewer, saved as a PNG: the device's screen, arrived
+/// through devicelink.
+pub fn run_vnc(proxy_binary: &Path, png: &Path) -> anyhow::Result<()> {
+    // SAFETY: single-threaded at this point; the test bed reads this variable.
+    unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", proxy_binary) };
+    step("building the topology: client, proxy and device namespaces joined by veth");
+    let topology = Topology::new("demovnc").context("creating namespaces (run as root)")?;
+    let device_addr = SocketAddr::new(IpAddr::V4(DEVICE_V4), 5900);
+    let _xvnc = devicelink_testbed::rfb::xvnc::Xvnc::start(&topology.device, device_addr)
+        .context("starting Xvnc as the device")?;
+    println!("   device: TigerVNC Xvnc on {device_addr}, its root window drawn with a pattern");
+    let front = SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), 5900);
+    let proxy = Proxy::start(&topology, front, device_addr, ProxyOptions::default())?;
+    println!(
+        "   proxy: devicelink-proxy --listen {front} --device {device_addr} --data-plane ebpf"
+    );
+
+    step("a VNC viewer in the client namespace asks for the whole screen");
+    let frame = topology.client.run(move || -> anyhow::Result<_> {
+        let mut viewer =
+            devicelink_testbed::rfb::RfbClient::connect(front, Duration::from_secs(10))?;
+        let started = Instant::now();
+        let frame = viewer.full_frame()?.clone();
+        Ok((frame, started.elapsed()))
+    });
+    let (frame, took) = frame?;
+    println!(
+        "   {}x{} raw frame ({} bytes, {} colours) in {:?}",
+        frame.width,
+        frame.height,
+        frame.pixels.len(),
+        frame.distinct_colours(),
+        took
+    );
+    crate::bench::save_frame_png(&frame, png)?;
+    println!("   saved what the viewer saw: {}", png.display());
+    println!(
+        "   spliced in the kernel: {} connection(s), {} bytes from the device",
+        proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
+        proxy.metric("devicelink_bytes_total{direction=\"from_device\"}")
+    );
+    step("cleaning up");
+    Ok(())
+}
+
 fn step(what: &str) {
     println!("\n== {what}");
 }

@@ -35,7 +35,14 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, build, and run the demo: a real SSH session through the eBPF splice.
-    Demo,
+    Demo {
+        /// Instead: a VNC session to a TigerVNC device, saving the screen it received as a PNG.
+        #[arg(long)]
+        vnc: bool,
+        /// Where `--vnc` saves the screen.
+        #[arg(long, default_value = "docs/demo-vnc.png")]
+        png: PathBuf,
+    },
     /// Measure devicelink against direct and its peers (see the README).
     Bench(bench::BenchArgs),
 }
@@ -46,10 +53,14 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Crd => crd(),
         Task::Test { args } => test(&args),
-        Task::Demo => {
+        Task::Demo { vnc, png } => {
             setup::run()?;
             build_proxy()?;
-            demo::run(&proxy_binary())
+            if vnc {
+                demo::run_vnc(&proxy_binary(), &workspace_root().join(png))
+            } else {
+                demo::run(&proxy_binary())
+            }
         }
         Task::Bench(args) => {
             setup::run()?;
