@@ -223,8 +223,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     report::chart(
         &chart,
         &rows,
+        &present_sweep,
         &summaries,
-        &format!("devicelink bench — {machine}"),
+        // Kernel, CPU, cores, memory; the peers' versions are in the table's header.
+        &format!(
+            "devicelink bench — {}",
+            machine.split(';').next().unwrap_or_default()
+        ),
     )
     .context("drawing the chart")?;
     println!(

@@ -331,23 +331,59 @@ const COLOURS: [(u8, u8, u8); 8] = [
     (90, 180, 200),
 ];
 
-/// A grid of bar charts, one per measure: bars are medians, whiskers min–max.
+/// One panel of the chart: bars with a colour index, and whether to print their names under
+/// them (the send-buffer sweep) or leave that to the legend (the contenders).
+struct Panel<'a> {
+    caption: String,
+    bars: Vec<(&'a str, Option<&'a Summary>, usize)>,
+    named_bars: bool,
+}
+
+/// A grid of bar charts, one per measure (plus the send-buffer sweep): bars are medians,
+/// whiskers min–max.
 pub fn chart(
     path: &Path,
     rows: &[String],
+    sweep_rows: &[String],
     summaries: &[Summary],
     title: &str,
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
     register_font()?;
-    let measures: Vec<Measure> = Measure::ALL
+    let mut panels: Vec<Panel<'_>> = Measure::ALL
         .into_iter()
         .filter(|m| rows.iter().any(|r| find(summaries, r, *m).is_some()))
+        .map(|m| Panel {
+            caption: m.short().to_string(),
+            bars: rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.as_str(), find(summaries, r, m), i))
+                .collect(),
+            named_bars: false,
+        })
         .collect();
+    for measure in [Measure::ThroughputUp, Measure::ThroughputDown] {
+        if sweep_rows
+            .iter()
+            .any(|r| find(summaries, r, measure).is_some())
+        {
+            panels.push(Panel {
+                caption: format!("eBPF sndbuf sweep, {}", measure.short()),
+                bars: sweep_rows
+                    .iter()
+                    .map(|r| {
+                        let size = r.rsplit(' ').next().unwrap_or(r);
+                        (size, find(summaries, r, measure), 1)
+                    })
+                    .collect(),
+                named_bars: true,
+            });
+        }
+    }
     let columns = 4;
-    let panels = measures.len() + 1;
-    let grid_rows = panels.div_ceil(columns);
+    let grid_rows = (panels.len() + 1).div_ceil(columns);
     let root = BitMapBackend::new(path, (1600, 360 * grid_rows as u32 + 50)).into_drawing_area();
     root.fill(&WHITE)?;
     let (header, body) = root.split_vertically(50);
@@ -357,38 +393,51 @@ pub fn chart(
         ("sans-serif", 24).into_font(),
     ))?;
     let areas = body.split_evenly((grid_rows, columns));
-    for (area, measure) in areas.iter().zip(&measures) {
-        let values: Vec<Option<&Summary>> =
-            rows.iter().map(|r| find(summaries, r, *measure)).collect();
-        let top = values
+    for (area, panel) in areas.iter().zip(&panels) {
+        let top = panel
+            .bars
             .iter()
-            .flatten()
-            .map(|s| s.max)
+            .filter_map(|(_, s, _)| s.map(|s| s.max))
             .fold(0.0_f64, f64::max)
             .max(1e-9)
             * 1.15;
         let mut chart = ChartBuilder::on(area)
-            .caption(measure.short(), ("sans-serif", 18))
+            .caption(&panel.caption, ("sans-serif", 18))
             .margin(8)
             .x_label_area_size(10)
             .y_label_area_size(55)
-            .build_cartesian_2d(0.0..rows.len() as f64, 0.0..top)?;
+            .build_cartesian_2d(0.0..panel.bars.len() as f64, 0.0..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .disable_x_axis()
             .y_labels(6)
+            // Small values (CPU seconds per GiB) need more than one decimal to be read.
+            .y_label_formatter(&|v| {
+                if top < 1.0 {
+                    format!("{v:.3}")
+                } else {
+                    format!("{v:.1}")
+                }
+            })
             .label_style(("sans-serif", 13))
             .draw()?;
-        for (i, summary) in values.iter().enumerate() {
-            let Some(s) = summary else { continue };
-            let (r, g, b) = COLOURS[i % COLOURS.len()];
-            let colour = RGBColor(r, g, b);
+        for (i, (name, summary, colour)) in panel.bars.iter().enumerate() {
             let x = i as f64;
+            let Some(s) = summary else { continue };
+            let (r, g, b) = COLOURS[colour % COLOURS.len()];
             chart.draw_series(std::iter::once(Rectangle::new(
                 [(x + 0.15, 0.0), (x + 0.85, s.median)],
-                colour.filled(),
+                RGBColor(r, g, b).filled(),
             )))?;
+            if panel.named_bars {
+                // The bar's name inside its foot, drawn over it.
+                chart.draw_series(std::iter::once(Text::new(
+                    name.to_string(),
+                    (x + 0.3, top * 0.1),
+                    ("sans-serif", 16).into_font().color(&WHITE),
+                )))?;
+            }
             chart.draw_series(std::iter::once(ErrorBar::new_vertical(
                 x + 0.5,
                 s.min,
@@ -399,7 +448,7 @@ pub fn chart(
             )))?;
         }
     }
-    if let Some(legend) = areas.get(measures.len()) {
+    if let Some(legend) = areas.get(panels.len()) {
         for (i, row) in rows.iter().enumerate() {
             let (r, g, b) = COLOURS[i % COLOURS.len()];
             let y = 40 + i as i32 * 34;
@@ -549,11 +598,13 @@ mod tests {
             sample(0, "direct", Measure::ThroughputUp, 9.0),
             sample(0, "socat", Measure::ThroughputUp, 3.0),
             sample(0, "socat", Measure::LatencyP99, 300.0),
+            sample(0, "--splice-sndbuf 4M", Measure::ThroughputUp, 7.0),
         ];
         let path = std::env::temp_dir().join(format!("bench-chart-{}.png", std::process::id()));
         chart(
             &path,
             &["direct".into(), "socat".into()],
+            &["--splice-sndbuf 4M".into()],
             &summarize(&samples),
             "test",
         )
