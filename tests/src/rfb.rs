@@ -308,6 +308,96 @@ mod tests {
         );
     }
 
+    use std::net::TcpListener;
+
+    /// A scripted RFB 3.8 server on localhost: `script` runs against the accepted connection.
+    fn fake_server<T: Send + 'static>(
+        script: impl FnOnce(TcpStream) -> T + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<T>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || script(listener.accept().unwrap().0));
+        (addr, handle)
+    }
+
+    fn exact<const N: usize>(s: &mut TcpStream) -> [u8; N] {
+        let mut buf = [0u8; N];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn full_frame_assembles_rectangles_and_skips_other_messages() {
+        let (addr, server) = fake_server(|mut s| {
+            s.write_all(b"RFB 003.008\n").unwrap();
+            assert_eq!(&exact::<12>(&mut s), b"RFB 003.008\n");
+            s.write_all(&[2, 2, 1]).unwrap(); // VNC auth and None offered
+            assert_eq!(exact::<1>(&mut s), [1], "the client picks None");
+            s.write_all(&0u32.to_be_bytes()).unwrap();
+            assert_eq!(
+                exact::<1>(&mut s),
+                [1],
+                "ClientInit asks for a shared session"
+            );
+            let mut init = vec![0, 4, 0, 2]; // 4x2
+            init.extend([0u8; 16]);
+            init.extend(4u32.to_be_bytes());
+            init.extend(b"fake");
+            s.write_all(&init).unwrap();
+            let pixel_format = exact::<20>(&mut s);
+            let encodings = exact::<8>(&mut s);
+            let request = exact::<10>(&mut s);
+            // Bell, then ServerCutText "hi", then the update in two rows.
+            s.write_all(&[2, 3, 0, 0, 0, 0, 0, 0, 2, b'h', b'i'])
+                .unwrap();
+            s.write_all(&[0, 0, 0, 2]).unwrap();
+            for row in 0u8..2 {
+                s.write_all(&[0, 0, 0, row, 0, 4, 0, 1, 0, 0, 0, 0])
+                    .unwrap();
+                let pixels: Vec<u8> = (0..16).map(|i| row * 16 + i).collect();
+                s.write_all(&pixels).unwrap();
+            }
+            (pixel_format, encodings, request)
+        });
+        let mut client = RfbClient::connect(addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (client.width(), client.height(), client.name.as_str()),
+            (4, 2, "fake")
+        );
+        let frame = client.full_frame().unwrap().clone();
+        let (pixel_format, encodings, request) = server.join().unwrap();
+        assert_eq!(pixel_format, set_pixel_format_message());
+        assert_eq!(encodings, [2, 0, 0, 1, 0, 0, 0, 0], "raw encoding only");
+        assert_eq!(
+            request,
+            [3, 0, 0, 0, 0, 0, 0, 4, 0, 2],
+            "a non-incremental request for the whole 4x2 screen"
+        );
+        assert_eq!(
+            frame.pixels,
+            (0..32).collect::<Vec<u8>>(),
+            "both rows in place"
+        );
+        assert_eq!(client.update_bytes, 4 + 2 * (12 + 16));
+    }
+
+    #[test]
+    fn a_server_without_security_none_is_refused_with_a_hint() {
+        let (addr, server) = fake_server(|mut s| {
+            s.write_all(b"RFB 003.008\n").unwrap();
+            let _ = exact::<12>(&mut s);
+            s.write_all(&[1, 2]).unwrap(); // VNC authentication only
+        });
+        let error = RfbClient::connect(addr, Duration::from_secs(5))
+            .err()
+            .expect("no common security type");
+        server.join().unwrap();
+        assert!(
+            format!("{error:#}").contains("-SecurityTypes None"),
+            "says how to start the server: {error:#}"
+        );
+    }
+
     #[test]
     fn frame_reads_rgb_from_bgrx_bytes() {
         let mut frame = Frame::blank(2, 1);
