@@ -218,18 +218,23 @@ impl Drop for Xrdp {
     }
 }
 
-/// Xvfb in the client namespace: the X server FreeRDP's client draws into.
+/// Xvfb in the client namespace: the X server FreeRDP's client draws into. Its screen is also
+/// a file (`-fbdir`, XWD format), so the test sees what a user would have seen.
 struct Xvfb {
     _process: Process,
     display: u32,
+    fbdir: PathBuf,
 }
 
 impl Xvfb {
     fn start(topology: &Topology) -> Self {
         let display = xvnc::free_display();
+        let fbdir = std::env::temp_dir().join(format!("devicelink-xvfb-{display}"));
+        std::fs::create_dir_all(&fbdir).expect("Xvfb's screen directory");
         let mut cmd = topology.client.command("Xvfb");
         cmd.arg(format!(":{display}"))
-            .args(["-screen", "0", "1280x1024x24", "-nolisten", "tcp"]);
+            .args(["-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-fbdir"])
+            .arg(&fbdir);
         let process = Process::start("xvfb", cmd).expect("starting Xvfb");
         let socket = format!("/tmp/.X11-unix/X{display}");
         let deadline = Instant::now() + TIMEOUT;
@@ -240,7 +245,28 @@ impl Xvfb {
         Self {
             _process: process,
             display,
+            fbdir,
         }
+    }
+
+    /// How many pixels of the screen have `rgb`.
+    fn pixels_of(&self, rgb: [u8; 3]) -> usize {
+        let xwd = std::fs::read(self.fbdir.join("Xvfb_screen0")).expect("Xvfb's screen file");
+        let field = |at: usize| u32::from_be_bytes(xwd[at..at + 4].try_into().unwrap()) as usize;
+        // XWD header: its size, then (among others) width, height, bits per pixel, bytes per
+        // line and the number of colour-map entries (12 bytes each) that precede the pixels.
+        let (header, width, height) = (field(0), field(16), field(20));
+        let (bits_per_pixel, bytes_per_line, colours) = (field(44), field(48), field(76));
+        assert_eq!(
+            bits_per_pixel, 32,
+            "Xvfb with depth 24 stores 32-bit pixels"
+        );
+        let pixels = &xwd[header + colours * 12..];
+        let bgr = [rgb[2], rgb[1], rgb[0]];
+        (0..height)
+            .flat_map(|y| (0..width).map(move |x| y * bytes_per_line + x * 4))
+            .filter(|&at| pixels.get(at..at + 3) == Some(&bgr[..]))
+            .count()
     }
 }
 
@@ -248,6 +274,7 @@ impl Drop for Xvfb {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.display));
         let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.display));
+        let _ = std::fs::remove_dir_all(&self.fbdir);
     }
 }
 
@@ -295,37 +322,42 @@ fn rdp_handshake(topology: &Topology, xvfb: &Xvfb, limit: Duration) -> (bool, St
     (output.status.success() && negotiated, text)
 }
 
-/// A full session: waits until the client is active and has received the server's bitmap
-/// updates (xrdp's login screen), then ends it. Returns the number of update PDUs seen.
-fn rdp_first_screen(topology: &Topology, xvfb: &Xvfb) -> usize {
+/// The colours of xrdp's login screen (`blue` and `ls_bg_color` in the stock xrdp.ini): its
+/// background and its login box.
+const XRDP_BACKGROUND: [u8; 3] = [0x00, 0x9c, 0xb5];
+const XRDP_LOGIN_BOX: [u8; 3] = [0xde, 0xde, 0xde];
+
+/// A full session: waits until the client is active and its window on the Xvfb screen shows
+/// xrdp's login screen (the server's first screen), then ends it.
+fn rdp_first_screen(topology: &Topology, xvfb: &Xvfb) {
     // No credentials: xrdp then shows its login screen. Line-buffered, so that the log file
     // has every line when the client is killed.
     let cmd = xfreerdp(
         topology,
         xvfb,
         &["stdbuf", "-oL", "-eL"],
-        &["/log-level:TRACE"],
+        &["/log-level:DEBUG"],
     );
     let session = Process::start("xfreerdp", cmd).expect("starting xfreerdp");
     let deadline = Instant::now() + TIMEOUT;
-    // The login screen arrives as a burst of updates; a handful means the screen is coming in,
-    // and waiting for the burst to settle makes sure it is the whole first screen.
-    let (mut seen, mut stable_since) = (0, Instant::now());
+    // The login box alone is 350x430 pixels; a screen a tenth of that wide is no accident.
+    let enough = 10_000;
     loop {
-        let log = session.log();
-        let active = log.contains("--> CONNECTION_STATE_ACTIVE");
-        let updates = log.matches("Bitmap Update Data PDU").count();
-        if updates != seen {
-            (seen, stable_since) = (updates, Instant::now());
-        }
-        if active && seen >= 5 && stable_since.elapsed() > Duration::from_millis(700) {
-            return seen;
+        let active = session.log().contains("--> CONNECTION_STATE_ACTIVE");
+        let seen = (
+            xvfb.pixels_of(XRDP_BACKGROUND),
+            xvfb.pixels_of(XRDP_LOGIN_BOX),
+        );
+        if active && seen.0 >= enough && seen.1 >= enough {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "no first screen within {TIMEOUT:?} (active: {active}, {seen} bitmap updates):\n{log}"
+            "no first screen within {TIMEOUT:?} (active: {active}, background and login-box \
+             pixels: {seen:?}):\n{}",
+            session.log()
         );
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -343,8 +375,15 @@ fn rdp_through_the_link(mode: &str) {
             "{mode}: RDP negotiation + TLS, attempt {attempt}, did not complete:\n{output}"
         );
     }
-    let updates = rdp_first_screen(&topology, &xvfb);
-    assert!(updates >= 5, "{mode}: only {updates} bitmap updates");
+    assert_eq!(
+        (
+            xvfb.pixels_of(XRDP_BACKGROUND),
+            xvfb.pixels_of(XRDP_LOGIN_BOX)
+        ),
+        (0, 0),
+        "{mode}: before the session, nothing on the client's screen has xrdp's colours"
+    );
+    rdp_first_screen(&topology, &xvfb);
 
     let tls_sessions = xrdp.log().matches("TLS connection established").count();
     assert_eq!(
