@@ -132,16 +132,16 @@ impl Drop for Xvnc {
 /// sockets and lock files live in /tmp, which namespaces share), so each test process draws
 /// from its own range.
 pub fn free_display() -> u32 {
-    loop {
-        let display =
-            200 + (std::process::id() % 400) * 8 + NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed) % 8;
-        if !Path::new(&format!("/tmp/.X{display}-lock")).exists()
-            && !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
-        {
-            return display;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    const FIRST: u32 = 200;
+    const COUNT: u32 = 8000;
+    let offset = (std::process::id() % 500) * 16 + NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed);
+    (0..COUNT)
+        .map(|i| FIRST + (offset + i) % COUNT)
+        .find(|display| {
+            !Path::new(&format!("/tmp/.X{display}-lock")).exists()
+                && !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+        })
+        .expect("a free X display number among 8000")
 }
 
 /// An X bitmap of pseudo-random bits (fixed seed): tiled over the root window, it makes a
