@@ -22,11 +22,7 @@ use contenders::Contender;
 use devicelink_testbed::{Topology, rfb::xvnc::Xvnc};
 use report::{Measure, Sample};
 
-// `allow`, not `expect`: the lint goes away by itself once the demo calls it.
-#[allow(
-    unused_imports,
-    reason = "the demo (issue 7) saves what its VNC viewer saw with this"
-)]
+/// The demo saves what its VNC viewer saw with this.
 pub use vnc::save_frame_png;
 
 /// Groups of measures that share a device server and one start of the contender.

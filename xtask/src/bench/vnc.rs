@@ -80,10 +80,6 @@ pub fn reference_frame(topology: &Topology) -> anyhow::Result<Frame> {
 
 /// Saves what a VNC viewer received as an 8-bit RGB PNG (the README's picture of the device's
 /// screen arriving through devicelink).
-#[allow(
-    dead_code,
-    reason = "called by the demo (issue 7); `expect` would fail once it is"
-)]
 pub fn save_frame_png(frame: &Frame, path: &Path) -> anyhow::Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
