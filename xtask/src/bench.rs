@@ -169,11 +169,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let machine = machine_description();
     let mut notes = bench.notes.clone();
     notes.push(format!(
-        "{} rounds; iperf3 {} s per run; setup {} s with {} clients; {} round trips; {} idle \
+        "devicelink at {}. {} rounds; iperf3 {} s per run; setup {} s with {} clients; {} round trips; {} idle \
          connections; VNC {} s, {} viewers. Whole-machine CPU counts the kernel (softirq, \
          kworkers) and every process of the bench (iperf3 on both ends, so direct is its floor) \
          while the transfers ran; other processes on the machine are subtracted. \
          Took {:.0} s.",
+        source_revision(),
         args.repetitions,
         args.throughput_seconds,
         args.setup_seconds,
@@ -480,6 +481,25 @@ impl Bench<'_> {
             self.push(round, row, measure, t.bits_per_second / 1e9);
         }
         Ok(())
+    }
+}
+
+/// The commit the measured proxy was built from, and whether the tree had changes on top.
+fn source_revision() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(crate::workspace_root())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    match (commit.is_empty(), dirty) {
+        (true, _) => "an unknown commit".into(),
+        (false, false) => format!("commit {commit}"),
+        (false, true) => format!("commit {commit} with uncommitted changes"),
     }
 }
 
