@@ -407,11 +407,18 @@ impl Bench<'_> {
         std::thread::sleep(Duration::from_millis(300));
         let usage = contenders::usage_in(self.topology);
         drop(idle);
+        let mib = f64::from(1u32 << 20);
         self.push(
             round,
             contender.label(),
-            Measure::IdleMemory,
-            usage.pss_bytes as f64 / f64::from(1u32 << 20),
+            Measure::IdleRss,
+            usage.rss_bytes as f64 / mib,
+        );
+        self.push(
+            round,
+            contender.label(),
+            Measure::IdlePss,
+            usage.pss_bytes as f64 / mib,
         );
         Ok(())
     }

@@ -18,13 +18,14 @@ pub enum Measure {
     LatencyP50,
     LatencyP99,
     SetupRate,
-    IdleMemory,
+    IdleRss,
+    IdlePss,
     VncFps1,
     VncFpsMany,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 11] = [
+    pub const ALL: [Measure; 12] = [
         Measure::ThroughputUp,
         Measure::ThroughputDown,
         Measure::ThroughputUp8,
@@ -33,7 +34,8 @@ impl Measure {
         Measure::LatencyP50,
         Measure::LatencyP99,
         Measure::SetupRate,
-        Measure::IdleMemory,
+        Measure::IdleRss,
+        Measure::IdlePss,
         Measure::VncFps1,
         Measure::VncFpsMany,
     ];
@@ -48,7 +50,8 @@ impl Measure {
             Measure::LatencyP50 => "64-byte round trip p50 (µs)",
             Measure::LatencyP99 => "64-byte round trip p99 (µs)",
             Measure::SetupRate => "connect + round trip + close (per s)",
-            Measure::IdleMemory => "memory with idle connections (MiB, PSS)",
+            Measure::IdleRss => "RSS with idle connections (MiB, summed over its processes)",
+            Measure::IdlePss => "PSS with idle connections (MiB, shared pages split)",
             Measure::VncFps1 => "VNC 1920x1080 raw frames/s, 1 viewer",
             Measure::VncFpsMany => "VNC 1920x1080 raw frames/s, all viewers summed",
         }
@@ -65,7 +68,8 @@ impl Measure {
             Measure::LatencyP50 => "RTT p50 µs (lower better)",
             Measure::LatencyP99 => "RTT p99 µs (lower better)",
             Measure::SetupRate => "connections/s",
-            Measure::IdleMemory => "MiB idle conns (lower better)",
+            Measure::IdleRss => "RSS MiB, idle conns (lower better)",
+            Measure::IdlePss => "PSS MiB, idle conns (lower better)",
             Measure::VncFps1 => "VNC frames/s, 1 viewer",
             Measure::VncFpsMany => "VNC frames/s, many viewers",
         }
@@ -75,7 +79,7 @@ impl Measure {
         match self {
             Measure::ThroughputUp | Measure::ThroughputDown | Measure::ThroughputUp8 => 2,
             Measure::MachineCpuPerGib | Measure::ProxyCpuPerGib => 3,
-            Measure::VncFps1 | Measure::VncFpsMany | Measure::IdleMemory => 1,
+            Measure::VncFps1 | Measure::VncFpsMany | Measure::IdlePss | Measure::IdleRss => 1,
             _ => 0,
         }
     }
