@@ -326,8 +326,25 @@ mod tests {
         buf
     }
 
+    /// Runs `f` in a network namespace of its own, removed afterwards: tests send traffic only
+    /// in namespaces they made, never on the machine's own loopback.
+    fn in_own_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "dl-rfb-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let ns = crate::Netns::create(&name).expect("a throwaway network namespace");
+        ns.run(f)
+    }
+
     #[test]
     fn full_frame_assembles_rectangles_and_skips_other_messages() {
+        in_own_netns(check_full_frame_assembly);
+    }
+
+    fn check_full_frame_assembly() {
         let (addr, server) = fake_server(|mut s| {
             s.write_all(b"RFB 003.008\n").unwrap();
             assert_eq!(&exact::<12>(&mut s), b"RFB 003.008\n");
@@ -383,6 +400,10 @@ mod tests {
 
     #[test]
     fn a_server_without_security_none_is_refused_with_a_hint() {
+        in_own_netns(check_refusal_without_security_none);
+    }
+
+    fn check_refusal_without_security_none() {
         let (addr, server) = fake_server(|mut s| {
             s.write_all(b"RFB 003.008\n").unwrap();
             let _ = exact::<12>(&mut s);
