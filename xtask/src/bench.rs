@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
     /// 64-byte round trips per latency measure (plus a tenth to warm up).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     round_trips: usize,
     /// Idle connections held open for the memory measure.
     #[arg(long, default_value_t = 1000)]
