@@ -58,6 +58,11 @@ pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
         ns.spawn(move || {
             let listener = TcpListener::bind(addr)
                 .unwrap_or_else(|e| panic!("device server cannot bind {addr}: {e}"));
+            // std listens with a backlog of 128; hundreds of clients at once need more, or the
+            // device's SYN queue overflows into SYN cookies and some connections get reset.
+            // SAFETY: listen() again on a listening socket only resizes its backlog.
+            let resized = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+            assert_eq!(resized, 0, "resizing the device server's backlog");
             listener
                 .set_nonblocking(true)
                 .expect("nonblocking listener");
@@ -68,7 +73,11 @@ pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
                         accepted.fetch_add(1, Ordering::Relaxed);
                         stream.set_nonblocking(false).expect("blocking stream");
                         thread::spawn(move || {
-                            let _ = handle(stream, behavior);
+                            let peer = stream.peer_addr();
+                            if let Err(err) = handle(stream, behavior) {
+                                // A test that fails shows this in its output.
+                                eprintln!("device server ({behavior:?}): connection from {peer:?} ended with: {err}");
+                            }
                         });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
