@@ -187,6 +187,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE devicelink_xdp_packets_total counter");
         let counts = xdp.map(|(c, _)| c.xdp).unwrap_or_default();
+        let splice = xdp.map(|(c, _)| c).unwrap_or_default();
         for (verdict, reason, slot) in [
             ("pass", "allowed", XdpVerdict::Pass),
             ("pass", "not_inspected", XdpVerdict::NotInspected),
@@ -197,6 +198,21 @@ impl Metrics {
                 out,
                 "devicelink_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
                 counts[slot as usize]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP devicelink_splice_skbs_total Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept in order for user space while a pair was entering the splice), unlinked (socket being torn down)."
+        );
+        let _ = writeln!(out, "# TYPE devicelink_splice_skbs_total counter");
+        for (event, value) in [
+            ("end_of_stream", splice.end_of_stream_skbs),
+            ("held", splice.held_skbs),
+            ("unlinked", splice.unlinked_skbs),
+        ] {
+            let _ = writeln!(
+                out,
+                "devicelink_splice_skbs_total{{event=\"{event}\"}} {value}"
             );
         }
         out
