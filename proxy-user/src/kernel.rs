@@ -254,14 +254,20 @@ impl KernelPlane {
         forwarded.insert(cookie, bytes, 0)
     }
 
-    /// Takes a socket out of the splice entirely: out of the hash, its link and counters gone.
+    /// Takes a socket out of the splice entirely, for user space to carry it on: out of the
+    /// hash, its link and counters gone.
     pub fn release(&self, cookie: u64) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = sockets.remove(&cookie) {
-            // Closing a socket also removes it, so "not found" is expected after a reset.
             debug!(cookie, %err, "removing socket from splice hash");
         }
         drop(sockets);
+        self.unlink(cookie);
+    }
+
+    /// Forgets a socket's link and counters; for a socket about to be closed, which takes it
+    /// out of the hash by itself.
+    pub fn unlink(&self, cookie: u64) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let _ = links.remove(&cookie);
         drop(links);

@@ -559,6 +559,19 @@ impl Proxy {
         .map_err(|_| anyhow::anyhow!("metrics thread panicked"))?
     }
 
+    /// Waits until the proxy carries no connection: a client sees its last byte (or EOF) a
+    /// moment before the proxy has finished closing and counting that connection.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric("devicelink_connections_active") != 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "connections still open after 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one Prometheus series (exact name with labels), or 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
         let Ok((_, text)) = self.get("/metrics") else {

@@ -319,6 +319,7 @@ fn idle_timeout(mode: &str) {
         );
         echo_once(&mut busy).expect("still open");
     });
+    proxy.wait_idle();
     assert_eq!(
         proxy.metric("devicelink_connections_total{result=\"idle_timeout\"}"),
         1.0

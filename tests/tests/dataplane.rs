@@ -77,6 +77,7 @@ fn large_transfer_both_ways(mode: &str) {
         let echoed = receiver.join().unwrap();
         assert_eq!(echoed, sent, "every byte should come back once, in order");
     });
+    proxy.wait_idle();
     let [up, down] = ["to_device", "from_device"]
         .map(|d| proxy.metric(&format!("devicelink_bytes_total{{direction=\"{d}\"}}")));
     assert_eq!(
@@ -145,10 +146,7 @@ fn half_close_many(mode: &str, banner: Option<usize>) {
         failures.len(),
         failures.join("\n")
     );
-    wait_for(
-        || proxy.metric("devicelink_connections_active") == 0.0,
-        "connections to close",
-    );
+    proxy.wait_idle();
     let completed = proxy.metric("devicelink_connections_total{result=\"completed\"}");
     assert_eq!(
         completed,
@@ -276,10 +274,7 @@ fn concurrent(mode: &str, extra: &[&str]) {
             &failures[..failures.len().min(10)]
         );
     });
-    wait_for(
-        || proxy.metric("devicelink_connections_active") == 0.0,
-        "connections to close",
-    );
+    proxy.wait_idle();
     assert_eq!(
         proxy.metric("devicelink_connections_total{result=\"completed\"}"),
         clients as f64
@@ -318,6 +313,7 @@ fn ebpf_mode_copies_no_payload_in_user_space() {
             peers::upload_and_check(&mut stream, 9, LEN, None).expect("1 GiB through the proxy");
         });
         cpu.push(devicelink_testbed::cpu_time_of(pid).unwrap() - before);
+        proxy.wait_idle();
         if mode == "ebpf" {
             assert_eq!(
                 proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
@@ -344,13 +340,5 @@ fn raise_fd_limit() {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         limit.rlim_cur = limit.rlim_max.min(65536);
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
     }
 }

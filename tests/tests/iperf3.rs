@@ -58,6 +58,7 @@ fn iperf3_through(mode: &str) {
             "iperf3 {extra:?} moved only {received} bytes"
         );
     }
+    proxy.wait_idle();
     let moved = proxy.metric("devicelink_bytes_total{direction=\"to_device\"}")
         + proxy.metric("devicelink_bytes_total{direction=\"from_device\"}");
     assert!(

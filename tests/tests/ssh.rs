@@ -71,6 +71,7 @@ fn ssh_through_proxy(mode: &str) {
         "hash over ssh stdin: {remote_hash}"
     );
 
+    proxy.wait_idle();
     let carried = proxy.metric("devicelink_bytes_total{direction=\"to_device\"}");
     assert!(
         carried > 2.0 * (48 << 20) as f64,
