@@ -216,10 +216,8 @@ impl KernelPlane {
     /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and
     /// never rewritten while it is there (the kernel updates the entry's counters).
     pub fn arm(&self, cookie: u64, peer: u64, direction: Direction) -> Result<(), MapError> {
-        self.forwarded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cookie, 0, 0)?;
+        // No `SPLICE_FORWARDED` entry: the verdict program reads a missing one as 0, and most
+        // connections never hold a byte.
         let link = SpliceLink {
             peer_cookie: peer,
             bytes: 0,
@@ -262,17 +260,20 @@ impl KernelPlane {
             debug!(cookie, %err, "removing socket from splice hash");
         }
         drop(sockets);
-        self.unlink(cookie);
+        // Released sockets never held bytes that user space forwarded.
+        self.unlink(cookie, false);
     }
 
-    /// Forgets a socket's link and counters; for a socket about to be closed, which takes it
-    /// out of the hash by itself.
-    pub fn unlink(&self, cookie: u64) {
+    /// Forgets a socket's link (and its forwarded count, if user space ever wrote one); for a
+    /// socket about to be closed, which takes it out of the hash by itself.
+    pub fn unlink(&self, cookie: u64, forwarded_written: bool) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let _ = links.remove(&cookie);
         drop(links);
-        let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = forwarded.remove(&cookie);
+        if forwarded_written {
+            let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = forwarded.remove(&cookie);
+        }
     }
 
     pub fn counters(&self) -> KernelCounters {

@@ -225,7 +225,7 @@ pub async fn carry(
     let outcome = watch(plane, watcher, &mut pair, limits, metrics, cancel).await;
     for socket in &pair {
         // Closing the socket (below) takes it out of the hash.
-        plane.unlink(socket.cookie);
+        plane.unlink(socket.cookie, socket.user_read > 0);
     }
     if matches!(outcome, Outcome::Reset { .. }) {
         // Pass the reset on: closing with a zero linger sends RST to whichever side is still up.
