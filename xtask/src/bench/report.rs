@@ -294,7 +294,7 @@ pub fn markdown(
         let _ = writeln!(md, "\n| target | ratio | met |");
         let _ = writeln!(md, "|---|---:|---|");
         for v in verdicts {
-            // Three decimals: a ratio printed as 0.70x must not read as meeting "<= 0.7x" when it is 0.704.
+            // Three decimals: 0.704x must not print as a 0.70x that seems to meet "<= 0.7x".
             let ratio = v.ratio.map_or("–".into(), |r| format!("{r:.3}x"));
             let met = match v.met {
                 Some(true) => "yes",
