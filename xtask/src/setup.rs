@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/xrdp", "xrdp"),
     ("/usr/bin/xfreerdp", "freerdp2-x11"),
     ("/usr/bin/Xvfb", "xvfb"),
+    // The benchmark chart's labels.
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
 ];
 
 /// PyPI packages: `kubernetes-validate` checks manifests against Kubernetes' own schemas.
