@@ -32,7 +32,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/xfreerdp", "freerdp2-x11"),
     ("/usr/bin/Xvfb", "xvfb"),
     // The benchmark chart's labels.
-    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 /// PyPI packages: `kubernetes-validate` checks manifests against Kubernetes' own schemas.
