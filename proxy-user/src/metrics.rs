@@ -113,25 +113,28 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let mode = self.data_plane.get().map_or("starting", |info| info.mode);
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_data_plane_info Which data plane carries the bytes."
+        family(
+            &mut out,
+            "devicelink_data_plane_info",
+            "gauge",
+            "Which data plane carries the bytes.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_data_plane_info gauge");
         let _ = writeln!(out, "devicelink_data_plane_info{{mode=\"{mode}\"}} 1");
 
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_connections_active Connections being carried now."
+        family(
+            &mut out,
+            "devicelink_connections_active",
+            "gauge",
+            "Connections being carried now.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_connections_active gauge");
         let _ = writeln!(out, "devicelink_connections_active {}", self.active());
 
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_connections_total Client connections, by how they ended."
+        family(
+            &mut out,
+            "devicelink_connections_total",
+            "counter",
+            "Client connections, by how they ended.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_connections_total counter");
         for (label, value) in RESULTS.iter().zip(&self.results) {
             let _ = writeln!(
                 out,
@@ -140,11 +143,12 @@ impl Metrics {
             );
         }
 
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_connections_carried_total Connections carried, by the path their bytes took."
+        family(
+            &mut out,
+            "devicelink_connections_carried_total",
+            "counter",
+            "Connections carried, by the path their bytes took.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_connections_carried_total counter");
         for (label, value) in ["kernel", "userspace"].iter().zip(&self.paths) {
             let _ = writeln!(
                 out,
@@ -154,11 +158,12 @@ impl Metrics {
         }
 
         let [to_device, from_device] = self.bytes();
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_bytes_total Payload bytes carried, by direction."
+        family(
+            &mut out,
+            "devicelink_bytes_total",
+            "counter",
+            "Payload bytes carried, by direction.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_bytes_total counter");
         let _ = writeln!(
             out,
             "devicelink_bytes_total{{direction=\"to_device\"}} {to_device}"
@@ -168,26 +173,27 @@ impl Metrics {
             "devicelink_bytes_total{{direction=\"from_device\"}} {from_device}"
         );
 
-        let xdp = self
+        let kernel = self
             .kernel()
             .map(|k| (k.counters(), k.xdp_interface().is_some()));
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_xdp_attached Whether the XDP source ACL is attached."
+        family(
+            &mut out,
+            "devicelink_xdp_attached",
+            "gauge",
+            "Whether the XDP source ACL is attached.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_xdp_attached gauge");
         let _ = writeln!(
             out,
             "devicelink_xdp_attached {}",
-            u8::from(xdp.is_some_and(|(_, a)| a))
+            u8::from(kernel.is_some_and(|(_, attached)| attached))
         );
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_xdp_packets_total Packets seen by the XDP source ACL, by verdict and reason."
+        family(
+            &mut out,
+            "devicelink_xdp_packets_total",
+            "counter",
+            "Packets seen by the XDP source ACL, by verdict and reason.",
         );
-        let _ = writeln!(out, "# TYPE devicelink_xdp_packets_total counter");
-        let counts = xdp.map(|(c, _)| c.xdp).unwrap_or_default();
-        let splice = xdp.map(|(c, _)| c).unwrap_or_default();
+        let counters = kernel.map(|(c, _)| c).unwrap_or_default();
         for (verdict, reason, slot) in [
             ("pass", "allowed", XdpVerdict::Pass),
             ("pass", "not_inspected", XdpVerdict::NotInspected),
@@ -197,18 +203,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "devicelink_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
-                counts[slot as usize]
+                counters.xdp[slot as usize]
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP devicelink_splice_skbs_total Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept in order for user space while a pair was entering the splice), unlinked (socket being torn down)."
+        family(
+            &mut out,
+            "devicelink_splice_skbs_total",
+            "counter",
+            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept in order for user space while a pair was entering the splice), unlinked (socket being torn down).",
         );
-        let _ = writeln!(out, "# TYPE devicelink_splice_skbs_total counter");
         for (event, value) in [
-            ("end_of_stream", splice.end_of_stream_skbs),
-            ("held", splice.held_skbs),
-            ("unlinked", splice.unlinked_skbs),
+            ("end_of_stream", counters.end_of_stream_skbs),
+            ("held", counters.held_skbs),
+            ("unlinked", counters.unlinked_skbs),
         ] {
             let _ = writeln!(
                 out,
@@ -221,6 +228,12 @@ impl Metrics {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+}
+
+/// Writes a metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.

@@ -41,9 +41,12 @@ pub const DEVICE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
 pub const OTHER_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 3);
 pub const PROXY_FRONT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 1);
+pub const PROXY_BACK_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 1);
 pub const DEVICE_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 2);
 /// The proxy's interface facing clients: where the XDP ACL attaches.
 pub const PROXY_FRONT_IFACE: &str = "to-client";
+/// The proxy's interface facing the device.
+pub const PROXY_BACK_IFACE: &str = "to-device";
 
 /// Runs a command to completion and fails with its output if it fails.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<String> {
@@ -197,30 +200,20 @@ impl Topology {
 
     fn wire(&self) -> anyhow::Result<()> {
         let (c, p, d) = (&self.client, &self.proxy, &self.device);
-        p.ip(&[
-            "link",
-            "add",
-            PROXY_FRONT_IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            c.name(),
-        ])?;
-        p.ip(&[
-            "link",
-            "add",
-            "to-device",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            d.name(),
-        ])?;
+        for (iface, peer) in [(PROXY_FRONT_IFACE, c), (PROXY_BACK_IFACE, d)] {
+            p.ip(&[
+                "link",
+                "add",
+                iface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])?;
+        }
         let addr = |ns: &Netns, cidr: String, dev: &str| -> anyhow::Result<()> {
             let mut args = vec!["addr", "add", cidr.as_str(), "dev", dev];
             if cidr.contains(':') {
@@ -235,14 +228,14 @@ impl Topology {
         addr(c, format!("{OTHER_CLIENT_V6}/64"), "eth0")?;
         addr(p, format!("{PROXY_FRONT_V4}/24"), PROXY_FRONT_IFACE)?;
         addr(p, format!("{PROXY_FRONT_V6}/64"), PROXY_FRONT_IFACE)?;
-        addr(p, format!("{PROXY_BACK_V4}/24"), "to-device")?;
-        addr(p, "fd77:2::1/64".into(), "to-device")?;
+        addr(p, format!("{PROXY_BACK_V4}/24"), PROXY_BACK_IFACE)?;
+        addr(p, format!("{PROXY_BACK_V6}/64"), PROXY_BACK_IFACE)?;
         addr(d, format!("{DEVICE_V4}/24"), "eth0")?;
         addr(d, format!("{DEVICE_V6}/64"), "eth0")?;
         for (ns, dev) in [
             (c, "eth0"),
             (p, PROXY_FRONT_IFACE),
-            (p, "to-device"),
+            (p, PROXY_BACK_IFACE),
             (d, "eth0"),
         ] {
             ns.ip(&["link", "set", dev, "up"])?;
@@ -265,7 +258,14 @@ impl Topology {
             &PROXY_FRONT_V6.to_string(),
         ])?;
         d.ip(&["route", "add", "default", "via", &PROXY_BACK_V4.to_string()])?;
-        d.ip(&["-6", "route", "add", "default", "via", "fd77:2::1"])?;
+        d.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &PROXY_BACK_V6.to_string(),
+        ])?;
         sh(p.command("sysctl").args([
             "-qw",
             "net.ipv4.ip_forward=1",
@@ -394,29 +394,6 @@ pub fn cpu_time_of(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(
         (utime + stime) * 1_000_000_000 / ticks,
     ))
-}
-
-/// Read/write syscalls and bytes a process made, from `/proc/<pid>/io`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IoCounters {
-    pub read_syscalls: u64,
-    pub write_syscalls: u64,
-    pub read_bytes: u64,
-    pub written_bytes: u64,
-}
-
-pub fn io_of(pid: u32) -> Option<IoCounters> {
-    let text = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-    };
-    Some(IoCounters {
-        read_syscalls: field("syscr:")?,
-        write_syscalls: field("syscw:")?,
-        read_bytes: field("rchar:")?,
-        written_bytes: field("wchar:")?,
-    })
 }
 
 /// The whole machine's busy CPU time (everything but idle and iowait, softirq included) from
