@@ -29,6 +29,22 @@ pub struct SpliceLink {
     pub _pad: u32,
 }
 
+/// What user space grants one spliced socket, keyed by its cookie. Written only by user space
+/// (the verdict program reads it), so the two never race on one value. A socket without an
+/// entry has forwarded nothing and may redirect up to the loader-set default queue limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceCredit {
+    /// Held bytes user space has read from this socket and forwarded. While
+    /// [`SpliceLink::held`] is ahead of it, new bytes are held too, so none overtakes them.
+    pub forwarded: u64,
+    /// [`SpliceLink::bytes`] may not pass this. The kernel queues redirected bytes for the peer
+    /// without any bound of its own, so a fast sender facing a slow receiver would have the proxy
+    /// buffer without limit; past this mark bytes are held on their socket instead, which fills
+    /// its receive buffer and closes its TCP window: the sender waits for the receiver.
+    pub redirect_limit: u64,
+}
+
 /// The way bytes travel through the proxy.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,16 +81,20 @@ impl XdpVerdict {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpliceCounter {
-    /// Zero-length skbs (end of stream) passed instead of redirected.
+    /// Zero-length skbs (end of stream) dropped instead of redirected (TCP already has the FIN).
     EndOfStream = 0,
     /// Skbs seen on a socket with no link entry (being torn down): passed.
     Unlinked = 1,
     /// Skbs kept on their socket for user space to forward, to keep bytes in order.
     Held = 2,
+    /// Of the held skbs, those held because their direction reached its queue limit.
+    QueueFull = 3,
+    /// Notices to user space ("this socket started holding") lost to a full ring buffer.
+    NoticeLost = 4,
 }
 
 impl SpliceCounter {
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
 
 /// The XDP program's configuration, slot 0 of a one-element array.
@@ -90,6 +110,8 @@ pub struct XdpConfig {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with explicit padding fields; any bit pattern is valid.
     unsafe impl aya::Pod for super::SpliceLink {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpliceCredit {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpConfig {}
 }

@@ -8,10 +8,12 @@ use aya_ebpf::{
     bindings::sk_action,
     helpers::generated::bpf_get_socket_cookie,
     macros::map,
-    maps::{HashMap, PerCpuArray, SockHash},
+    maps::{HashMap, PerCpuArray, RingBuf, SockHash},
     programs::SkBuffContext,
 };
-use devicelink_proxy_common::{Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceLink};
+use devicelink_proxy_common::{
+    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink,
+};
 
 #[map]
 static SPLICE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
@@ -19,11 +21,22 @@ static SPLICE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SO
 #[map]
 static SPLICE_LINKS: HashMap<u64, SpliceLink> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
-/// Held bytes user space has forwarded so far, keyed by cookie; written only by user space.
-/// While `SpliceLink::held` is ahead of it, new bytes are held too, so that none overtakes
-/// the held ones.
+/// What user space grants each socket (forwarded held bytes, queue limit), keyed by cookie;
+/// written only by user space.
 #[map]
-static SPLICE_FORWARDED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+static SPLICE_CREDITS: HashMap<u64, SpliceCredit> =
+    HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+
+/// Cookies of sockets that just started holding bytes: wakes user space, which otherwise sleeps
+/// while the kernel moves the bytes.
+#[map]
+static SPLICE_NOTICES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Bytes one direction may have queued inside the proxy (redirected but not yet acknowledged by
+/// the receiver) for a socket without a credit entry. Set by the loader from
+/// `--splice-max-queued`; read-only once loaded.
+#[unsafe(no_mangle)]
+static SPLICE_QUEUE_LIMIT: u64 = 32 << 20;
 
 /// Payload bytes redirected, per CPU, indexed by [`Direction`].
 #[map]
@@ -56,18 +69,30 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     };
     // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
     let link = unsafe { &mut *link };
-    // SAFETY: plain value read.
-    let forwarded = unsafe { SPLICE_FORWARDED.get(&cookie) }
+    // SAFETY: plain value read; user space replaces the entry whole.
+    let credit = unsafe { SPLICE_CREDITS.get(&cookie) }
         .copied()
-        .unwrap_or(0);
-    if link.held != forwarded {
+        .unwrap_or_else(|| SpliceCredit {
+            forwarded: 0,
+            // SAFETY: a read-only global, set before load.
+            redirect_limit: unsafe { core::ptr::read_volatile(&SPLICE_QUEUE_LIMIT) },
+        });
+    if link.held != credit.forwarded {
         // User space is still forwarding bytes held earlier: these must queue behind them.
+        return Ok(hold(link, len));
+    }
+    if link.bytes + u64::from(len) > credit.redirect_limit {
+        // The peer has as much queued as this direction may have: hold, which closes this
+        // socket's window, until user space sees the peer drained.
+        count(SpliceCounter::QueueFull);
+        notice(cookie);
         return Ok(hold(link, len));
     }
     let verdict = SPLICE_SOCKETS.redirect_skb(ctx, link.peer_cookie, 0) as u32;
     if verdict != sk_action::SK_PASS {
         // The peer is not in the hash yet (the two sockets of a pair enter one after the
         // other): keep the bytes on this socket; user space forwards them in order.
+        notice(cookie);
         return Ok(hold(link, len));
     }
     link.bytes += u64::from(len);
@@ -85,6 +110,14 @@ fn hold(link: &mut SpliceLink, len: u32) -> u32 {
     link.held += u64::from(len);
     count(SpliceCounter::Held);
     sk_action::SK_PASS
+}
+
+/// Wakes user space for `cookie`, which started holding bytes.
+#[inline(always)]
+fn notice(cookie: u64) {
+    if SPLICE_NOTICES.output::<u64>(&cookie, 0).is_err() {
+        count(SpliceCounter::NoticeLost);
+    }
 }
 
 #[inline(always)]

@@ -68,6 +68,13 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes)]
     pub splice_sndbuf: u32,
 
+    /// Bytes one direction of a spliced connection may have inside the proxy (queued for the
+    /// receiver and not yet acknowledged by it) before the sender is made to wait (bytes; K/M/G
+    /// suffixes). The kernel's own splice queue has no bound: without this, a fast client
+    /// uploading to a slow device would have the proxy buffer the whole upload.
+    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_bytes)]
+    pub splice_max_queued: u32,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -127,6 +134,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub expires_at: Option<SystemTime>,
     pub splice_sndbuf: u32,
+    pub splice_max_queued: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +187,7 @@ impl Config {
             connect_timeout: args.connect_timeout,
             expires_at: args.expires_at,
             splice_sndbuf: args.splice_sndbuf,
+            splice_max_queued: args.splice_max_queued,
         })
     }
 }
@@ -320,6 +329,7 @@ mod tests {
         assert_eq!(config.xdp_mode, XdpModeChoice::Skb);
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
         assert_eq!(config.splice_sndbuf, 8 << 20);
+        assert_eq!(config.splice_max_queued, 32 << 20);
     }
 
     #[test]

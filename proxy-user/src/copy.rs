@@ -31,6 +31,8 @@ const COPY_BUFFER: usize = 128 * 1024;
 pub struct CarryLimits {
     pub idle_timeout: Option<Duration>,
     pub splice_sndbuf: u32,
+    /// `--splice-max-queued`.
+    pub splice_max_queued: u32,
 }
 
 /// How a carried connection ended.

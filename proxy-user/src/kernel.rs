@@ -6,11 +6,13 @@ use std::{net::IpAddr, os::fd::AsRawFd, sync::Mutex};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, SockHash, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, SockHash, lpm_trie::Key,
+    },
     programs::{ProgramError, SkSkb, Xdp, XdpMode},
 };
 use devicelink_proxy_common::{
-    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceLink, XdpConfig, XdpVerdict,
+    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink, XdpConfig, XdpVerdict,
 };
 use tracing::{debug, info, warn};
 
@@ -68,12 +70,16 @@ pub struct KernelCounters {
     pub end_of_stream_skbs: u64,
     pub unlinked_skbs: u64,
     pub held_skbs: u64,
+    pub queue_full_skbs: u64,
+    pub lost_notices: u64,
 }
 
 pub struct KernelPlane {
     sockets: Mutex<SockHash<MapData, u64>>,
     links: Mutex<HashMap<MapData, u64, SpliceLink>>,
-    forwarded: Mutex<HashMap<MapData, u64, u64>>,
+    credits: Mutex<HashMap<MapData, u64, SpliceCredit>>,
+    /// Taken once by the splice watcher, which waits on it.
+    notices: Mutex<Option<RingBuf<MapData>>>,
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
     xdp_verdicts: PerCpuArray<MapData, u64>,
@@ -131,7 +137,12 @@ impl KernelPlane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("SPLICE_SOCKETS", capacity)
             .map_max_entries("SPLICE_LINKS", capacity)
-            .map_max_entries("SPLICE_FORWARDED", capacity)
+            .map_max_entries("SPLICE_CREDITS", capacity)
+            .override_global(
+                "SPLICE_QUEUE_LIMIT",
+                &u64::from(config.splice_max_queued),
+                true,
+            )
             .load(KERNEL_OBJECT)
             .map_err(KernelError::Load)?;
         start_kernel_log(&mut ebpf);
@@ -145,7 +156,8 @@ impl KernelPlane {
 
         let sockets: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_SOCKETS")?;
         let links: HashMap<MapData, u64, SpliceLink> = take(&mut ebpf, "SPLICE_LINKS")?;
-        let forwarded: HashMap<MapData, u64, u64> = take(&mut ebpf, "SPLICE_FORWARDED")?;
+        let credits: HashMap<MapData, u64, SpliceCredit> = take(&mut ebpf, "SPLICE_CREDITS")?;
+        let notices: RingBuf<MapData> = take(&mut ebpf, "SPLICE_NOTICES")?;
         let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
         let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
         let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
@@ -197,7 +209,8 @@ impl KernelPlane {
         Ok(Self {
             sockets: Mutex::new(sockets),
             links: Mutex::new(links),
-            forwarded: Mutex::new(forwarded),
+            credits: Mutex::new(credits),
+            notices: Mutex::new(Some(notices)),
             splice_bytes,
             splice_events,
             xdp_verdicts,
@@ -216,8 +229,8 @@ impl KernelPlane {
     /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and
     /// never rewritten while it is there (the kernel updates the entry's counters).
     pub fn arm(&self, cookie: u64, peer: u64, direction: Direction) -> Result<(), MapError> {
-        // No `SPLICE_FORWARDED` entry: the verdict program reads a missing one as 0, and most
-        // connections never hold a byte.
+        // No `SPLICE_CREDITS` entry: the verdict program reads a missing one as nothing
+        // forwarded and the default queue limit, and most connections never hold a byte.
         let link = SpliceLink {
             peer_cookie: peer,
             bytes: 0,
@@ -245,11 +258,20 @@ impl KernelPlane {
             .unwrap_or((0, 0))
     }
 
-    /// Tells the verdict program how many held bytes user space has forwarded; once this catches
-    /// up with the held count, it redirects again.
-    pub fn set_forwarded(&self, cookie: u64, bytes: u64) -> Result<(), MapError> {
-        let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
-        forwarded.insert(cookie, bytes, 0)
+    /// Tells the verdict program how many held bytes user space has forwarded (once this catches
+    /// up with the held count, it redirects again) and how far it may redirect.
+    pub fn set_credit(&self, cookie: u64, credit: SpliceCredit) -> Result<(), MapError> {
+        let mut credits = self.credits.lock().unwrap_or_else(|e| e.into_inner());
+        credits.insert(cookie, credit, 0)
+    }
+
+    /// The ring buffer where the verdict program names sockets that started holding bytes;
+    /// `None` once taken.
+    pub fn take_notices(&self) -> Option<RingBuf<MapData>> {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Takes a socket out of the splice entirely, for user space to carry it on: out of the
@@ -260,19 +282,19 @@ impl KernelPlane {
             debug!(cookie, %err, "removing socket from splice hash");
         }
         drop(sockets);
-        // Released sockets never held bytes that user space forwarded.
+        // Released sockets never held bytes that user space forwarded, nor got a credit.
         self.unlink(cookie, false);
     }
 
-    /// Forgets a socket's link (and its forwarded count, if user space ever wrote one); for a
-    /// socket about to be closed, which takes it out of the hash by itself.
-    pub fn unlink(&self, cookie: u64, forwarded_written: bool) {
+    /// Forgets a socket's link (and its credit, if user space ever wrote one); for a socket
+    /// about to be closed, which takes it out of the hash by itself.
+    pub fn unlink(&self, cookie: u64, credit_written: bool) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let _ = links.remove(&cookie);
         drop(links);
-        if forwarded_written {
-            let mut forwarded = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = forwarded.remove(&cookie);
+        if credit_written {
+            let mut credits = self.credits.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = credits.remove(&cookie);
         }
     }
 
@@ -293,6 +315,8 @@ impl KernelPlane {
             end_of_stream_skbs: sum(&self.splice_events, SpliceCounter::EndOfStream as u32),
             unlinked_skbs: sum(&self.splice_events, SpliceCounter::Unlinked as u32),
             held_skbs: sum(&self.splice_events, SpliceCounter::Held as u32),
+            queue_full_skbs: sum(&self.splice_events, SpliceCounter::QueueFull as u32),
+            lost_notices: sum(&self.splice_events, SpliceCounter::NoticeLost as u32),
         }
     }
 }

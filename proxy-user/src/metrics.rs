@@ -41,6 +41,8 @@ pub struct Metrics {
     paths: [AtomicU64; 2],
     /// Bytes moved by user space (userspace mode, and bytes queued before a splice started).
     user_bytes: [AtomicU64; Direction::COUNT as usize],
+    /// Spliced connections reset because the kernel sent more bytes than it was given.
+    integrity_errors: AtomicU64,
     ready: AtomicBool,
     data_plane: OnceLock<DataPlaneInfo>,
 }
@@ -88,6 +90,10 @@ impl Metrics {
 
     pub fn count_path(&self, path: Path) {
         self.paths[path as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_integrity_error(&self) {
+        self.integrity_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn add_bytes(&self, direction: Direction, bytes: u64) {
@@ -172,6 +178,30 @@ impl Metrics {
             out,
             "devicelink_bytes_total{{direction=\"from_device\"}} {from_device}"
         );
+        family(
+            &mut out,
+            "devicelink_user_space_bytes_total",
+            "counter",
+            "Of devicelink_bytes_total, the bytes the proxy process itself read and wrote: all of them with the userspace data plane; with the eBPF splice only bytes held to keep order or to make a fast sender wait.",
+        );
+        for (direction, slot) in [("to_device", 0), ("from_device", 1)] {
+            let _ = writeln!(
+                out,
+                "devicelink_user_space_bytes_total{{direction=\"{direction}\"}} {}",
+                self.user_bytes[slot].load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut out,
+            "devicelink_splice_integrity_errors_total",
+            "counter",
+            "Spliced connections reset because the kernel sent a peer more bytes than it received from the other (a kernel sockmap fault seen under heavy traffic both ways; see the README). Reset rather than let a corrupted stream through.",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_splice_integrity_errors_total {}",
+            self.integrity_errors.load(Ordering::Relaxed)
+        );
 
         let kernel = self
             .kernel()
@@ -210,11 +240,13 @@ impl Metrics {
             &mut out,
             "devicelink_splice_skbs_total",
             "counter",
-            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept in order for user space while a pair was entering the splice), unlinked (socket being torn down).",
+            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept on their socket for user space to forward in order), held_queue_full (of the held, those that started a hold because their direction reached --splice-max-queued: the sender waits for the receiver), notice_lost (held skbs whose wake-up to user space was lost; it rechecks), unlinked (socket being torn down).",
         );
         for (event, value) in [
             ("end_of_stream", counters.end_of_stream_skbs),
             ("held", counters.held_skbs),
+            ("held_queue_full", counters.queue_full_skbs),
+            ("notice_lost", counters.lost_notices),
             ("unlinked", counters.unlinked_skbs),
         ] {
             let _ = writeln!(

@@ -49,7 +49,7 @@ impl DataPlane {
     pub fn choose(config: &Config) -> anyhow::Result<Self> {
         let load = || -> anyhow::Result<Self> {
             let plane = Arc::new(KernelPlane::load(config)?);
-            let watcher = SpliceWatcher::start().context("creating the splice watcher")?;
+            let watcher = SpliceWatcher::start(&plane).context("creating the splice watcher")?;
             Ok(Self::Kernel { plane, watcher })
         };
         match config.data_plane {
@@ -192,6 +192,7 @@ pub async fn run(
     let limits = CarryLimits {
         idle_timeout: config.idle_timeout,
         splice_sndbuf: config.splice_sndbuf,
+        splice_max_queued: config.splice_max_queued,
     };
     let slots = Arc::new(Semaphore::new(config.max_connections as usize));
     let expires_at = config.expires_at;

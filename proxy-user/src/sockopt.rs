@@ -46,6 +46,12 @@ pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
 
 /// Minimum bytes queued before TCP wakes a reader. Also decides when TCP calls `data_ready`,
 /// which is what runs the verdict program on a spliced socket.
+/// `SO_RCVBUF` (the kernel doubles it for bookkeeping); fixes the size, ending autotuning.
+pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
 pub fn set_rcvlowat(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }

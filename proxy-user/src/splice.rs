@@ -12,7 +12,19 @@
 //!    waiting there).
 //! 4. If the verdict program ran on a socket whose peer was not in the hash yet, it kept those
 //!    bytes on the socket ("held", readable with `recv`) and keeps holding every later byte until
-//!    user space has forwarded the held ones (`SPLICE_FORWARDED` catches up), so none overtakes.
+//!    user space has forwarded the held ones (the `forwarded` count in `SPLICE_CREDITS` catches
+//!    up), so none overtakes.
+//!
+//! Flow control. The kernel queues redirected bytes for the peer socket without any bound of
+//! its own (the skbs leave the source's receive buffer, whose window reopens at once), so a fast
+//! client uploading to a slow device would have the proxy buffer the whole upload in kernel
+//! memory while the client believed it delivered. So each direction may redirect only up to
+//! `--splice-max-queued` bytes beyond what the receiver has acknowledged (`redirect_limit` in
+//! `SPLICE_CREDITS`); past it the verdict program holds bytes as in step 4 and names the socket
+//! in a ring buffer. Held bytes stay charged to the source's receive buffer, so its TCP window
+//! shuts and the sender waits. User space wakes, waits until the receiver has drained half the
+//! limit and every redirected byte is in the target's send queue, forwards the held bytes and
+//! grants a new limit.
 //!
 //! The end of a direction (FIN) reaches user space as `EPOLLRDHUP` on its source socket. The
 //! peer's write side is shut only once every byte has moved: the source's received bytes (less
@@ -23,7 +35,7 @@ use std::{
     collections::HashMap,
     io,
     net::TcpStream as StdTcpStream,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -31,10 +43,11 @@ use std::{
     time::Duration,
 };
 
-use devicelink_proxy_common::Direction;
+use aya::maps::{MapData, RingBuf};
+use devicelink_proxy_common::{Direction, SpliceCredit};
 use tokio::{io::unix::AsyncFd, net::TcpStream, sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     copy::{CarryLimits, Outcome},
@@ -44,7 +57,8 @@ use crate::{
 };
 
 /// Wakes a connection's task when one of its spliced sockets reports a FIN, an error or a
-/// hang-up. One epoll set for all spliced sockets, itself polled by tokio.
+/// hang-up, or when the verdict program starts holding bytes on one (a notice in its ring
+/// buffer). One epoll set for all spliced sockets, itself polled by tokio.
 ///
 /// The sockets are deliberately not registered with tokio: tokio always asks for `EPOLLIN`, and a
 /// spliced socket signals "readable" for every skb the verdict program redirects, which would
@@ -52,8 +66,15 @@ use crate::{
 /// always reports), so the proxy sleeps while bytes flow.
 pub struct SpliceWatcher {
     epoll: AsyncFd<OwnedFd>,
-    waiters: Mutex<HashMap<u64, Arc<Notify>>>,
+    waiters: Mutex<Waiters>,
     next_token: AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_token: HashMap<u64, Arc<Notify>>,
+    /// Socket cookie -> token, for the verdict program's notices.
+    by_cookie: HashMap<u64, u64>,
 }
 
 /// A connection's membership in the watcher; dropping it stops its wake-ups (closing the sockets
@@ -61,6 +82,7 @@ pub struct SpliceWatcher {
 struct Registration<'a> {
     watcher: &'a SpliceWatcher,
     token: u64,
+    cookies: [u64; 2],
     notify: Arc<Notify>,
 }
 
@@ -68,16 +90,24 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         // The sockets leave the epoll set when they are closed, right after this; events that
         // arrive in between find no waiter and are ignored.
-        self.watcher
+        let mut waiters = self
+            .watcher
             .waiters
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.token);
+            .unwrap_or_else(|e| e.into_inner());
+        waiters.by_token.remove(&self.token);
+        for cookie in self.cookies {
+            waiters.by_cookie.remove(&cookie);
+        }
     }
 }
 
+/// How often the watcher checks whether notices were lost (the ring buffer was full): then it
+/// wakes every connection, which looks for held bytes itself.
+const LOST_NOTICE_CHECK: Duration = Duration::from_secs(1);
+
 impl SpliceWatcher {
-    pub fn start() -> io::Result<Arc<Self>> {
+    pub fn start(plane: &Arc<KernelPlane>) -> io::Result<Arc<Self>> {
         // SAFETY: plain syscall; the fd is owned right away.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -91,11 +121,21 @@ impl SpliceWatcher {
                 .map_err(io::Error::from)?;
         let watcher = Arc::new(Self {
             epoll,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(Waiters::default()),
             next_token: AtomicU64::new(1),
         });
         let dispatcher = Arc::clone(&watcher);
         tokio::spawn(async move { dispatcher.dispatch().await });
+        let notices = plane
+            .take_notices()
+            .ok_or_else(|| io::Error::other("the splice notices are already watched"))?;
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
+        let notices =
+            unsafe { AsyncFd::register_with_interest(notices, tokio::io::Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        let dispatcher = Arc::clone(&watcher);
+        let plane = Arc::clone(plane);
+        tokio::spawn(async move { dispatcher.dispatch_notices(notices, &plane).await });
         Ok(watcher)
     }
 
@@ -127,33 +167,87 @@ impl SpliceWatcher {
             let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
             for event in &events[..ready as usize] {
                 let token = event.u64;
-                if let Some(notify) = waiters.get(&token) {
+                if let Some(notify) = waiters.by_token.get(&token) {
                     notify.notify_one();
                 }
             }
         }
     }
 
-    fn register(&self, fds: [RawFd; 2]) -> io::Result<Registration<'_>> {
+    /// Wakes the connection of each socket the verdict program names in its ring buffer.
+    async fn dispatch_notices(&self, mut ring: AsyncFd<RingBuf<MapData>>, plane: &KernelPlane) {
+        let mut lost_seen = plane.counters().lost_notices;
+        let mut check = tokio::time::interval(LOST_NOTICE_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ready = ring.readable_mut() => {
+                    let Ok(mut guard) = ready else { return };
+                    let mut cookies = Vec::new();
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        if let Some(bytes) = item.get(..8) {
+                            let mut cookie = [0u8; 8];
+                            cookie.copy_from_slice(bytes);
+                            cookies.push(u64::from_ne_bytes(cookie));
+                        }
+                    }
+                    guard.clear_ready();
+                    let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                    for cookie in cookies {
+                        if let Some(notify) = waiters
+                            .by_cookie
+                            .get(&cookie)
+                            .and_then(|token| waiters.by_token.get(token))
+                        {
+                            notify.notify_one();
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    let lost = plane.counters().lost_notices;
+                    if lost != lost_seen {
+                        lost_seen = lost;
+                        warn!("splice notices were lost (ring buffer full); waking every connection");
+                        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                        for notify in waiters.by_token.values() {
+                            notify.notify_one();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn register(&self, pair: &[SplicedSocket; 2]) -> io::Result<Registration<'_>> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, Arc::clone(&notify));
+        let cookies = [pair[0].cookie, pair[1].cookie];
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.by_token.insert(token, Arc::clone(&notify));
+            for cookie in cookies {
+                waiters.by_cookie.insert(cookie, token);
+            }
+        }
         let registration = Registration {
             watcher: self,
             token,
+            cookies,
             notify,
         };
-        for fd in fds {
+        for socket in pair {
             let mut event = libc::epoll_event {
                 events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
                 u64: token,
             };
             // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
             if unsafe {
-                libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    socket.stream.as_raw_fd(),
+                    &mut event,
+                )
             } < 0
             {
                 return Err(io::Error::last_os_error());
@@ -173,6 +267,11 @@ struct SplicedSocket {
     queued_base: u64,
     /// Bytes user space wrote into this socket after `queued_base` was taken.
     user_written: u64,
+    /// Whether user space wrote a `SPLICE_CREDITS` entry for it (to remove at the end).
+    credit_written: bool,
+    /// Held bytes already forwarded that are still at the head of the socket's queue (reading
+    /// them off failed for the moment); taken off before anything else is read.
+    to_discard: usize,
 }
 
 /// What becomes of a connection offered to the kernel path.
@@ -204,7 +303,13 @@ pub async fn carry(
         (Ok(client), Ok(device)) => (client, device),
         (Err(err), _) | (_, Err(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
-    let mut pair = match enter(plane, client, device, limits.splice_sndbuf) {
+    let mut pair = match enter(
+        plane,
+        client,
+        device,
+        limits.splice_sndbuf,
+        limits.splice_max_queued,
+    ) {
         Ok(pair) => pair,
         Err(EnterError::Refused {
             client,
@@ -225,7 +330,7 @@ pub async fn carry(
     let outcome = watch(plane, watcher, &mut pair, limits, metrics, cancel).await;
     for socket in &pair {
         // Closing the socket (below) takes it out of the hash.
-        plane.unlink(socket.cookie, socket.user_read > 0);
+        plane.unlink(socket.cookie, socket.credit_written);
     }
     if matches!(outcome, Outcome::Reset { .. }) {
         // Pass the reset on: closing with a zero linger sends RST to whichever side is still up.
@@ -251,6 +356,7 @@ fn enter(
     client: StdTcpStream,
     device: StdTcpStream,
     sndbuf: u32,
+    max_queued: u32,
 ) -> Result<[SplicedSocket; 2], EnterError> {
     let mut pair = [client, device].map(|stream| SplicedSocket {
         stream,
@@ -258,6 +364,8 @@ fn enter(
         user_read: 0,
         queued_base: 0,
         user_written: 0,
+        credit_written: false,
+        to_discard: 0,
     });
     // Any failure resets both sides and leaves nothing in the maps.
     let fail = |pair: &[SplicedSocket; 2], err: io::Error| {
@@ -269,6 +377,9 @@ fn enter(
     };
     for socket in &mut pair {
         let prepared = (|| {
+            // A fixed receive buffer bounds what a hold keeps on the socket (about one TCP
+            // window) and stops the gate below from raising the buffer to tcp_rmem's maximum.
+            sockopt::set_rcvbuf(&socket.stream, hold_rcvbuf(max_queued))?;
             sockopt::set_rcvlowat(&socket.stream, i32::MAX)?;
             // Without a deep send buffer the psock backlog meets EAGAIN and retries a jiffy
             // later, which caps a bulk stream (see the README's benchmark).
@@ -341,6 +452,24 @@ const HELD_RECHECKS: [Duration; 3] = [
     Duration::from_millis(100),
 ];
 
+/// When to look again at a direction waiting for its target to drain `excess` more bytes:
+/// when the drain rate seen since the last look says it will have, within 1-50 ms. A fast
+/// receiver is looked at often enough that its queue never runs dry; a slow one (a device on
+/// LTE) costs a few looks a second.
+fn next_drain_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Duration {
+    const MIN: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(50);
+    let Some((at, last_excess)) = last else {
+        return MIN;
+    };
+    let elapsed = now.duration_since(at).as_secs_f64();
+    let drained = last_excess.saturating_sub(excess) as f64;
+    if drained <= 0.0 || elapsed <= 0.0 {
+        return (now.duration_since(at) * 2).clamp(MIN, MAX);
+    }
+    Duration::from_secs_f64(excess as f64 * elapsed / drained).clamp(MIN, MAX)
+}
+
 /// Step 4 and the connection's life: forward held bytes, wait for FINs, errors, idleness or
 /// cancellation.
 async fn watch(
@@ -351,11 +480,10 @@ async fn watch(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let registration =
-        match watcher.register([pair[0].stream.as_raw_fd(), pair[1].stream.as_raw_fd()]) {
-            Ok(registration) => registration,
-            Err(err) => return Outcome::from_io(err),
-        };
+    let registration = match watcher.register(pair) {
+        Ok(registration) => registration,
+        Err(err) => return Outcome::from_io(err),
+    };
 
     // Directions: 0 = client -> device, 1 = device -> client. `finished` once the FIN is passed on.
     let mut finished = [false; 2];
@@ -365,6 +493,9 @@ async fn watch(
         .idle_timeout
         .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
     let mut drain_wait = Duration::from_millis(1);
+    // Per direction, while it waits for its target to drain below half the queue limit: when it
+    // last looked and how much was still to drain, to time the next look from the drain rate.
+    let mut drain_watch: [Option<(Instant, u64)>; 2] = [None, None];
     // At start one look 1 ms later is enough: a verdict run that failed to redirect (peer not in
     // the hash yet) began before `enter` returned and ends within microseconds. The longer
     // rechecks only follow an actual forward.
@@ -372,17 +503,21 @@ async fn watch(
     loop {
         let now = Instant::now();
         let mut draining = false;
+        let mut limit_wake: Option<Instant> = None;
         for source in [0, 1] {
-            match forward_held(plane, pair, source, metrics).await {
-                Ok(HeldState::Forwarded) => recheck = Some((0, now + HELD_RECHECKS[0])),
-                Ok(HeldState::Pending) => {
-                    recheck = Some((
-                        0,
-                        recheck.map_or(now + HELD_RECHECKS[0], |(_, at)| {
-                            at.min(now + HELD_RECHECKS[0])
-                        }),
-                    ));
+            match forward_held(plane, pair, source, limits, metrics) {
+                Ok(HeldState::Forwarded) => {
+                    recheck = Some((0, now + HELD_RECHECKS[0]));
+                    drain_watch[source] = None;
                 }
+                Ok(HeldState::Waiting { excess }) => {
+                    let wait = next_drain_look(drain_watch[source], now, excess);
+                    drain_watch[source] = Some((now, excess));
+                    limit_wake = Some(limit_wake.map_or(now + wait, |at| at.min(now + wait)));
+                }
+                // Not all forwarded yet: look again at the shortest delay, from now (a recheck
+                // time already past would otherwise advance the schedule to its longer steps).
+                Ok(HeldState::Pending) => recheck = Some((0, now + HELD_RECHECKS[0])),
                 Ok(HeldState::None) => {}
                 Err(err) => {
                     return Outcome::Reset {
@@ -398,6 +533,32 @@ async fn watch(
             recheck = HELD_RECHECKS
                 .get(step + 1)
                 .map(|delay| (step + 1, now + *delay));
+        }
+        for source in [0, 1] {
+            if finished[source] {
+                continue;
+            }
+            match excess_consumed(plane, pair, source)
+                .and_then(|excess| Ok(excess.max(excess_sent(plane, pair, source)?)))
+            {
+                Ok(0) => {}
+                Ok(excess) => {
+                    metrics.count_integrity_error();
+                    let target = if source == 0 { "device" } else { "client" };
+                    error!(
+                        excess,
+                        target,
+                        "the kernel splice passed {excess} bytes to the {target} twice (a kernel sockmap fault under retransmissions); resetting the connection rather than passing on a corrupted stream"
+                    );
+                    return Outcome::Reset {
+                        side: "proxy",
+                        error: format!(
+                            "splice integrity: {excess} bytes passed twice to the {target}"
+                        ),
+                    };
+                }
+                Err(err) => return Outcome::from_io(err),
+            }
         }
         for source in [0, 1] {
             let target = 1 - source;
@@ -456,6 +617,9 @@ async fn watch(
         if let Some((_, at)) = recheck {
             sooner(at);
         }
+        if let Some(at) = limit_wake {
+            sooner(at);
+        }
         let sleep = async {
             match wake_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -468,6 +632,38 @@ async fn watch(
             () = cancel.cancelled() => return Outcome::Cancelled,
         }
     }
+}
+
+/// How many bytes more than its socket received the verdict program and user space together took
+/// from the source of direction `source -> 1 - source`: always 0, unless the kernel handed the
+/// verdict program bytes it had handed over before. Seen on this kernel (6.18) under heavy traffic
+/// both ways at once, about one 256 MiB echo in ten, always with TCP retransmissions: a
+/// retransmitted segment that partly overlaps bytes already received is queued whole, and the
+/// sockmap's reader (`tcp_read_skb`) passes skbs on whole, without trimming the overlap by
+/// sequence number as `recvmsg` does. The counts are read before the received count, which only
+/// grows, so bytes arriving in between cannot look like an excess.
+fn excess_consumed(
+    plane: &KernelPlane,
+    pair: &[SplicedSocket; 2],
+    source: usize,
+) -> io::Result<u64> {
+    let src = &pair[source];
+    let (redirected, _) = plane.link_bytes(src.cookie);
+    let received = sockopt::tcp_info(&src.stream)?.tcpi_bytes_received;
+    Ok((redirected + src.user_read).saturating_sub(received))
+}
+
+/// How many bytes more than it was given the target of direction `source -> 1 - source` has
+/// taken into its send queue: always 0, unless the kernel splice duplicated bytes. This has been
+/// seen on this kernel (6.18) with heavy traffic both ways at once (about one 256 MiB echo in
+/// ten): the target's send queue grew by tens of kilobytes more than the verdict program
+/// redirected. The count of bytes in the send queue is read before the redirected count, which
+/// only grows, so a byte redirected in between cannot look like an excess.
+fn excess_sent(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io::Result<u64> {
+    let dst = &pair[1 - source];
+    let entered = sockopt::bytes_queued_total(&dst.stream)?.saturating_sub(dst.queued_base);
+    let (redirected, _) = plane.link_bytes(pair[source].cookie);
+    Ok(entered.saturating_sub(redirected + dst.user_written))
 }
 
 /// Whether every byte of direction `source -> 1 - source` has moved: all that the source
@@ -487,65 +683,183 @@ fn drained(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io:
     Ok(queued.saturating_sub(dst.queued_base) == dst.user_written + redirected)
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum HeldState {
     /// Nothing held beyond what was forwarded.
     None,
-    /// Held bytes were forwarded just now.
+    /// Held bytes were forwarded just now, and the kernel path is open again.
     Forwarded,
-    /// Held bytes are counted but not readable yet (still on their way into the psock queue).
+    /// Held bytes are counted but not all forwarded yet: not readable yet (still on their way
+    /// into the psock queue), or more kept arriving; look again shortly.
     Pending,
+    /// The direction reached its queue limit: the target must drain to half of it (this many
+    /// bytes more) before held bytes go on.
+    Waiting { excess: u64 },
 }
 
-/// Forwards the bytes the verdict program held on `source` (see step 4): read them from the
-/// socket's psock queue, write them to the peer, then tell the verdict program.
-async fn forward_held(
+/// Bytes of direction `source -> 1 - source` inside the proxy: put on their way to the target
+/// (redirected by the kernel or written by user space) and not yet acknowledged by the receiver.
+/// This is what `--splice-max-queued` bounds.
+fn queued_in_proxy(target: &SplicedSocket, redirected: u64) -> io::Result<u64> {
+    let acked = sockopt::tcp_info(&target.stream)?
+        .tcpi_bytes_acked
+        .saturating_sub(target.queued_base);
+    Ok((redirected + target.user_written).saturating_sub(acked))
+}
+
+/// How many rounds one call forwards newly held bytes before it yields to the connection's
+/// other work (it is called again 1 ms later).
+const CATCH_UP_ROUNDS: usize = 16;
+
+/// The most held bytes one round copies.
+const MAX_ROUND_BYTES: u64 = 16 << 20;
+
+/// Reads off `src` the held bytes already forwarded (with `MSG_PEEK`) that are still at its head.
+/// False if some are left: the socket's receive path refused for the moment (it does while new
+/// bytes wait for the verdict program), and they are taken at the next look.
+fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<bool> {
+    while src.to_discard > 0 {
+        if buf.len() < src.to_discard.min(MAX_ROUND_BYTES as usize) {
+            buf.resize(src.to_discard.min(MAX_ROUND_BYTES as usize), 0);
+        }
+        let want = src.to_discard.min(buf.len());
+        let n = recv_nonblocking(&src.stream, &mut buf[..want], 0)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        src.to_discard -= n;
+    }
+    Ok(true)
+}
+
+/// Whether every byte put on its way to `target` (redirected by the kernel, written by user
+/// space) has entered its send queue, so that bytes written to it now go behind all of them.
+fn target_caught_up(target: &SplicedSocket, redirected: u64) -> io::Result<bool> {
+    let entered = sockopt::bytes_queued_total(&target.stream)?.saturating_sub(target.queued_base);
+    Ok(entered == redirected + target.user_written)
+}
+
+/// Forwards the bytes the verdict program held on `source` (see step 4) and lets it redirect
+/// again.
+///
+/// A direction that hit its queue limit first waits for the target to drain to half of it
+/// (with room for the held bytes), so that the next stretch runs in the kernel, and for every
+/// redirected byte to have entered the target's send queue, so that none is overtaken. Then, per round,
+/// the held bytes are copied with `MSG_PEEK` and written to the target, the verdict program is
+/// told (from then on it redirects, behind them), and only then are they read off the socket.
+/// Held bytes stay charged to the source's receive buffer until read, so the sender cannot
+/// refill its window while user space copies. Once one byte is held, every later one is held
+/// too until user space has forwarded them all: if the sender added more meanwhile, the next
+/// round takes those.
+fn forward_held(
     plane: &KernelPlane,
     pair: &mut [SplicedSocket; 2],
     source: usize,
+    limits: &CarryLimits,
     metrics: &Metrics,
 ) -> io::Result<HeldState> {
-    let (_, held) = plane.link_bytes(pair[source].cookie);
-    let pending = held.saturating_sub(pair[source].user_read);
-    if pending == 0 {
-        return Ok(HeldState::None);
-    }
+    let limit = u64::from(limits.splice_max_queued);
     let direction = if source == 0 {
         Direction::ToDevice
     } else {
         Direction::FromDevice
     };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut moved = 0u64;
-    while moved < pending {
-        let want = (pending - moved).min(buf.len() as u64) as usize;
-        let n = recv_nonblocking(&pair[source].stream, &mut buf[..want])?;
-        if n == 0 {
-            break;
+    let [client, device] = pair.each_mut();
+    let (src, dst) = if source == 0 {
+        (client, device)
+    } else {
+        (device, client)
+    };
+    let mut buf = Vec::new();
+    let mut state = HeldState::None;
+    for _ in 0..CATCH_UP_ROUNDS {
+        if !discard_forwarded(src, &mut buf)? {
+            return Ok(HeldState::Pending);
         }
-        send_all(&pair[1 - source].stream, &buf[..n]).await?;
-        moved += n as u64;
-        pair[source].user_read += n as u64;
-        pair[1 - source].user_written += n as u64;
-        metrics.add_bytes(direction, n as u64);
+        let (redirected, held) = plane.link_bytes(src.cookie);
+        let pending = held.saturating_sub(src.user_read);
+        if pending == 0 {
+            return Ok(state);
+        }
+        // While it holds, the verdict program redirects nothing: `redirected` stays current.
+        let queued = queued_in_proxy(dst, redirected)?;
+        // Room for the held bytes too, so that writing them does not wait on the target (but
+        // never wait for room an empty queue cannot give).
+        if state == HeldState::None && queued > 0 && queued + pending > limit / 2 {
+            return Ok(HeldState::Waiting {
+                excess: queued + pending - limit / 2,
+            });
+        }
+        if !target_caught_up(dst, redirected)? {
+            // Redirected bytes still wait in the target's psock queue; written now, the held
+            // bytes would overtake them.
+            return Ok(HeldState::Pending);
+        }
+        // Held bytes are charged to the receive buffer, which bounds them; a round takes at
+        // most this much (the next round takes the rest).
+        buf.resize(pending.min(MAX_ROUND_BYTES) as usize, 0);
+        let peeked = recv_nonblocking(&src.stream, &mut buf, libc::MSG_PEEK)?;
+        if peeked == 0 {
+            // Counted but not readable yet: still on its way into the psock queue.
+            return Ok(HeldState::Pending);
+        }
+        // Never wait on the target here: while this task waited, the other direction could not
+        // be served, and a device that echoes would stop reading.
+        let written = send_nonblocking(&dst.stream, &buf[..peeked])?;
+        if written == 0 {
+            return Ok(HeldState::Pending);
+        }
+        dst.user_written += written as u64;
+        let forwarded = src.user_read + written as u64;
+        let credit = SpliceCredit {
+            forwarded,
+            redirect_limit: redirected + limit.saturating_sub(queued + written as u64),
+        };
+        // Let the verdict program redirect again only if it held nothing more meanwhile (a
+        // byte held after the count was read must go through user space too, behind these).
+        // The count is read again right before the update, to keep that window to two
+        // syscalls.
+        let handed_back = plane.link_bytes(src.cookie).1 == forwarded;
+        if handed_back {
+            plane
+                .set_credit(src.cookie, credit)
+                .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
+            src.credit_written = true;
+        }
+        // Now take them off the socket: exactly the bytes written, which are at its head.
+        src.to_discard = written;
+        src.user_read = forwarded;
+        metrics.add_bytes(direction, written as u64);
+        debug!(written, queued, handed_back, "forwarded held bytes");
+        if !discard_forwarded(src, &mut buf)? || written < peeked {
+            // The target is full: the rest waits for the next look.
+            return Ok(HeldState::Pending);
+        }
+        state = HeldState::Forwarded;
     }
-    if moved == 0 {
-        return Ok(HeldState::Pending);
-    }
-    debug!(moved, "forwarded bytes held while the splice was set up");
-    plane
-        .set_forwarded(pair[source].cookie, pair[source].user_read)
-        .map_err(|err| io::Error::other(format!("updating the forwarded count: {err}")))?;
-    Ok(HeldState::Forwarded)
+    Ok(HeldState::Pending)
 }
 
-fn recv_nonblocking(stream: &StdTcpStream, buf: &mut [u8]) -> io::Result<usize> {
+/// The receive buffer fixed on spliced sockets for `--splice-max-queued`: a hold keeps about one
+/// window of bytes on the source socket, which user space then copies, so it is kept well under
+/// the queue limit (the kernel path moves the rest), yet deep enough for a fast client far away
+/// (2 MiB carries about 160 Mbit/s at 100 ms round trip).
+fn hold_rcvbuf(max_queued: u32) -> u32 {
+    (max_queued / 8).clamp(256 << 10, 4 << 20)
+}
+
+fn recv_nonblocking(
+    stream: &StdTcpStream,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     // SAFETY: valid fd and buffer.
     let n = unsafe {
         libc::recv(
             stream.as_raw_fd(),
             buf.as_mut_ptr().cast(),
             buf.len(),
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT | flags,
         )
     };
     if n < 0 {
@@ -558,7 +872,9 @@ fn recv_nonblocking(stream: &StdTcpStream, buf: &mut [u8]) -> io::Result<usize> 
     Ok(n as usize)
 }
 
-async fn send_all(stream: &StdTcpStream, mut buf: &[u8]) -> io::Result<()> {
+/// Writes as much of `buf` as the socket takes now.
+fn send_nonblocking(stream: &StdTcpStream, mut buf: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
     while !buf.is_empty() {
         // SAFETY: valid fd and buffer.
         let n = unsafe {
@@ -571,13 +887,14 @@ async fn send_all(stream: &StdTcpStream, mut buf: &[u8]) -> io::Result<()> {
         };
         if n < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
+            match err.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(err),
             }
-            return Err(err);
         }
+        written += n as usize;
         buf = &buf[n as usize..];
     }
-    Ok(())
+    Ok(written)
 }

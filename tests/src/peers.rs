@@ -28,6 +28,9 @@ pub enum Behavior {
     Reset,
     /// Accepts and holds the connection open, reading and discarding.
     Hold,
+    /// Like `SinkThenReply`, but reads no faster than `bytes_per_sec` (a device on a slow
+    /// link), with a small receive buffer, counting what it has read in [`Server::received`].
+    SlowSinkThenReply { bytes_per_sec: u64 },
 }
 
 /// How much a `SinkThenReply` server answers to an upload of `len` bytes.
@@ -39,6 +42,8 @@ pub struct Server {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     pub accepted: Arc<AtomicU64>,
+    /// Bytes read so far by `SlowSinkThenReply` connections.
+    pub received: Arc<AtomicU64>,
 }
 
 impl Drop for Server {
@@ -51,10 +56,12 @@ impl Drop for Server {
 pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     {
         let stop = Arc::clone(&stop);
         let accepted = Arc::clone(&accepted);
+        let received = Arc::clone(&received);
         ns.spawn(move || {
             let listener = TcpListener::bind(addr)
                 .unwrap_or_else(|e| panic!("device server cannot bind {addr}: {e}"));
@@ -72,9 +79,10 @@ pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
                     Ok((stream, _)) => {
                         accepted.fetch_add(1, Ordering::Relaxed);
                         stream.set_nonblocking(false).expect("blocking stream");
+                        let received = Arc::clone(&received);
                         thread::spawn(move || {
                             let peer = stream.peer_addr();
-                            if let Err(err) = handle(stream, behavior) {
+                            if let Err(err) = handle(stream, behavior, &received) {
                                 // A test that fails shows this in its output.
                                 eprintln!("device server ({behavior:?}): connection from {peer:?} ended with: {err}");
                             }
@@ -95,10 +103,11 @@ pub fn serve(ns: &Netns, addr: SocketAddr, behavior: Behavior) -> Server {
         addr,
         stop,
         accepted,
+        received,
     }
 }
 
-fn handle(mut stream: TcpStream, behavior: Behavior) -> std::io::Result<()> {
+fn handle(mut stream: TcpStream, behavior: Behavior, received: &AtomicU64) -> std::io::Result<()> {
     match behavior {
         Behavior::Echo => {
             let mut buf = vec![0u8; 64 * 1024];
@@ -138,11 +147,53 @@ fn handle(mut stream: TcpStream, behavior: Behavior) -> std::io::Result<()> {
             let _ = receive_all(&mut stream);
             Ok(())
         }
+        Behavior::SlowSinkThenReply { bytes_per_sec } => {
+            slow_sink_then_reply(&mut stream, bytes_per_sec, received)
+        }
     }
+}
+
+fn slow_sink_then_reply(
+    stream: &mut TcpStream,
+    bytes_per_sec: u64,
+    received: &AtomicU64,
+) -> std::io::Result<()> {
+    let small: libc::c_int = 256 << 10;
+    // SAFETY: valid fd and option value. A small buffer keeps the device's own kernel from
+    // reading ahead for it: what the proxy makes the client wait for is then plain to see.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&*stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const small).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    let start = std::time::Instant::now();
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+        let total = received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let due = Duration::from_secs_f64(total as f64 / bytes_per_sec as f64);
+        if let Some(ahead) = due.checked_sub(start.elapsed()) {
+            thread::sleep(ahead);
+        }
+    }
+    reply_with_checksum(stream, sum)
 }
 
 fn sink_then_reply(stream: &mut TcpStream) -> std::io::Result<()> {
     let sum = receive_all(stream)?;
+    reply_with_checksum(stream, sum)
+}
+
+fn reply_with_checksum(stream: &mut TcpStream, sum: Checksum) -> std::io::Result<()> {
     let mut header = [0u8; 16];
     header[..8].copy_from_slice(&sum.hash.to_le_bytes());
     header[8..].copy_from_slice(&sum.len.to_le_bytes());
@@ -163,6 +214,18 @@ pub fn upload_and_check(
     len: u64,
     banner: Option<usize>,
 ) -> Result<(), String> {
+    upload_and_check_counted(stream, seed, len, banner, &AtomicU64::new(0))
+}
+
+/// [`upload_and_check`], adding to `sent` the bytes of the upload the client's socket accepted
+/// so far, for a test that watches how far the client got ahead of the device.
+pub fn upload_and_check_counted(
+    stream: &mut TcpStream,
+    seed: u64,
+    len: u64,
+    banner: Option<usize>,
+    sent: &AtomicU64,
+) -> Result<(), String> {
     if let Some(banner) = banner {
         let mut got = vec![0u8; banner];
         stream
@@ -174,7 +237,15 @@ pub fn upload_and_check(
             return Err("banner bytes differ".into());
         }
     }
-    let sent = send_pattern(stream, seed, len).map_err(|e| format!("upload: {e}"))?;
+    let sent = send_pattern(
+        &mut Counting {
+            inner: &mut *stream,
+            count: sent,
+        },
+        seed,
+        len,
+    )
+    .map_err(|e| format!("upload: {e}"))?;
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| format!("half-close: {e}"))?;
@@ -199,4 +270,22 @@ pub fn upload_and_check(
         return Err(format!("reply {reply:?}, expected {expected:?}"));
     }
     Ok(())
+}
+
+/// A writer that counts what its inner writer accepted.
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    count: &'a AtomicU64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -1,9 +1,14 @@
 //! The proxy's data plane end to end, in real network namespaces with the real kernel programs:
 //! bytes intact both ways, half-close, server-speaks-first, bytes sent before the device
-//! connection is up, hundreds of concurrent connections, in eBPF and userspace modes. Needs root.
+//! connection is up, hundreds of concurrent connections, a fast client held back by a slow
+//! device, in eBPF and userspace modes. Needs root.
 
 use std::{
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -65,42 +70,87 @@ fn connect() -> TcpStream {
 }
 
 /// Both directions at once, large, checksummed: the client uploads while the echo comes back.
-fn large_transfer_both_ways(mode: &str) {
-    let (topology, _server, proxy) = setup(&format!("big{mode}"), mode, Behavior::Echo, &[]);
-    const LEN: u64 = 256 << 20;
-    topology.client.run(move || {
-        let mut stream = connect();
-        let mut reader = stream.try_clone().unwrap();
-        let receiver = thread::spawn(move || receive_all(&mut reader).expect("echo read"));
-        let sent = send_pattern(&mut stream, 42, LEN).expect("upload");
-        stream.shutdown(Shutdown::Write).unwrap();
-        let echoed = receiver.join().unwrap();
-        assert_eq!(echoed, sent, "every byte should come back once, in order");
-    });
-    proxy.wait_idle();
-    let [up, down] = ["to_device", "from_device"]
-        .map(|d| proxy.metric(&format!("devicelink_bytes_total{{direction=\"{d}\"}}")));
-    assert_eq!(
-        (up, down),
-        (LEN as f64, LEN as f64),
-        "byte counters should match what was carried"
-    );
-    if mode == "ebpf" {
+///
+/// In eBPF mode on this kernel (6.18) an echo under such load sometimes has a TCP retransmission
+/// that partly overlaps bytes already received, and the sockmap passes the overlap on twice (see
+/// the README). The proxy must then reset the connection and count it, never let a corrupted
+/// stream through: every attempt either arrives intact or ends in a reset the proxy counted as an
+/// integrity error, and at least one of a few attempts arrives intact.
+fn large_transfer_both_ways(mode: &str, extra: &[&str]) {
+    let (topology, _server, proxy) = setup(&format!("big{mode}"), mode, Behavior::Echo, extra);
+    const LEN: u64 = 128 << 20;
+    const ATTEMPTS: usize = 6;
+    let integrity_errors = || proxy.metric("devicelink_splice_integrity_errors_total");
+    let mut intact = 0;
+    for attempt in 1..=ATTEMPTS {
+        let errors_before = integrity_errors();
+        let outcome = topology.client.run(move || {
+            let mut stream = connect();
+            let mut reader = stream.try_clone().unwrap();
+            let receiver = thread::spawn(move || receive_all(&mut reader));
+            let sent = send_pattern(&mut stream, 42, LEN);
+            let _ = stream.shutdown(Shutdown::Write);
+            (sent, receiver.join().unwrap())
+        });
+        proxy.wait_idle();
+        match outcome {
+            (Ok(sent), Ok(echoed)) => {
+                assert_eq!(echoed, sent, "every byte should come back once, in order");
+                intact += 1;
+                break;
+            }
+            (sent, echoed) => {
+                assert_eq!(
+                    integrity_errors(),
+                    errors_before + 1.0,
+                    "attempt {attempt}: the transfer failed ({sent:?}, {echoed:?}) without the proxy counting an integrity error"
+                );
+                eprintln!("attempt {attempt}: reset by the proxy's integrity check");
+            }
+        }
+    }
+    assert_eq!(intact, 1, "no intact transfer in {ATTEMPTS} attempts");
+    if integrity_errors() == 0.0 {
+        let [up, down] = ["to_device", "from_device"]
+            .map(|d| proxy.metric(&format!("devicelink_bytes_total{{direction=\"{d}\"}}")));
         assert_eq!(
-            proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
-            1.0
+            (up, down),
+            (LEN as f64, LEN as f64),
+            "byte counters should match what was carried"
+        );
+    }
+    if mode == "ebpf" {
+        assert!(proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}") >= 1.0);
+    } else {
+        assert_eq!(
+            integrity_errors(),
+            0.0,
+            "the userspace copy never duplicates"
+        );
+    }
+    if extra.contains(&"--splice-max-queued") {
+        assert!(
+            proxy.metric("devicelink_splice_skbs_total{event=\"held_queue_full\"}") >= 2.0,
+            "the queue limit should have stopped the senders"
         );
     }
 }
 
 #[test]
 fn large_transfer_both_ways_ebpf() {
-    large_transfer_both_ways("ebpf");
+    large_transfer_both_ways("ebpf", &[]);
+}
+
+/// The same with a tiny queue limit: both directions keep stopping for flow control, and user
+/// space keeps handing held bytes back to the kernel, while the other direction flows.
+#[test]
+fn large_transfer_both_ways_ebpf_flow_controlled() {
+    large_transfer_both_ways("ebpf", &["--splice-max-queued", "256K"]);
 }
 
 #[test]
 fn large_transfer_both_ways_userspace() {
-    large_transfer_both_ways("userspace");
+    large_transfer_both_ways("userspace", &[]);
 }
 
 /// Hundreds of half-closed exchanges of every size from 0 bytes up: upload, FIN, the device's
@@ -331,6 +381,79 @@ fn ebpf_mode_copies_no_payload_in_user_space() {
         ebpf * 20 <= userspace,
         "eBPF mode spent {ebpf:?} of CPU, more than 5% of userspace mode's {userspace:?}"
     );
+}
+
+/// A client that uploads faster than the device reads (a device on a slow link) must be made to
+/// wait: the proxy keeps at most about `--splice-max-queued` of the upload, not all of it (the
+/// kernel's own splice queue has no bound), and every byte arrives, in order.
+fn fast_client_waits_for_slow_device(mode: &str) {
+    const LEN: u64 = 200 << 20;
+    const DEVICE_RATE: u64 = 100 << 20;
+    let (topology, server, proxy) = setup(
+        &format!("slow{mode}"),
+        mode,
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec: DEVICE_RATE,
+        },
+        &["--splice-max-queued", "8M"],
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (sent, done) = (Arc::clone(&sent), Arc::clone(&done));
+        topology.client.spawn(move || {
+            let mut stream = connect();
+            let result = peers::upload_and_check_counted(&mut stream, 11, LEN, None, &sent);
+            done.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    // How far the client got ahead of what the device read: what sits in buffers on the way.
+    let mut ahead_max = 0;
+    while !done.load(Ordering::Relaxed) {
+        let ahead = sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(server.received.load(Ordering::Relaxed));
+        ahead_max = ahead_max.max(ahead);
+        thread::sleep(Duration::from_millis(5));
+    }
+    client
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{mode}: upload through a slow device: {e}"));
+    eprintln!(
+        "{mode}: the client got at most {} MiB ahead of the device",
+        ahead_max >> 20
+    );
+    // The client's send buffer (4 MiB at most here), the proxy's queue limit and its sockets'
+    // buffers, and the device's small receive buffer: well under 48 MiB. Without flow control
+    // the proxy takes nearly the whole 200 MiB at once.
+    assert!(
+        ahead_max < 48 << 20,
+        "{mode}: the client got {} MiB ahead of the device: the proxy buffers without bound",
+        ahead_max >> 20
+    );
+    if mode == "ebpf" {
+        proxy.wait_idle();
+        assert!(
+            proxy.metric("devicelink_splice_skbs_total{event=\"held_queue_full\"}") >= 1.0,
+            "the splice should have made the client wait at least once"
+        );
+        assert_eq!(
+            proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
+            1.0
+        );
+    }
+}
+
+#[test]
+fn fast_client_waits_for_slow_device_ebpf() {
+    fast_client_waits_for_slow_device("ebpf");
+}
+
+#[test]
+fn fast_client_waits_for_slow_device_userspace() {
+    fast_client_waits_for_slow_device("userspace");
 }
 
 fn raise_fd_limit() {
