@@ -26,6 +26,11 @@ pub struct SpliceLink {
     pub held: u64,
     /// Which way bytes from this socket travel: a [`Direction`] as `u32`.
     pub direction: u32,
+    /// TCP sequence number just past the last byte the verdict program took from this socket
+    /// (valid once `seq_known` is 1): a retransmitted skb that starts before it overlaps bytes
+    /// already taken, and the overlap is cut off (the kernel's sockmap reader does not).
+    pub next_seq: u32,
+    pub seq_known: u32,
     pub _pad: u32,
 }
 
@@ -91,10 +96,19 @@ pub enum SpliceCounter {
     QueueFull = 3,
     /// Notices to user space ("this socket started holding") lost to a full ring buffer.
     NoticeLost = 4,
+    /// Skbs that began with bytes already taken (a retransmission overlapping what was
+    /// received): the overlap was cut off, or the whole skb dropped if it held nothing new.
+    OverlapTrimmed = 5,
+    /// Skbs whose TCP sequence could not be read or did not match their length: passed on
+    /// without the overlap check (user space's count check still catches a duplicate).
+    SeqUnknown = 6,
+    /// Skbs whose overlap could not be cut off (the kernel refused to shrink the skb): passed
+    /// on whole, and user space's count check resets the connection.
+    OverlapUntrimmed = 7,
 }
 
 impl SpliceCounter {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
 }
 
 /// The XDP program's configuration, slot 0 of a one-element array.

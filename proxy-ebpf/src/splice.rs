@@ -38,6 +38,18 @@ static SPLICE_NOTICES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[unsafe(no_mangle)]
 static SPLICE_QUEUE_LIMIT: u64 = 32 << 20;
 
+/// Offset of `cb` in the kernel's `struct sk_buff`, where TCP keeps the skb's sequence numbers
+/// (`struct tcp_skb_cb`: `seq`, then `end_seq`). Set by the loader from the kernel's BTF; 0
+/// means unknown, and the overlap check is off.
+#[unsafe(no_mangle)]
+static SKB_CB_OFFSET: u32 = 0;
+
+/// The most bytes `bpf_skb_adjust_room` removes from an sk_skb in one call.
+const MAX_TRIM_STEP: u32 = 0xfff;
+
+/// The smallest step tried before giving up on cutting an overlap.
+const MIN_TRIM_STEP: u32 = 256;
+
 /// Payload bytes redirected, per CPU, indexed by [`Direction`].
 #[map]
 static SPLICE_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Direction::COUNT, 0);
@@ -69,6 +81,14 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     };
     // SAFETY: a valid map value pointer; one socket's skbs are processed one at a time.
     let link = unsafe { &mut *link };
+    let len = match skip_overlap(ctx, link, len) {
+        Some(len) => len,
+        None => {
+            // Nothing in this skb that was not taken before.
+            count(SpliceCounter::OverlapTrimmed);
+            return Ok(sk_action::SK_DROP);
+        }
+    };
     // SAFETY: plain value read; user space replaces the entry whole.
     let credit = unsafe { SPLICE_CREDITS.get(&cookie) }
         .copied()
@@ -101,6 +121,81 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
         unsafe { *total += u64::from(len) };
     }
     Ok(verdict)
+}
+
+/// Cuts off the start of an skb that repeats bytes this socket already passed on, and returns
+/// the length left (`None`: nothing new, drop it).
+///
+/// TCP queues a retransmitted segment that partly overlaps bytes already received as it came,
+/// and `recvmsg` skips the overlap by sequence number; the sockmap's reader (`tcp_read_skb`)
+/// hands the whole skb to this program instead, so without this the overlap would be sent to
+/// the peer a second time (seen on 6.18 under heavy traffic both ways with retransmissions).
+#[inline(always)]
+fn skip_overlap(ctx: &SkBuffContext, link: &mut SpliceLink, len: u32) -> Option<u32> {
+    // SAFETY: a read-only global, set before load.
+    let cb_offset = unsafe { core::ptr::read_volatile(&SKB_CB_OFFSET) };
+    if cb_offset == 0 {
+        return Some(len);
+    }
+    // SAFETY: the context pointer is the kernel's sk_buff; the read goes through
+    // bpf_probe_read_kernel, which faults safely.
+    let seqs = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel(
+            ctx.skb
+                .skb
+                .cast::<u8>()
+                .add(cb_offset as usize)
+                .cast::<[u32; 2]>(),
+        )
+    };
+    let Ok([seq, end_seq]) = seqs else {
+        count(SpliceCounter::SeqUnknown);
+        return Some(len);
+    };
+    // A data skb spans exactly its length (one more with a FIN): anything else means the
+    // offset does not point at TCP's control block, and nothing is trimmed.
+    let span = end_seq.wrapping_sub(seq);
+    if span != len && span != len.wrapping_add(1) {
+        count(SpliceCounter::SeqUnknown);
+        return Some(len);
+    }
+    let end = seq.wrapping_add(len);
+    if link.seq_known == 0 {
+        link.seq_known = 1;
+        link.next_seq = end;
+        return Some(len);
+    }
+    let overlap = link.next_seq.wrapping_sub(seq) as i32;
+    if overlap <= 0 {
+        link.next_seq = end;
+        return Some(len);
+    }
+    let overlap = overlap as u32;
+    if overlap >= len {
+        return None;
+    }
+    let mut left = overlap;
+    let mut step_max = MAX_TRIM_STEP;
+    // Bounded: an skb is at most 64 KiB plus frag lists; 64 steps of up to 4 KiB, shrinking
+    // the step when the kernel cannot pull that much into the skb's head at once.
+    for _ in 0..64 {
+        if left == 0 || step_max < MIN_TRIM_STEP {
+            break;
+        }
+        let step = if left > step_max { step_max } else { left };
+        if ctx.adjust_room(-(step as i32), 0, 0).is_err() {
+            step_max /= 2;
+            continue;
+        }
+        left -= step;
+    }
+    count(if left == 0 {
+        SpliceCounter::OverlapTrimmed
+    } else {
+        SpliceCounter::OverlapUntrimmed
+    });
+    link.next_seq = end;
+    Some(ctx.len())
 }
 
 /// Keeps an skb on its own socket (SK_PASS puts it in the socket's psock queue, readable with

@@ -72,6 +72,9 @@ pub struct KernelCounters {
     pub held_skbs: u64,
     pub queue_full_skbs: u64,
     pub lost_notices: u64,
+    pub overlap_trimmed_skbs: u64,
+    pub seq_unknown_skbs: u64,
+    pub overlap_untrimmed_skbs: u64,
 }
 
 pub struct KernelPlane {
@@ -134,6 +137,16 @@ impl KernelPlane {
         raise_memlock_limit();
 
         let capacity = (2 * config.max_connections + 64).min(MAX_SPLICED_SOCKETS);
+        // Where TCP keeps an skb's sequence numbers, for the verdict program's overlap check.
+        let skb_cb_offset = match crate::btf::member_offset("sk_buff", "cb") {
+            Ok(Some(offset)) => offset,
+            Ok(None) | Err(_) => {
+                warn!(
+                    "no sk_buff::cb in the kernel's BTF: the splice cannot cut retransmitted bytes it already passed on, and relies on its count check (a duplicate resets the connection)"
+                );
+                0
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("SPLICE_SOCKETS", capacity)
             .map_max_entries("SPLICE_LINKS", capacity)
@@ -143,6 +156,7 @@ impl KernelPlane {
                 &u64::from(config.splice_max_queued),
                 true,
             )
+            .override_global("SKB_CB_OFFSET", &skb_cb_offset, true)
             .load(KERNEL_OBJECT)
             .map_err(KernelError::Load)?;
         start_kernel_log(&mut ebpf);
@@ -236,6 +250,8 @@ impl KernelPlane {
             bytes: 0,
             held: 0,
             direction: direction as u32,
+            next_seq: 0,
+            seq_known: 0,
             _pad: 0,
         };
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,6 +333,12 @@ impl KernelPlane {
             held_skbs: sum(&self.splice_events, SpliceCounter::Held as u32),
             queue_full_skbs: sum(&self.splice_events, SpliceCounter::QueueFull as u32),
             lost_notices: sum(&self.splice_events, SpliceCounter::NoticeLost as u32),
+            overlap_trimmed_skbs: sum(&self.splice_events, SpliceCounter::OverlapTrimmed as u32),
+            seq_unknown_skbs: sum(&self.splice_events, SpliceCounter::SeqUnknown as u32),
+            overlap_untrimmed_skbs: sum(
+                &self.splice_events,
+                SpliceCounter::OverlapUntrimmed as u32,
+            ),
         }
     }
 }

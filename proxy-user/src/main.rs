@@ -1,5 +1,6 @@
 //! `devicelink-proxy`: one TCP path from allowed clients to one device.
 mod acl;
+mod btf;
 mod config;
 mod copy;
 mod kernel;
