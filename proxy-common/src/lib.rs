@@ -32,6 +32,9 @@ pub struct SpliceLink {
     pub next_seq: u32,
     pub seq_known: u32,
     pub _pad: u32,
+    /// One more than the [`SpliceCredit::pace_gen`] for which the program last told user space
+    /// that `bytes` passed `pace_limit` (0: never): one notice per generation.
+    pub paced_gen: u64,
 }
 
 /// What user space grants one spliced socket, keyed by its cookie. Written only by user space
@@ -48,6 +51,12 @@ pub struct SpliceCredit {
     /// buffer without limit; past this mark bytes are held on their socket instead, which fills
     /// its receive buffer and closes its TCP window: the sender waits for the receiver.
     pub redirect_limit: u64,
+    /// Soft mark below `redirect_limit`: when [`SpliceLink::bytes`] passes it, the program wakes
+    /// user space (once per `pace_gen`), which shrinks the source's TCP window so that the
+    /// sender slows to a trickle before the hard limit makes bytes be held and copied.
+    pub pace_limit: u64,
+    /// Bumped by user space each time it lets a paced direction run at full speed again.
+    pub pace_gen: u64,
 }
 
 /// The way bytes travel through the proxy.
@@ -105,10 +114,12 @@ pub enum SpliceCounter {
     /// Skbs whose overlap could not be cut off (the kernel refused to shrink the skb): passed
     /// on whole, and user space's count check resets the connection.
     OverlapUntrimmed = 7,
+    /// Times a direction passed its pace mark (user space then slowed its sender).
+    Paced = 8,
 }
 
 impl SpliceCounter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// The XDP program's configuration, slot 0 of a one-element array.

@@ -92,14 +92,25 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     // SAFETY: plain value read; user space replaces the entry whole.
     let credit = unsafe { SPLICE_CREDITS.get(&cookie) }
         .copied()
-        .unwrap_or_else(|| SpliceCredit {
-            forwarded: 0,
+        .unwrap_or_else(|| {
             // SAFETY: a read-only global, set before load.
-            redirect_limit: unsafe { core::ptr::read_volatile(&SPLICE_QUEUE_LIMIT) },
+            let limit = unsafe { core::ptr::read_volatile(&SPLICE_QUEUE_LIMIT) };
+            SpliceCredit {
+                forwarded: 0,
+                redirect_limit: limit,
+                pace_limit: limit / 2,
+                pace_gen: 0,
+            }
         });
     if link.held != credit.forwarded {
         // User space is still forwarding bytes held earlier: these must queue behind them.
         return Ok(hold(link, len));
+    }
+    if link.bytes + u64::from(len) > credit.pace_limit && link.paced_gen != credit.pace_gen + 1 {
+        // Past the soft mark: wake user space to slow the sender down (the skb still goes on).
+        link.paced_gen = credit.pace_gen + 1;
+        count(SpliceCounter::Paced);
+        notice(cookie);
     }
     if link.bytes + u64::from(len) > credit.redirect_limit {
         // The peer has as much queued as this direction may have: hold, which closes this

@@ -75,6 +75,7 @@ pub struct KernelCounters {
     pub overlap_trimmed_skbs: u64,
     pub seq_unknown_skbs: u64,
     pub overlap_untrimmed_skbs: u64,
+    pub paced: u64,
 }
 
 pub struct KernelPlane {
@@ -254,6 +255,7 @@ impl KernelPlane {
             next_seq: 0,
             seq_known: 0,
             _pad: 0,
+            paced_gen: 0,
         };
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.insert(cookie, link, 0)
@@ -340,6 +342,7 @@ impl KernelPlane {
                 &self.splice_events,
                 SpliceCounter::OverlapUntrimmed as u32,
             ),
+            paced: sum(&self.splice_events, SpliceCounter::Paced as u32),
         }
     }
 }

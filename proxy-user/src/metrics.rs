@@ -240,7 +240,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_skbs_total",
             "counter",
-            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept on their socket for user space to forward in order), held_queue_full (of the held, those that started a hold because their direction reached --splice-max-queued: the sender waits for the receiver), notice_lost (held skbs whose wake-up to user space was lost; it rechecks), overlap_trimmed (retransmitted skbs that began with bytes already passed on: the repeat was cut off, or the skb dropped), seq_unknown (skbs whose TCP sequence could not be read: passed on unchecked), overlap_untrimmed (the kernel refused to cut the repeat: passed on whole, and the connection is reset by the count check), unlinked (socket being torn down).",
+            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept on their socket for user space to forward in order), held_queue_full (of the held, those that started a hold because their direction reached --splice-max-queued: the sender waits for the receiver), notice_lost (held skbs whose wake-up to user space was lost; it rechecks), overlap_trimmed (retransmitted skbs that began with bytes already passed on: the repeat was cut off, or the skb dropped), seq_unknown (skbs whose TCP sequence could not be read: passed on unchecked), overlap_untrimmed (the kernel refused to cut the repeat: passed on whole, and the connection is reset by the count check), paced (a direction passed half its queue limit: passed on, and the proxy slowed the sender), unlinked (socket being torn down).",
         );
         for (event, value) in [
             ("end_of_stream", counters.end_of_stream_skbs),
@@ -250,6 +250,7 @@ impl Metrics {
             ("overlap_trimmed", counters.overlap_trimmed_skbs),
             ("seq_unknown", counters.seq_unknown_skbs),
             ("overlap_untrimmed", counters.overlap_untrimmed_skbs),
+            ("paced", counters.paced),
             ("unlinked", counters.unlinked_skbs),
         ] {
             let _ = writeln!(

@@ -52,6 +52,20 @@ pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
 }
 
+/// `TCP_WINDOW_CLAMP`: the largest receive window the socket advertises from now on.
+pub fn window_clamp(sock: &impl AsRawFd) -> io::Result<i32> {
+    get::<libc::c_int>(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP)
+}
+
+pub fn set_window_clamp(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
+    set_int(
+        sock.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_WINDOW_CLAMP,
+        bytes,
+    )
+}
+
 pub fn set_rcvlowat(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
