@@ -22,7 +22,7 @@ pub struct SpliceLink {
     pub bytes: u64,
     /// Payload bytes the verdict program kept on this socket instead (its peer was not in the
     /// hash yet, or earlier kept bytes were still being forwarded by user space), in order.
-    /// User space reads them from the socket and forwards them; see `SPLICE_FORWARDED`.
+    /// User space reads them from the socket and forwards them; see [`SpliceCredit::forwarded`].
     pub held: u64,
     /// Which way bytes from this socket travel: a [`Direction`] as `u32`.
     pub direction: u32,
