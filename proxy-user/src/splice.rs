@@ -18,13 +18,15 @@
 //! Flow control. The kernel queues redirected bytes for the peer socket without any bound of
 //! its own (the skbs leave the source's receive buffer, whose window reopens at once), so a fast
 //! client uploading to a slow device would have the proxy buffer the whole upload in kernel
-//! memory while the client believed it delivered. So each direction may redirect only up to
-//! `--splice-max-queued` bytes beyond what the receiver has acknowledged (`redirect_limit` in
-//! `SPLICE_CREDITS`); past it the verdict program holds bytes as in step 4 and names the socket
-//! in a ring buffer. Held bytes stay charged to the source's receive buffer, so its TCP window
-//! shuts and the sender waits. User space wakes, waits until the receiver has drained half the
-//! limit and every redirected byte is in the target's send queue, forwards the held bytes and
-//! grants a new limit.
+//! memory while the client believed it delivered. So each direction may have at most
+//! `--splice-max-queued` bytes redirected and not yet acknowledged by the receiver:
+//! - every half limit the verdict program wakes user space (`pace_limit`, a ring buffer notice),
+//!   which either moves the marks on (the receiver keeps up) or clamps the source's TCP window
+//!   until the queue is back under half (see [`pace`]): the sender slows, nothing is copied;
+//! - a sender that still reaches the hard limit (`redirect_limit`) has its bytes held as in
+//!   step 4; they stay charged to the source's receive buffer, so its window shuts. User space
+//!   waits until the receiver has drained half the limit and every redirected byte is in the
+//!   target's send queue, forwards the held bytes and grants a new limit (see [`forward_held`]).
 //!
 //! The end of a direction (FIN) reaches user space as `EPOLLRDHUP` on its source socket. The
 //! peer's write side is shut only once every byte has moved: the source's received bytes (less
