@@ -692,14 +692,13 @@ fn excess_consumed(
 }
 
 /// How many bytes more than it was given the target of direction `source -> 1 - source` has
-/// taken into its send queue: always 0, unless the kernel splice duplicated bytes. This has been
-/// seen on this kernel (6.18) with heavy traffic both ways at once (about one 256 MiB echo in
-/// ten): the target's send queue grew by tens of kilobytes more than the verdict program
-/// redirected. The count of bytes in the send queue is read before the redirected count, which
-/// only grows, so a byte redirected in between cannot look like an excess.
+/// taken into its send queue: always 0, unless the kernel splice sent bytes twice (the companion
+/// of [`excess_consumed`], on the sending side). The count of bytes in the send queue is read
+/// before the redirected count, which only grows, so a byte redirected in between cannot look
+/// like an excess.
 fn excess_sent(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io::Result<u64> {
     let dst = &pair[1 - source];
-    let entered = sockopt::bytes_queued_total(&dst.stream)?.saturating_sub(dst.queued_base);
+    let entered = bytes_entered(dst)?;
     let (redirected, _) = plane.link_bytes(pair[source].cookie);
     Ok(entered.saturating_sub(redirected + dst.user_written))
 }
@@ -717,8 +716,12 @@ fn drained(plane: &KernelPlane, pair: &[SplicedSocket; 2], source: usize) -> io:
     if received.saturating_sub(1) != consumed {
         return Ok(false);
     }
-    let queued = sockopt::bytes_queued_total(&dst.stream)?;
-    Ok(queued.saturating_sub(dst.queued_base) == dst.user_written + redirected)
+    target_caught_up(dst, redirected)
+}
+
+/// Bytes that entered `target`'s send queue since the splice started (acknowledged or not).
+fn bytes_entered(target: &SplicedSocket) -> io::Result<u64> {
+    Ok(sockopt::bytes_queued_total(&target.stream)?.saturating_sub(target.queued_base))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -835,8 +838,7 @@ fn pace(
 /// Whether every byte put on its way to `target` (redirected by the kernel, written by user
 /// space) has entered its send queue, so that bytes written to it now go behind all of them.
 fn target_caught_up(target: &SplicedSocket, redirected: u64) -> io::Result<bool> {
-    let entered = sockopt::bytes_queued_total(&target.stream)?.saturating_sub(target.queued_base);
-    Ok(entered == redirected + target.user_written)
+    Ok(bytes_entered(target)? == redirected + target.user_written)
 }
 
 /// Forwards the bytes the verdict program held on `source` (see step 4) and lets it redirect
