@@ -160,7 +160,7 @@ pub fn render_service(link: &ValidLink) -> Service {
 pub fn proxy_args(link: &ValidLink, expires_at: Timestamp) -> Vec<String> {
     let mut args = vec![
         "--listen".to_owned(),
-        format!("0.0.0.0:{PROXY_LISTEN_PORT}"),
+        format!("[::]:{PROXY_LISTEN_PORT}"),
         "--device".to_owned(),
         link.device.to_string(),
     ];
@@ -174,7 +174,7 @@ pub fn proxy_args(link: &ValidLink, expires_at: Timestamp) -> Vec<String> {
         "--xdp-interface".to_owned(),
         POD_INTERFACE.to_owned(),
         "--metrics".to_owned(),
-        format!("0.0.0.0:{PROXY_METRICS_PORT}"),
+        format!("[::]:{PROXY_METRICS_PORT}"),
     ]);
     if let Some(idle) = link.idle_timeout {
         args.extend(["--idle-timeout".to_owned(), format_duration(idle)]);
@@ -419,8 +419,8 @@ mod tests {
         let args = proxy_args(&link(), expires()).join(" ");
         assert_eq!(
             args,
-            "--listen 0.0.0.0:10000 --device 10.20.30.40:22 --allow 203.0.113.0/24 --allow 2001:db8::/32 \
-             --data-plane ebpf --xdp-interface eth0 --metrics 0.0.0.0:9100 --idle-timeout 15m \
+            "--listen [::]:10000 --device 10.20.30.40:22 --allow 203.0.113.0/24 --allow 2001:db8::/32 \
+             --data-plane ebpf --xdp-interface eth0 --metrics [::]:9100 --idle-timeout 15m \
              --max-connections 16 --expires-at 2026-11-25T10:00:00Z --log-format json"
         );
     }

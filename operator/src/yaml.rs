@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn timestamps_numbers_and_keywords_stay_strings() {
         let value = json!({
-            "args": ["--expires-at", "2026-11-25T10:00:00Z", "--max-connections", "16", "yes", "0.0.0.0:9100"],
+            "args": ["--expires-at", "2026-11-25T10:00:00Z", "--max-connections", "16", "yes", "0.0.0.0:9100", "[::]:10000"],
             "empty": "",
         });
         let text = to_string(&value).unwrap();
@@ -142,6 +142,7 @@ mod tests {
         assert_eq!(reread, value, "round trip through a YAML reader:\n{text}");
         assert!(text.contains("- \"2026-11-25T10:00:00Z\""), "{text}");
         assert!(text.contains("- \"16\""), "{text}");
+        assert!(text.contains("- \"[::]:10000\""), "{text}");
     }
 
     #[test]

@@ -96,11 +96,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // to report.
     let listener = proxy::bind(config.listen)?;
     let metrics_listener = match config.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--metrics {addr}: cannot listen"))?,
-        ),
+        Some(addr) => Some(proxy::bind_listener("--metrics", addr, 128)?),
         None => None,
     };
     if let Some(listener) = metrics_listener {

@@ -39,6 +39,12 @@ fn get<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<
     Ok(unsafe { value.assume_init() })
 }
 
+/// Accept IPv4 clients (as v4-mapped addresses) on an IPv6 socket too, whatever
+/// `net.ipv6.bindv6only` says, so `[::]` means every address of the host.
+pub fn set_dual_stack(sock: &impl AsRawFd) -> io::Result<()> {
+    set_int(sock.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
+}
+
 /// The socket cookie: the key the verdict program sees as `bpf_get_socket_cookie`.
 pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     get::<u64>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE)

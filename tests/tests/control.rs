@@ -125,6 +125,69 @@ fn xdp_drops_disallowed_sources_v4_and_v6() {
     assert!(dropped >= 1.0, "v6 drops should be counted, saw {dropped}");
 }
 
+/// `--listen [::]:PORT` (what the operator renders, for dual-stack pods) takes IPv4 and IPv6
+/// clients on one socket, both spliced in the kernel. IPv4 clients arrive v4-mapped
+/// (`::ffff:a.b.c.d`); the ACL judges them as IPv4, at accept (no XDP) and on the wire (XDP).
+#[test]
+fn dual_stack_listen_takes_both_families() {
+    let topology = topology("dual");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let any = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), PROXY_PORT);
+    let front_v6 = SocketAddr::new(IpAddr::V6(PROXY_FRONT_V6), PROXY_PORT);
+    for xdp in [true, false] {
+        let proxy = start(
+            &topology,
+            any,
+            ProxyOptions {
+                xdp,
+                ..Default::default()
+            },
+        );
+        topology.client.run(move || {
+            for (source, to) in [
+                (IpAddr::V4(CLIENT_V4), front()),
+                (IpAddr::V6(CLIENT_V6), front_v6),
+            ] {
+                let mut allowed = connect_from(source, to, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("allowed {source} -> {to} (xdp {xdp}): {e}"));
+                echo_once(&mut allowed)
+                    .unwrap_or_else(|e| panic!("{source} talks to the device (xdp {xdp}): {e}"));
+            }
+            for (source, to) in [
+                (IpAddr::V4(OTHER_CLIENT_V4), front()),
+                (IpAddr::V6(OTHER_CLIENT_V6), front_v6),
+            ] {
+                // With XDP the SYN is dropped; without, the handshake completes in the kernel
+                // and the proxy resets it at accept.
+                if let Ok(mut denied) = connect_from(source, to, Duration::from_millis(1500)) {
+                    assert!(!xdp, "XDP should drop {source}'s SYN");
+                    assert!(
+                        echo_once(&mut denied).is_err(),
+                        "disallowed {source} must not reach the device"
+                    );
+                }
+            }
+        });
+        proxy.wait_idle();
+        assert_eq!(
+            proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
+            2.0,
+            "both families spliced (xdp {xdp})"
+        );
+        let refused = if xdp {
+            proxy.metric(
+                "devicelink_xdp_packets_total{verdict=\"drop\",reason=\"source_not_allowed\"}",
+            )
+        } else {
+            proxy.metric("devicelink_connections_total{result=\"rejected_acl\"}")
+        };
+        assert!(
+            refused >= 2.0,
+            "both disallowed sources refused (xdp {xdp}), saw {refused}"
+        );
+    }
+}
+
 /// Without XDP (userspace mode) the same ACL holds at accept: the disallowed source is reset
 /// before any byte reaches the device.
 #[test]
