@@ -36,7 +36,7 @@ static SPLICE_NOTICES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// the receiver) for a socket without a credit entry. Set by the loader from
 /// `--splice-max-queued`; read-only once loaded.
 #[unsafe(no_mangle)]
-static SPLICE_QUEUE_LIMIT: u64 = 32 << 20;
+static SPLICE_QUEUE_LIMIT: u64 = 64 << 20;
 
 /// Offset of `cb` in the kernel's `struct sk_buff`, where TCP keeps the skb's sequence numbers
 /// (`struct tcp_skb_cb`: `seq`, then `end_seq`). Set by the loader from the kernel's BTF; 0
@@ -98,7 +98,7 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
             SpliceCredit {
                 forwarded: 0,
                 redirect_limit: limit,
-                pace_limit: limit / 2,
+                pace_limit: devicelink_proxy_common::pace_mark(limit),
                 pace_gen: 0,
             }
         });

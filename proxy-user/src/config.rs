@@ -71,8 +71,9 @@ pub struct Args {
     /// Bytes one direction of a spliced connection may have inside the proxy (queued for the
     /// receiver and not yet acknowledged by it) before the sender is made to wait (bytes; K/M/G
     /// suffixes). The kernel's own splice queue has no bound: without this, a fast client
-    /// uploading to a slow device would have the proxy buffer the whole upload.
-    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_bytes)]
+    /// uploading to a slow device would have the proxy buffer the whole upload. The sender is
+    /// slowed from a quarter of this on; the rest is margin before bytes are held and copied.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub splice_max_queued: u32,
 
     /// Log format.
@@ -329,7 +330,7 @@ mod tests {
         assert_eq!(config.xdp_mode, XdpModeChoice::Skb);
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
         assert_eq!(config.splice_sndbuf, 8 << 20);
-        assert_eq!(config.splice_max_queued, 32 << 20);
+        assert_eq!(config.splice_max_queued, 64 << 20);
     }
 
     #[test]

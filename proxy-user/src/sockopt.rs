@@ -50,12 +50,15 @@ pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     get::<u64>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE)
 }
 
-/// Minimum bytes queued before TCP wakes a reader. Also decides when TCP calls `data_ready`,
-/// which is what runs the verdict program on a spliced socket.
 /// `SO_RCVBUF` (the kernel doubles it for bookkeeping); fixes the size, ending autotuning.
 pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
     let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
+/// The receive buffer's size as the kernel keeps it (twice what `SO_RCVBUF` was given).
+pub fn rcvbuf(sock: &impl AsRawFd) -> io::Result<i32> {
+    get::<libc::c_int>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF)
 }
 
 /// `TCP_WINDOW_CLAMP`: the largest receive window the socket advertises from now on.
@@ -72,6 +75,8 @@ pub fn set_window_clamp(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     )
 }
 
+/// Minimum bytes queued before TCP wakes a reader. Also decides when TCP calls `data_ready`,
+/// which is what runs the verdict program on a spliced socket.
 pub fn set_rcvlowat(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }

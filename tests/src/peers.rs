@@ -28,9 +28,11 @@ pub enum Behavior {
     Reset,
     /// Accepts and holds the connection open, reading and discarding.
     Hold,
-    /// Like `SinkThenReply`, but reads no faster than `bytes_per_sec` (a device on a slow
-    /// link), with a small receive buffer, counting what it has read in [`Server::received`].
-    SlowSinkThenReply { bytes_per_sec: u64 },
+    /// Like `SinkThenReply`, but reads its first `slow_for` bytes no faster than
+    /// `bytes_per_sec` (a device on a slow link; `u64::MAX` for all of them), the rest as fast
+    /// as it can, with a small receive buffer, counting what it has read in
+    /// [`Server::received`].
+    SlowSinkThenReply { bytes_per_sec: u64, slow_for: u64 },
 }
 
 /// How much a `SinkThenReply` server answers to an upload of `len` bytes.
@@ -147,15 +149,17 @@ fn handle(mut stream: TcpStream, behavior: Behavior, received: &AtomicU64) -> st
             let _ = receive_all(&mut stream);
             Ok(())
         }
-        Behavior::SlowSinkThenReply { bytes_per_sec } => {
-            slow_sink_then_reply(&mut stream, bytes_per_sec, received)
-        }
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec,
+            slow_for,
+        } => slow_sink_then_reply(&mut stream, bytes_per_sec, slow_for, received),
     }
 }
 
 fn slow_sink_then_reply(
     stream: &mut TcpStream,
     bytes_per_sec: u64,
+    slow_for: u64,
     received: &AtomicU64,
 ) -> std::io::Result<()> {
     let small: libc::c_int = 256 << 10;
@@ -180,6 +184,9 @@ fn slow_sink_then_reply(
         }
         sum.update(&buf[..n]);
         let total = received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > slow_for {
+            continue;
+        }
         let due = Duration::from_secs_f64(total as f64 / bytes_per_sec as f64);
         if let Some(ahead) = due.checked_sub(start.elapsed()) {
             thread::sleep(ahead);

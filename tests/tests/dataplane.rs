@@ -14,7 +14,7 @@ use std::{
 };
 
 use devicelink_testbed::{
-    DEVICE_V4, PROXY_FRONT_V4, Proxy, ProxyOptions, Topology,
+    CLIENT_V4, DEVICE_V4, PROXY_FRONT_V4, Proxy, ProxyOptions, Topology,
     peers::{self, Behavior},
     receive_all, send_pattern,
 };
@@ -432,6 +432,7 @@ fn fast_client_waits_for_slow_device(mode: &str) {
         mode,
         Behavior::SlowSinkThenReply {
             bytes_per_sec: DEVICE_RATE,
+            slow_for: u64::MAX,
         },
         &["--splice-max-queued", "8M"],
     );
@@ -495,6 +496,80 @@ fn fast_client_waits_for_slow_device_ebpf() {
 #[test]
 fn fast_client_waits_for_slow_device_userspace() {
     fast_client_waits_for_slow_device("userspace");
+}
+
+/// A direction paced in its first moments gets its whole receive window back once the receiver
+/// keeps up. Seen from outside, in the proxy's namespace: the client socket's `rcv_ssthresh`
+/// (the window TCP is willing to grow to) once the device reads at full speed.
+///
+/// The regression this guards against: TCP starts a socket with a 64 KB window clamp and raises
+/// it from the receive buffer after a few segments; the proxy once restored the clamp it had read
+/// at accept, and in a saturated iperf3 upload the client kept a 64 KB window for the rest of the
+/// connection (13 -> 9 Gbit/s). The kernel also recomputes the clamp when the segments' size
+/// to memory ratio changes, which the traffic here does, so this test shows the window back but
+/// would not by itself have caught that bug; the restore is now never below the receive buffer
+/// (`unclamped_window` in `splice.rs`).
+#[test]
+fn paced_sender_gets_its_window_back_ebpf() {
+    const LEN: u64 = 256 << 20;
+    const SLOW_FOR: u64 = 24 << 20;
+    let (topology, server, proxy) = setup(
+        "window",
+        "ebpf",
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec: 50 << 20,
+            slow_for: SLOW_FOR,
+        },
+        // Paced from 2 MiB queued on: within the first milliseconds.
+        &["--splice-max-queued", "8M"],
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let done = Arc::clone(&done);
+        topology.client.spawn(move || {
+            let mut stream = connect();
+            let result =
+                peers::upload_and_check_counted(&mut stream, 13, LEN, None, &AtomicU64::new(0));
+            done.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    let mut window_max = 0u64;
+    while !done.load(Ordering::Relaxed) {
+        if server.received.load(Ordering::Relaxed) > SLOW_FOR + (8 << 20) {
+            let ss = topology
+                .proxy
+                .command("ss")
+                .args(["-tni", "dst", &CLIENT_V4.to_string()])
+                .output()
+                .expect("ss runs");
+            let text = String::from_utf8_lossy(&ss.stdout);
+            for value in text.split_whitespace().filter_map(|field| {
+                field
+                    .strip_prefix("rcv_ssthresh:")
+                    .and_then(|v| v.parse::<u64>().ok())
+            }) {
+                window_max = window_max.max(value);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    client
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("upload through a device that speeds up: {e}"));
+    proxy.wait_idle();
+    assert!(
+        proxy.metric("devicelink_splice_skbs_total{event=\"paced\"}") >= 1.0,
+        "the slow start should have paced the client"
+    );
+    eprintln!("client socket's rcv_ssthresh at full speed: up to {window_max} bytes");
+    // The receive buffer here is 2 MiB (1 MiB asked, doubled by the kernel): the window may
+    // grow to most of it. Stuck at the early clamp it stays at 64 KB.
+    assert!(
+        window_max > 512 << 10,
+        "the client's window stayed at {window_max} bytes after pacing ended"
+    );
 }
 
 fn raise_fd_limit() {
