@@ -514,6 +514,8 @@ async fn watch(
     // Per direction, while it waits for its target to drain below half the queue limit: when it
     // last looked and how much was still to drain, to time the next look from the drain rate.
     let mut drain_watch: [Option<(Instant, u64)>; 2] = [None, None];
+    // The same for a paced direction waiting to run at full speed again.
+    let mut pace_watch: [Option<(Instant, u64)>; 2] = [None, None];
     // At start one look 1 ms later is enough: a verdict run that failed to redirect (peer not in
     // the hash yet) began before `enter` returned and ends within microseconds. The longer
     // rechecks only follow an actual forward.
@@ -551,8 +553,12 @@ async fn watch(
                 continue;
             }
             match pace(plane, pair, source, limits) {
-                Ok(true) => pace_wake = Some(now + PACED_LOOK),
-                Ok(false) => {}
+                Ok(Some(excess)) => {
+                    let at = now + next_pace_look(pace_watch[source], now, excess);
+                    pace_watch[source] = Some((now, excess));
+                    pace_wake = Some(pace_wake.map_or(at, |wake| wake.min(at)));
+                }
+                Ok(None) => pace_watch[source] = None,
                 Err(err) => return Outcome::from_io(err),
             }
         }
@@ -649,19 +655,49 @@ async fn watch(
         if let Some(at) = limit_wake {
             sooner(at);
         }
-        if let Some(at) = pace_wake {
-            sooner(at);
-        }
-        let sleep = async {
-            match wake_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        // A paced direction looks every few milliseconds whether its receiver caught up (see
+        // `next_pace_look`). Until something else is due those looks do only that, two
+        // syscalls each, not the whole look above.
+        let mut pace_at = pace_wake;
+        loop {
+            let deadline = match (wake_at, pace_at) {
+                (Some(other), Some(pace)) => Some(other.min(pace)),
+                (other, pace) => other.or(pace),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = registration.notify.notified() => break,
+                () = sleep => {}
+                () = cancel.cancelled() => return Outcome::Cancelled,
             }
-        };
-        tokio::select! {
-            () = registration.notify.notified() => {}
-            () = sleep => {}
-            () = cancel.cancelled() => return Outcome::Cancelled,
+            let now = Instant::now();
+            if pace_at.is_none() || wake_at.is_some_and(|at| now >= at) {
+                break;
+            }
+            pace_at = None;
+            for source in [0, 1] {
+                if finished[source] {
+                    continue;
+                }
+                match pace(plane, pair, source, limits) {
+                    Ok(Some(excess)) => {
+                        let at = now + next_pace_look(pace_watch[source], now, excess);
+                        pace_watch[source] = Some((now, excess));
+                        pace_at = Some(pace_at.map_or(at, |wake: Instant| wake.min(at)));
+                    }
+                    Ok(None) => pace_watch[source] = None,
+                    Err(err) => return Outcome::from_io(err),
+                }
+            }
+            if pace_at.is_none() {
+                // Running at full speed again: a whole look moves everything else on.
+                break;
+            }
         }
     }
 }
@@ -771,17 +807,33 @@ fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<b
 /// far less across the internet) that the receiver drains while the queue shrinks.
 const PACED_WINDOW: i32 = 2048;
 
-/// How often a paced direction looks whether its receiver caught up. A fast receiver drains a
-/// quarter of the default limit in about 10 ms, and the sender needs a few round trips to open
-/// its window again, so a look every millisecond keeps the psock backlog from running dry;
-/// looks timed from the drain rate (up to 50 ms apart) cost 15% of a saturated stream here
-/// (11-11.8 against 13-13.8 Gbit/s). Only paced directions look this often: a bulk stream
-/// into a slower receiver, a few cheap syscalls a millisecond.
-const PACED_LOOK: Duration = Duration::from_millis(1);
+/// When a paced direction looks again whether its receiver caught up: when the drain rate seen
+/// since its last look says the excess will be gone, within 1-5 ms. At the moment the clamp is
+/// lifted a quarter of the limit is still queued (about 10 ms of work for a fast receiver here),
+/// so a look a little late costs nothing, but one far too late lets the psock backlog run dry:
+/// looks backing off to 50 ms cost 15% of a saturated stream (11-11.8 against 13-13.8 Gbit/s).
+/// Each look is a wake-up of the proxy, and with tick-based CPU accounting the network work
+/// that runs while it is awake is charged to it: a look every millisecond cost 0.08 s of proxy
+/// CPU per GiB. Right after the clamp the queue still grows (the window already granted), which
+/// says nothing about the drain: look again soon.
+fn next_pace_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Duration {
+    const MIN: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(5);
+    let Some((at, last_excess)) = last else {
+        return MIN;
+    };
+    let elapsed = now.duration_since(at).as_secs_f64();
+    let drained = last_excess.saturating_sub(excess) as f64;
+    if drained <= 0.0 || elapsed <= 0.0 {
+        return MIN;
+    }
+    Duration::from_secs_f64(excess as f64 * elapsed / drained).clamp(MIN, MAX)
+}
 
 /// Slows the sender of direction `source -> 1 - source` before its queue limit makes the verdict
 /// program hold (and user space copy) its bytes, and lets it run again once the receiver caught
-/// up. Returns whether the direction is paced (look again after [`PACED_LOOK`]).
+/// up. While the direction is paced, returns how much more its receiver must drain (see
+/// [`next_pace_look`]).
 ///
 /// Each time the direction has redirected a quarter of the limit more ([`pace_mark`]), the
 /// verdict program wakes user space. If the receiver keeps up (a quarter of the limit or less is
@@ -797,7 +849,7 @@ fn pace(
     pair: &mut [SplicedSocket; 2],
     source: usize,
     limits: &CarryLimits,
-) -> io::Result<bool> {
+) -> io::Result<Option<u64>> {
     let limit = u64::from(limits.splice_max_queued);
     let [client, device] = pair.each_mut();
     let (src, dst) = if source == 0 {
@@ -807,7 +859,7 @@ fn pace(
     };
     let (redirected, _) = plane.link_bytes(src.cookie);
     if !src.paced && redirected <= src.credit.pace_limit {
-        return Ok(false);
+        return Ok(None);
     }
     let queued = queued_in_proxy(dst, redirected)?;
     let pace_at = pace_mark(limit);
@@ -817,7 +869,7 @@ fn pace(
             sockopt::set_window_clamp(&src.stream, PACED_WINDOW)?;
             src.paced = true;
         }
-        return Ok(true);
+        return Ok(Some(queued - pace_at));
     }
     if src.paced {
         sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
@@ -837,7 +889,7 @@ fn pace(
         .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
     src.credit = credit;
     src.credit_written = true;
-    Ok(false)
+    Ok(None)
 }
 
 /// The window clamp a paced socket gets back: the one it had when pacing began, or its receive
