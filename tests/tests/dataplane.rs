@@ -511,7 +511,7 @@ fn fast_client_waits_for_slow_device_userspace() {
 /// (`unclamped_window` in `splice.rs`).
 #[test]
 fn paced_sender_gets_its_window_back_ebpf() {
-    const LEN: u64 = 256 << 20;
+    const LEN: u64 = 512 << 20;
     const SLOW_FOR: u64 = 24 << 20;
     let (topology, server, proxy) = setup(
         "window",
@@ -564,6 +564,10 @@ fn paced_sender_gets_its_window_back_ebpf() {
         "the slow start should have paced the client"
     );
     eprintln!("client socket's rcv_ssthresh at full speed: up to {window_max} bytes");
+    assert!(
+        window_max > 0,
+        "no sample of the client socket was taken while the device read at full speed"
+    );
     // The receive buffer here is 2 MiB (1 MiB asked, doubled by the kernel): the window may
     // grow to most of it. Stuck at the early clamp it stays at 64 KB.
     assert!(
