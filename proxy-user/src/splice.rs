@@ -877,10 +877,13 @@ fn pace(
     }
     // The receiver keeps up (or caught up): move both marks on from what is queued now. The
     // limit is a bound on what is queued, not a budget of bytes: without this a direction
-    // whose receiver keeps up would still stop at every `limit` bytes.
+    // whose receiver keeps up would still stop at every `limit` bytes. The next notice comes at
+    // least half a mark later: a queue hovering just under the mark (a receiver a little slower
+    // than the sender) otherwise woke the proxy every few hundred KB, five times as often, and
+    // the overshoot this allows is well inside the margin above the mark.
     let credit = SpliceCredit {
         redirect_limit: redirected + limit.saturating_sub(queued),
-        pace_limit: redirected + pace_at.saturating_sub(queued),
+        pace_limit: redirected + pace_at.saturating_sub(queued).max(pace_at / 2),
         pace_gen: src.credit.pace_gen + 1,
         ..src.credit
     };
