@@ -477,15 +477,23 @@ const HELD_RECHECKS: [Duration; 3] = [
 fn next_drain_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Duration {
     const MIN: Duration = Duration::from_millis(1);
     const MAX: Duration = Duration::from_millis(50);
-    let Some((at, last_excess)) = last else {
-        return MIN;
-    };
+    match (last, drain_eta(last, now, excess)) {
+        (_, Some(eta)) => eta.clamp(MIN, MAX),
+        (None, None) => MIN,
+        // Nothing drained since the last look: back off.
+        (Some((at, _)), None) => (now.duration_since(at) * 2).clamp(MIN, MAX),
+    }
+}
+
+/// How long until `excess` more bytes have drained, at the rate seen since the look `last`
+/// (when, and how much was still to drain then); `None` without a look before or without any
+/// drain since.
+fn drain_eta(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Option<Duration> {
+    let (at, last_excess) = last?;
     let elapsed = now.duration_since(at).as_secs_f64();
     let drained = last_excess.saturating_sub(excess) as f64;
-    if drained <= 0.0 || elapsed <= 0.0 {
-        return (now.duration_since(at) * 2).clamp(MIN, MAX);
-    }
-    Duration::from_secs_f64(excess as f64 * elapsed / drained).clamp(MIN, MAX)
+    (drained > 0.0 && elapsed > 0.0)
+        .then(|| Duration::from_secs_f64(excess as f64 * elapsed / drained))
 }
 
 /// Step 4 and the connection's life: forward held bytes, wait for FINs, errors, idleness or
@@ -819,15 +827,7 @@ const PACED_WINDOW: i32 = 2048;
 fn next_pace_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Duration {
     const MIN: Duration = Duration::from_millis(1);
     const MAX: Duration = Duration::from_millis(5);
-    let Some((at, last_excess)) = last else {
-        return MIN;
-    };
-    let elapsed = now.duration_since(at).as_secs_f64();
-    let drained = last_excess.saturating_sub(excess) as f64;
-    if drained <= 0.0 || elapsed <= 0.0 {
-        return MIN;
-    }
-    Duration::from_secs_f64(excess as f64 * elapsed / drained).clamp(MIN, MAX)
+    drain_eta(last, now, excess).map_or(MIN, |eta| eta.clamp(MIN, MAX))
 }
 
 /// Slows the sender of direction `source -> 1 - source` before its queue limit makes the verdict
