@@ -30,15 +30,15 @@ pub const MIN_KERNEL: (u32, u32) = (6, 4);
 pub enum KernelError {
     #[error("kernel {found} is older than {}.{}, whose sockmap fixes the splice relies on", MIN_KERNEL.0, MIN_KERNEL.1)]
     TooOld { found: String },
-    #[error("loading the eBPF object failed: {0} (needs CAP_BPF and CAP_NET_ADMIN, or root)")]
+    #[error("loading the eBPF object failed (needs CAP_BPF and CAP_NET_ADMIN, or root)")]
     Load(#[source] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
@@ -50,14 +50,13 @@ pub enum KernelError {
         "program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)"
     )]
     MissingProgram(&'static str),
-    #[error(
-        "attaching the XDP ACL to {interface} in {mode:?} mode failed: {source}; check the interface exists in this network namespace, or try --xdp-mode skb"
-    )]
+    #[error("attaching the XDP ACL to {interface} in {mode:?} mode failed; {hint}; cause")]
     XdpAttach {
         interface: String,
         mode: XdpModeChoice,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
+        hint: String,
     },
 }
 
@@ -153,7 +152,7 @@ impl KernelPlane {
                 // Reading the skb's sequence needs bpf_probe_read_kernel, which a locked-down
                 // kernel refuses; with the offset at 0 the verifier drops that code as dead.
                 warn!(
-                    %err,
+                    err = format!("{:#}", anyhow::Error::new(err)),
                     "the splice verdict program with its overlap cut did not load; loading it without (a retransmitted overlap then resets the connection)"
                 );
                 load_object(config, capacity, 0)?
@@ -398,9 +397,39 @@ fn attach_xdp(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(
         .map_err(|source| KernelError::XdpAttach {
             interface: interface.to_string(),
             mode,
-            source,
+            hint: xdp_attach_hint(interface, mode, &source),
+            source: Box::new(source),
         })?;
     Ok(())
+}
+
+/// What to do about a failed XDP attach, from its cause: the generic advice sent people after
+/// the wrong fix when the interface already carried a program (another proxy's, say).
+fn xdp_attach_hint(interface: &str, mode: XdpModeChoice, err: &ProgramError) -> String {
+    let errno = match err {
+        ProgramError::UnknownInterface { .. } => {
+            return format!(
+                "--xdp-interface: no interface {interface} in this network namespace (`ip link` lists them)"
+            );
+        }
+        ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error()
+        }
+        _ => None,
+    };
+    match (errno, mode) {
+        (Some(libc::EBUSY | libc::EEXIST), _) => format!(
+            "another XDP program is already attached to {interface} (`ip link show {interface}` \
+             names it; another devicelink-proxy?): an interface carries one, so detach it or give \
+             this proxy its own --xdp-interface"
+        ),
+        (_, XdpModeChoice::Native) => {
+            "the driver may lack native XDP: try --xdp-mode skb".to_string()
+        }
+        (_, XdpModeChoice::Skb) => {
+            "check the interface exists in this network namespace and is up".to_string()
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; harmless elsewhere.
@@ -454,5 +483,29 @@ mod tests {
         assert_eq!(parse_release("garbage"), None);
         assert!(Some((6, 3)) < Some(MIN_KERNEL));
         assert!(Some((6, 18)) >= Some(MIN_KERNEL));
+    }
+
+    #[test]
+    fn xdp_attach_hints_follow_the_cause() {
+        let syscall = |errno| {
+            ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        let busy = xdp_attach_hint("eth0", XdpModeChoice::Skb, &syscall(libc::EBUSY));
+        assert!(busy.contains("already attached to eth0"), "{busy}");
+        let exists = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EEXIST));
+        assert!(exists.contains("already attached"), "{exists}");
+        let native = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EOPNOTSUPP));
+        assert!(native.contains("--xdp-mode skb"), "{native}");
+        let missing = ProgramError::UnknownInterface {
+            name: "eth9".into(),
+        };
+        let missing = xdp_attach_hint("eth9", XdpModeChoice::Skb, &missing);
+        assert!(
+            missing.starts_with("--xdp-interface: no interface eth9"),
+            "{missing}"
+        );
     }
 }
