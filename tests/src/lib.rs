@@ -105,6 +105,15 @@ impl Netns {
         cmd
     }
 
+    /// Gives processes started with [`Netns::command`] their own `/etc/hosts` (`ip netns exec`
+    /// bind-mounts `/etc/netns/<name>/hosts` over it), so a test can name the device as a user
+    /// would without touching the machine's resolver. Removed with the namespace.
+    pub fn set_hosts(&self, contents: &str) -> anyhow::Result<()> {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::write(dir.join("hosts"), contents).context("writing the namespace's hosts file")
+    }
+
     /// Runs `f` on a new thread that has entered this namespace (a namespace belongs to a
     /// thread), and returns its handle.
     pub fn spawn<F, R>(&self, f: F) -> thread::JoinHandle<R>
@@ -149,6 +158,7 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
@@ -454,12 +464,12 @@ impl Default for ProxyOptions<'_> {
 pub const METRICS_PORT: u16 = 9100;
 
 impl Proxy {
-    /// Starts the proxy listening on `[::]`-less `PROXY_FRONT_V4:listen_port` (or the given
-    /// address) for the device at `device`, and waits until `/readyz` answers 200.
+    /// Starts the proxy listening on `listen` for the device at `device` (`--device`: an
+    /// address, or `name:port`), and waits until `/readyz` answers 200.
     pub fn start(
         topology: &Topology,
         listen: SocketAddr,
-        device: SocketAddr,
+        device: impl std::fmt::Display,
         options: ProxyOptions<'_>,
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), METRICS_PORT);

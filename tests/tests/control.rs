@@ -4,17 +4,17 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use devicelink_testbed::{
-    CLIENT_V4, CLIENT_V6, DEVICE_V4, OTHER_CLIENT_V4, OTHER_CLIENT_V6, PROXY_FRONT_IFACE,
-    PROXY_FRONT_V4, PROXY_FRONT_V6, Proxy, ProxyOptions, Topology, connect_from,
+    CLIENT_V4, CLIENT_V6, DEVICE_V4, DEVICE_V6, OTHER_CLIENT_V4, OTHER_CLIENT_V6,
+    PROXY_FRONT_IFACE, PROXY_FRONT_V4, PROXY_FRONT_V6, Proxy, ProxyOptions, Topology, connect_from,
     peers::{self, Behavior},
-    proxy_binary,
+    proxy_binary, receive_all, send_pattern,
 };
 
 const DEVICE_PORT: u16 = 7100;
@@ -186,6 +186,63 @@ fn dual_stack_listen_takes_both_families() {
             "both disallowed sources refused (xdp {xdp}), saw {refused}"
         );
     }
+}
+
+/// `--device` named by DNS, resolving to an IPv6 device (the name also has an IPv4 address where
+/// nothing listens, so the proxy must try the next address), reached from IPv4 and IPv6 clients:
+/// families mixed across the splice, megabytes intact both ways, in the kernel.
+#[test]
+fn device_by_name_over_ipv6_from_both_families() {
+    let topology = topology("dns6");
+    let device_v6 = SocketAddr::new(IpAddr::V6(DEVICE_V6), DEVICE_PORT);
+    let _device = peers::serve(&topology.device, device_v6, Behavior::Echo);
+    topology
+        .proxy
+        .set_hosts(&format!(
+            "127.0.0.1 localhost\n{DEVICE_V4} device.test\n{DEVICE_V6} device.test\n"
+        ))
+        .expect("hosts file");
+    let any = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), PROXY_PORT);
+    let proxy = Proxy::start(
+        &topology,
+        any,
+        format!("device.test:{DEVICE_PORT}"),
+        ProxyOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let front_v6 = SocketAddr::new(IpAddr::V6(PROXY_FRONT_V6), PROXY_PORT);
+    const LEN: u64 = 16 << 20;
+    topology.client.run(move || {
+        for (seed, (source, to)) in [
+            (IpAddr::V4(CLIENT_V4), front()),
+            (IpAddr::V6(CLIENT_V6), front_v6),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut stream = connect_from(source, to, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{source} -> {to}: {e}"));
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut reader = stream.try_clone().unwrap();
+            let receiver = thread::spawn(move || receive_all(&mut reader));
+            let sent = send_pattern(&mut stream, seed as u64, LEN).expect("upload");
+            stream.shutdown(Shutdown::Write).unwrap();
+            let echoed = receiver.join().unwrap().expect("echo");
+            assert_eq!(echoed, sent, "{source}: every byte back once, in order");
+        }
+    });
+    proxy.wait_idle();
+    assert_eq!(
+        proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
+        2.0,
+        "both clients spliced to the IPv6 device"
+    );
+    assert_eq!(
+        proxy.metric("devicelink_connections_total{result=\"completed\"}"),
+        2.0
+    );
 }
 
 /// Without XDP (userspace mode) the same ACL holds at accept: the disallowed source is reset
