@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -395,6 +395,7 @@ async fn serve_client(
 
 async fn connect_device(config: &Config) -> Result<TcpStream, (Refusal, String)> {
     let device = &config.device;
+    let deadline = Instant::now() + config.connect_timeout;
     let attempt = async {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((device.host.as_str(), device.port))
             .await
@@ -409,8 +410,25 @@ async fn connect_device(config: &Config) -> Result<TcpStream, (Refusal, String)>
             Refusal::DeviceUnreachable,
             format!("{} resolved to no address", device.host),
         );
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
+        // Each address but the last gets an equal share of the time left, so one that
+        // swallows SYNs (a stale DNS record) cannot use up --connect-timeout before the next
+        // is tried; the last one has what remains (the outer timeout).
+        let count = addrs.len() as u32;
+        for (index, addr) in (1u32..).zip(addrs) {
+            let share = deadline.saturating_duration_since(Instant::now()) / (count - index + 1);
+            let connect = TcpStream::connect(addr);
+            let result = if index < count {
+                match tokio::time::timeout(share, connect).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        debug!(%addr, "no answer from this device address; trying the next");
+                        continue;
+                    }
+                }
+            } else {
+                connect.await
+            };
+            match result {
                 Ok(stream) => return Ok(stream),
                 Err(err) => last = (Refusal::from_connect_error(&err), format!("{addr}: {err}")),
             }

@@ -188,30 +188,10 @@ fn dual_stack_listen_takes_both_families() {
     }
 }
 
-/// `--device` named by DNS, resolving to an IPv6 device (the name also has an IPv4 address where
-/// nothing listens, so the proxy must try the next address), reached from IPv4 and IPv6 clients:
-/// families mixed across the splice, megabytes intact both ways, in the kernel.
-#[test]
-fn device_by_name_over_ipv6_from_both_families() {
-    let topology = topology("dns6");
-    let device_v6 = SocketAddr::new(IpAddr::V6(DEVICE_V6), DEVICE_PORT);
-    let _device = peers::serve(&topology.device, device_v6, Behavior::Echo);
-    topology
-        .proxy
-        .set_hosts(&format!(
-            "127.0.0.1 localhost\n{DEVICE_V4} device.test\n{DEVICE_V6} device.test\n"
-        ))
-        .expect("hosts file");
-    let any = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), PROXY_PORT);
-    let proxy = Proxy::start(
-        &topology,
-        any,
-        format!("device.test:{DEVICE_PORT}"),
-        ProxyOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+/// Clients of both families through one spliced IPv4 or IPv6 device connection each way round:
+/// `n` megabytes up and echoed back, checksummed, from each client.
+fn both_families_echo_intact(topology: &Topology, megabytes: u64) {
     let front_v6 = SocketAddr::new(IpAddr::V6(PROXY_FRONT_V6), PROXY_PORT);
-    const LEN: u64 = 16 << 20;
     topology.client.run(move || {
         for (seed, (source, to)) in [
             (IpAddr::V4(CLIENT_V4), front()),
@@ -227,21 +207,73 @@ fn device_by_name_over_ipv6_from_both_families() {
                 .unwrap();
             let mut reader = stream.try_clone().unwrap();
             let receiver = thread::spawn(move || receive_all(&mut reader));
-            let sent = send_pattern(&mut stream, seed as u64, LEN).expect("upload");
+            let sent = send_pattern(&mut stream, seed as u64, megabytes << 20).expect("upload");
             stream.shutdown(Shutdown::Write).unwrap();
             let echoed = receiver.join().unwrap().expect("echo");
             assert_eq!(echoed, sent, "{source}: every byte back once, in order");
         }
     });
-    proxy.wait_idle();
+}
+
+/// An IPv6 device (`--device [fd77:2::2]:PORT`), and a device named by DNS as users name them,
+/// with records a real zone may hold: first an IPv6 address where nothing listens (refused), then
+/// one of a host that is gone (no answer at all: its neighbour discovery never resolves), then
+/// the device's IPv4 address. The proxy tries them in turn, giving the silent one only its share
+/// of `--connect-timeout` (it alone would outlast the whole timeout). Both with IPv4 and IPv6
+/// clients: families mixed across the splice, megabytes intact both ways, in the kernel.
+#[test]
+fn ipv6_device_and_device_by_name_from_both_families() {
+    let topology = topology("dev6");
+    let any = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), PROXY_PORT);
+    let carried = |proxy: &Proxy| {
+        proxy.wait_idle();
+        (
+            proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
+            proxy.metric("devicelink_connections_total{result=\"completed\"}"),
+        )
+    };
+
+    let device_v6 = SocketAddr::new(IpAddr::V6(DEVICE_V6), DEVICE_PORT);
+    let _device_v6 = peers::serve(&topology.device, device_v6, Behavior::Echo);
+    let proxy = Proxy::start(&topology, any, device_v6, ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("proxy for {device_v6}: {e:#}"));
+    both_families_echo_intact(&topology, 16);
     assert_eq!(
-        proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
-        2.0,
-        "both clients spliced to the IPv6 device"
+        carried(&proxy),
+        (2.0, 2.0),
+        "both clients spliced to {device_v6}"
     );
+    drop(proxy);
+
+    // Another port, where only the device's IPv4 address listens.
+    let named_port = DEVICE_PORT + 1;
+    let gone_v6 = std::net::Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x99);
+    let _device_v4 = peers::serve(
+        &topology.device,
+        SocketAddr::new(IpAddr::V4(DEVICE_V4), named_port),
+        Behavior::Echo,
+    );
+    topology
+        .proxy
+        .set_hosts(&format!(
+            "127.0.0.1 localhost\n{DEVICE_V6} device.test\n{gone_v6} device.test\n{DEVICE_V4} device.test\n"
+        ))
+        .expect("hosts file");
+    let proxy = Proxy::start(
+        &topology,
+        any,
+        format!("device.test:{named_port}"),
+        ProxyOptions {
+            extra: extra(&["--connect-timeout", "2s"]),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("proxy for device.test: {e:#}"));
+    both_families_echo_intact(&topology, 16);
     assert_eq!(
-        proxy.metric("devicelink_connections_total{result=\"completed\"}"),
-        2.0
+        carried(&proxy),
+        (2.0, 2.0),
+        "both clients spliced to device.test"
     );
 }
 
