@@ -61,6 +61,12 @@ pub fn rcvbuf(sock: &impl AsRawFd) -> io::Result<i32> {
     get::<libc::c_int>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF)
 }
 
+/// The send buffer's size as the kernel keeps it (twice what `SO_SNDBUF` was given; about half
+/// of it holds payload, the rest is the kernel's per-skb overhead).
+pub fn sndbuf(sock: &impl AsRawFd) -> io::Result<i32> {
+    get::<libc::c_int>(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF)
+}
+
 /// `TCP_WINDOW_CLAMP`: the largest receive window the socket advertises from now on.
 pub fn window_clamp(sock: &impl AsRawFd) -> io::Result<i32> {
     get::<libc::c_int>(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP)

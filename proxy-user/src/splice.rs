@@ -282,6 +282,9 @@ struct SplicedSocket {
     window_clamp: i32,
     /// Whether its window is clamped to slow its sender (the direction it feeds is paced).
     paced: bool,
+    /// Whether the clamp failed to slow its sender and was lifted (see [`pace`]); until the
+    /// queue is back under the mark its receive buffer is small and the hold stops the sender.
+    clamp_failed: bool,
 }
 
 /// What becomes of a connection offered to the kernel path.
@@ -384,6 +387,7 @@ fn enter(
         },
         window_clamp: 0,
         paced: false,
+        clamp_failed: false,
     });
     // Any failure resets both sides and leaves nothing in the maps.
     let fail = |pair: &[SplicedSocket; 2], err: io::Error| {
@@ -635,6 +639,12 @@ async fn watch(
             }
         }
         if finished == [true, true] {
+            // Forwarded bytes not read off yet (a hand-back still pending) are not the peer's
+            // concern, but read them off so that closing never looks like unread data.
+            let mut buf = Vec::new();
+            for socket in pair.iter_mut() {
+                let _ = discard_forwarded(socket, &mut buf);
+            }
             return Outcome::Completed;
         }
 
@@ -811,9 +821,15 @@ fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<b
     Ok(true)
 }
 
-/// The receive window a paced sender is held to: a trickle (about 80 MB/s at a LAN round trip,
-/// far less across the internet) that the receiver drains while the queue shrinks.
+/// The receive window a paced sender is held to: a trickle (2 KiB per round trip: 70 KB/s across
+/// the internet, 80 MB/s at a LAN round trip, but 200 MB/s and more between namespaces on one
+/// host, where a slow receiver cannot keep up with it; see [`pace`]) that the receiver drains
+/// while the queue shrinks.
 const PACED_WINDOW: i32 = 2048;
+
+/// The receive buffer of a sender the clamp failed to slow (`SO_RCVBUF`, doubled by the
+/// kernel): the hold at the hard limit keeps at most about this much for user space to copy.
+const PACED_RCVBUF: u32 = 128 << 10;
 
 /// When a paced direction looks again whether its receiver caught up: when the drain rate seen
 /// since its last look says the excess will be gone, within 1-5 ms. At the moment the clamp is
@@ -844,6 +860,15 @@ fn next_pace_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Du
 /// (the window grows back within a few round trips) and the marks move on. Measured on a
 /// saturated iperf3 upload: the share of bytes the proxy copies fell from 15-20% (holding at
 /// the hard limit) to none.
+///
+/// The clamp slows a sender only if its trickle is slower than the receiver. Between namespaces
+/// on one host (round trips of ~10 µs) it is not when the receiver is slow, and then clamping
+/// many connections floods the machine with 2 KiB segments: iperf3 `-P 8 --bidir` fell to 0.2
+/// Gbit/s (12 with the userspace copy). So if the queue still reaches half the limit while
+/// clamped, the clamp is lifted and the receive buffer made small instead: the sender runs into
+/// the hard limit, where the hold shuts its window with few bytes to copy (12-13 Gbit/s, under
+/// 1% copied). Across the internet the trickle is far slower than any receiver and the clamp
+/// does the work.
 fn pace(
     plane: &KernelPlane,
     pair: &mut [SplicedSocket; 2],
@@ -864,16 +889,29 @@ fn pace(
     let queued = queued_in_proxy(dst, redirected)?;
     let pace_at = pace_mark(limit);
     if queued > pace_at {
-        if !src.paced {
+        if !src.paced && !src.clamp_failed {
             src.window_clamp = sockopt::window_clamp(&src.stream)?;
             sockopt::set_window_clamp(&src.stream, PACED_WINDOW)?;
             src.paced = true;
+        } else if src.paced && queued > limit / 2 {
+            // Clamped, and still the queue grew by a quarter of the limit: the trickle outruns
+            // the receiver (a round trip of microseconds). Clamping on only floods the machine
+            // with tiny segments; let the hold at the hard limit stop the sender (a shut
+            // window), with a small receive buffer so that the hold keeps few bytes to copy.
+            sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
+            sockopt::set_rcvbuf(&src.stream, PACED_RCVBUF)?;
+            src.paced = false;
+            src.clamp_failed = true;
         }
         return Ok(Some(queued - pace_at));
     }
     if src.paced {
         sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
         src.paced = false;
+    }
+    if src.clamp_failed {
+        sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
+        src.clamp_failed = false;
     }
     // The receiver keeps up (or caught up): move both marks on from what is queued now. The
     // limit is a bound on what is queued, not a budget of bytes: without this a direction
@@ -915,15 +953,19 @@ fn target_caught_up(target: &SplicedSocket, redirected: u64) -> io::Result<bool>
 /// Forwards the bytes the verdict program held on `source` (see step 4) and lets it redirect
 /// again.
 ///
-/// A direction that hit its queue limit first waits for the target to drain to half of it
-/// (with room for the held bytes), so that the next stretch runs in the kernel, and for every
-/// redirected byte to have entered the target's send queue, so that none is overtaken. Then, per round,
-/// the held bytes are copied with `MSG_PEEK` and written to the target, the verdict program is
-/// told (from then on it redirects, behind them), and only then are they read off the socket.
-/// Held bytes stay charged to the source's receive buffer until read, so the sender cannot
-/// refill its window while user space copies. Once one byte is held, every later one is held
-/// too until user space has forwarded them all: if the sender added more meanwhile, the next
-/// round takes those.
+/// A direction that hit its queue limit first waits for the target to drain to half of it and
+/// to have send-buffer room for every held byte, so that one round forwards them all and the
+/// next stretch runs in the kernel, and for every redirected byte to have entered the target's
+/// send queue, so that none is overtaken. Then, per round, the held bytes are copied with
+/// `MSG_PEEK` and written to the target, and the verdict program is told (from then on it
+/// redirects, behind them) if it held nothing more meanwhile.
+///
+/// Forwarded bytes are read off the source only once the direction is handed back. Until then
+/// they stay charged to its receive buffer, which keeps the sender's window shut, so the held
+/// count stops growing and the next round can hand back. Reading them off after each round
+/// reopened the window to a sender with more to send: its new bytes were held behind the rest,
+/// round after round, and a saturated direction stayed on this copy path (10-40% of a transfer
+/// copied, seen with iperf3, most with traffic both ways).
 fn forward_held(
     plane: &KernelPlane,
     pair: &mut [SplicedSocket; 2],
@@ -946,73 +988,112 @@ fn forward_held(
     let mut buf = Vec::new();
     let mut state = HeldState::None;
     for _ in 0..CATCH_UP_ROUNDS {
-        if !discard_forwarded(src, &mut buf)? {
-            return Ok(HeldState::Pending);
-        }
         let (redirected, held) = plane.link_bytes(src.cookie);
         let pending = held.saturating_sub(src.user_read);
         if pending == 0 {
+            if src.credit.forwarded != src.user_read {
+                // Everything held is forwarded, but the verdict program was not told (it held
+                // more while the last round wrote): tell it now, if it still held nothing more.
+                if !hand_back(
+                    plane,
+                    src,
+                    redirected,
+                    queued_in_proxy(dst, redirected)?,
+                    limit,
+                )? {
+                    continue;
+                }
+            }
+            if !discard_forwarded(src, &mut buf)? {
+                return Ok(HeldState::Pending);
+            }
             return Ok(state);
         }
         // While it holds, the verdict program redirects nothing: `redirected` stays current.
         let queued = queued_in_proxy(dst, redirected)?;
-        // Room for the held bytes too, so that writing them does not wait on the target (but
-        // never wait for room an empty queue cannot give).
-        if state == HeldState::None && queued > 0 && queued + pending > limit / 2 {
-            return Ok(HeldState::Waiting {
-                excess: queued + pending - limit / 2,
-            });
+        if state == HeldState::None {
+            // Room for the held bytes too, so that writing them does not wait on the target
+            // (but never wait for room an empty queue cannot give).
+            let over_limit = if queued > 0 {
+                (queued + pending).saturating_sub(limit / 2)
+            } else {
+                0
+            };
+            // And room in the target's send buffer for all of them, so that one round
+            // forwards them all.
+            let payload_room = u64::try_from(sockopt::sndbuf(&dst.stream)? / 2).unwrap_or(0);
+            let over_room = sockopt::unacked_outq(&dst.stream)?
+                .saturating_sub(payload_room.saturating_sub(pending));
+            let excess = over_limit.max(over_room);
+            if excess > 0 {
+                return Ok(HeldState::Waiting { excess });
+            }
         }
         if !target_caught_up(dst, redirected)? {
             // Redirected bytes still wait in the target's psock queue; written now, the held
             // bytes would overtake them.
             return Ok(HeldState::Pending);
         }
+        // The bytes already forwarded are still at the head of the socket: peek past them.
         // Held bytes are charged to the receive buffer, which bounds them; a round takes at
         // most this much (the next round takes the rest).
-        buf.resize(pending.min(MAX_ROUND_BYTES) as usize, 0);
+        let skip = src.to_discard;
+        buf.resize(skip + pending.min(MAX_ROUND_BYTES) as usize, 0);
         let peeked = recv_nonblocking(&src.stream, &mut buf, libc::MSG_PEEK)?;
-        if peeked == 0 {
+        if peeked <= skip {
             // Counted but not readable yet: still on its way into the psock queue.
             return Ok(HeldState::Pending);
         }
         // Never wait on the target here: while this task waited, the other direction could not
         // be served, and a device that echoes would stop reading.
-        let written = send_nonblocking(&dst.stream, &buf[..peeked])?;
+        let written = send_nonblocking(&dst.stream, &buf[skip..peeked])?;
         if written == 0 {
             return Ok(HeldState::Pending);
         }
         dst.user_written += written as u64;
-        let forwarded = src.user_read + written as u64;
-        let credit = SpliceCredit {
-            forwarded,
-            redirect_limit: redirected + limit.saturating_sub(queued + written as u64),
-            ..src.credit
-        };
-        // Let the verdict program redirect again only if it held nothing more meanwhile (a
-        // byte held after the count was read must go through user space too, behind these).
-        // The count is read again right before the update, to keep that window to two
-        // syscalls.
-        let handed_back = plane.link_bytes(src.cookie).1 == forwarded;
-        if handed_back {
-            plane
-                .set_credit(src.cookie, credit)
-                .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
-            src.credit = credit;
-            src.credit_written = true;
-        }
-        // Now take them off the socket: exactly the bytes written, which are at its head.
-        src.to_discard = written;
-        src.user_read = forwarded;
+        src.user_read += written as u64;
+        src.to_discard += written;
         metrics.add_bytes(direction, written as u64);
+        let handed_back = hand_back(plane, src, redirected, queued + written as u64, limit)?;
         debug!(written, queued, handed_back, "forwarded held bytes");
-        if !discard_forwarded(src, &mut buf)? || written < peeked {
+        if handed_back && !discard_forwarded(src, &mut buf)? {
+            return Ok(HeldState::Pending);
+        }
+        if written < peeked - skip {
             // The target is full: the rest waits for the next look.
             return Ok(HeldState::Pending);
         }
         state = HeldState::Forwarded;
     }
     Ok(HeldState::Pending)
+}
+
+/// Lets the verdict program redirect `src`'s bytes again, behind the `src.user_read` bytes
+/// user space forwarded, with a new queue limit from what is `queued` now; only if it held
+/// nothing more than those (a byte held after that must go through user space too, behind
+/// them). The held count is read right before the update, to keep that window to two
+/// syscalls. Returns whether it was handed back.
+fn hand_back(
+    plane: &KernelPlane,
+    src: &mut SplicedSocket,
+    redirected: u64,
+    queued: u64,
+    limit: u64,
+) -> io::Result<bool> {
+    if plane.link_bytes(src.cookie).1 != src.user_read {
+        return Ok(false);
+    }
+    let credit = SpliceCredit {
+        forwarded: src.user_read,
+        redirect_limit: redirected + limit.saturating_sub(queued),
+        ..src.credit
+    };
+    plane
+        .set_credit(src.cookie, credit)
+        .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
+    src.credit = credit;
+    src.credit_written = true;
+    Ok(true)
 }
 
 /// The receive buffer fixed on spliced sockets for `--splice-max-queued`: a hold keeps about one
