@@ -28,7 +28,7 @@ pub use vnc::save_frame_png;
 /// Groups of measures that share a device server and one start of the contender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Group {
-    /// iperf3, 1 stream each way and 8 streams; CPU per GiB.
+    /// iperf3, 1 stream each way, 8 streams up and 8 each way at once; CPU per GiB.
     Throughput,
     /// 64-byte request/response p50 and p99.
     Latency,
@@ -310,15 +310,10 @@ impl Bench<'_> {
             machine += cpu.bench_cpu_since(self.topology);
             proxy += contenders::usage_in(self.topology).cpu_seconds - usage.cpu_seconds;
             bytes += transfer.bytes;
-            let measure = match flow {
-                iperf::Flow::Upload => Measure::ThroughputUp,
-                iperf::Flow::Download => Measure::ThroughputDown,
-                iperf::Flow::Upload8 => Measure::ThroughputUp8,
-            };
             self.push(
                 round,
                 contender.label(),
-                measure,
+                flow.measure(),
                 transfer.bits_per_second / 1e9,
             );
         }

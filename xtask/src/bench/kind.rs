@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     iperf::{self, Flow},
-    report::{self, Measure, Sample},
+    report::{self, Sample},
 };
 
 pub const CLUSTER: &str = "devicelink-bench";
@@ -184,11 +184,7 @@ pub fn iperf_step(host: &str, port: u16, flow: Flow, seconds: u64) -> Step {
         "-n", NAMESPACE, "exec", "client", "--", "iperf3", "-J", "-c", host, "-p", &port, "-t",
         &seconds,
     ];
-    match flow {
-        Flow::Upload => {}
-        Flow::Download => args.push("-R"),
-        Flow::Upload8 => args.extend(["-P", "8"]),
-    }
+    args.extend(flow.args());
     kubectl("measure", &args)
 }
 
@@ -314,15 +310,10 @@ fn set_up_and_measure(
             for flow in Flow::ALL {
                 let json = run_step(&iperf_step(&host, port, flow, seconds))?;
                 let transfer = iperf::parse(&json)?;
-                let measure = match flow {
-                    Flow::Upload => Measure::ThroughputUp,
-                    Flow::Download => Measure::ThroughputDown,
-                    Flow::Upload8 => Measure::ThroughputUp8,
-                };
                 samples.push(Sample {
                     round,
                     row: label.to_string(),
-                    measure,
+                    measure: flow.measure(),
                     value: transfer.bits_per_second / 1e9,
                 });
             }

@@ -13,6 +13,7 @@ pub enum Measure {
     ThroughputUp,
     ThroughputDown,
     ThroughputUp8,
+    ThroughputBidir8,
     MachineCpuPerGib,
     ProxyCpuPerGib,
     LatencyP50,
@@ -25,10 +26,11 @@ pub enum Measure {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 12] = [
+    pub const ALL: [Measure; 13] = [
         Measure::ThroughputUp,
         Measure::ThroughputDown,
         Measure::ThroughputUp8,
+        Measure::ThroughputBidir8,
         Measure::MachineCpuPerGib,
         Measure::ProxyCpuPerGib,
         Measure::LatencyP50,
@@ -45,6 +47,9 @@ impl Measure {
             Measure::ThroughputUp => "throughput, 1 stream client->device (Gbit/s)",
             Measure::ThroughputDown => "throughput, 1 stream device->client (Gbit/s)",
             Measure::ThroughputUp8 => "throughput, 8 streams client->device (Gbit/s)",
+            Measure::ThroughputBidir8 => {
+                "throughput, 8 streams each way at once (Gbit/s, both ways summed)"
+            }
             Measure::MachineCpuPerGib => "whole-machine CPU per GiB (s)",
             Measure::ProxyCpuPerGib => "proxy process CPU per GiB (s)",
             Measure::LatencyP50 => "64-byte round trip p50 (µs)",
@@ -63,6 +68,7 @@ impl Measure {
             Measure::ThroughputUp => "Gbit/s, 1 stream up",
             Measure::ThroughputDown => "Gbit/s, 1 stream down",
             Measure::ThroughputUp8 => "Gbit/s, 8 streams up",
+            Measure::ThroughputBidir8 => "Gbit/s, 8 streams both ways",
             Measure::MachineCpuPerGib => "machine CPU s/GiB (lower better)",
             Measure::ProxyCpuPerGib => "proxy CPU s/GiB (lower better)",
             Measure::LatencyP50 => "RTT p50 µs (lower better)",
@@ -77,7 +83,10 @@ impl Measure {
 
     fn decimals(self) -> usize {
         match self {
-            Measure::ThroughputUp | Measure::ThroughputDown | Measure::ThroughputUp8 => 2,
+            Measure::ThroughputUp
+            | Measure::ThroughputDown
+            | Measure::ThroughputUp8
+            | Measure::ThroughputBidir8 => 2,
             Measure::MachineCpuPerGib | Measure::ProxyCpuPerGib => 3,
             Measure::VncFps1 | Measure::VncFpsMany | Measure::IdlePss | Measure::IdleRss => 1,
             _ => 0,
