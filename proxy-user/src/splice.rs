@@ -282,6 +282,9 @@ struct SplicedSocket {
     window_clamp: i32,
     /// Whether its window is clamped to slow its sender (the direction it feeds is paced).
     paced: bool,
+    /// When its window was clamped, and the least queued seen since the clamp settled (0 until
+    /// then); see [`clamp_failing`].
+    clamped: (Instant, u64),
     /// Whether the clamp failed to slow its sender and was lifted (see [`pace`]); until the
     /// queue is back under the mark its receive buffer is small and the hold stops the sender.
     clamp_failed: bool,
@@ -387,6 +390,7 @@ fn enter(
         },
         window_clamp: 0,
         paced: false,
+        clamped: (Instant::now(), 0),
         clamp_failed: false,
     });
     // Any failure resets both sides and leaves nothing in the maps.
@@ -827,6 +831,21 @@ fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<b
 /// while the queue shrinks.
 const PACED_WINDOW: i32 = 2048;
 
+/// How long after clamping the queue may still grow: the sender may send the window it was
+/// already granted (up to a receive buffer, ~8 MB, about 5 ms at full speed here).
+const CLAMP_SETTLE: Duration = Duration::from_millis(5);
+
+/// Whether the clamp on a direction (clamped at `clamped.0`, with `clamped.1` the least queued
+/// seen once it settled, 0 before) fails to slow its sender: the queue reached half the limit,
+/// or once the granted window had time to arrive it grew again by a MiB. Across the internet a
+/// clamped sender trickles at kilobytes per second and never grows a queue that fast.
+fn clamp_failing(clamped: (Instant, u64), now: Instant, queued: u64, limit: u64) -> bool {
+    queued > limit / 2
+        || (now.duration_since(clamped.0) >= CLAMP_SETTLE
+            && clamped.1 > 0
+            && queued > clamped.1 + (1 << 20))
+}
+
 /// The receive buffer of a sender the clamp failed to slow (`SO_RCVBUF`, doubled by the
 /// kernel): the hold at the hard limit keeps at most about this much for user space to copy.
 const PACED_RCVBUF: u32 = 128 << 10;
@@ -889,19 +908,27 @@ fn pace(
     let queued = queued_in_proxy(dst, redirected)?;
     let pace_at = pace_mark(limit);
     if queued > pace_at {
+        let now = Instant::now();
         if !src.paced && !src.clamp_failed {
             src.window_clamp = sockopt::window_clamp(&src.stream)?;
             sockopt::set_window_clamp(&src.stream, PACED_WINDOW)?;
             src.paced = true;
-        } else if src.paced && queued > limit / 2 {
-            // Clamped, and still the queue grew by a quarter of the limit: the trickle outruns
-            // the receiver (a round trip of microseconds). Clamping on only floods the machine
-            // with tiny segments; let the hold at the hard limit stop the sender (a shut
-            // window), with a small receive buffer so that the hold keeps few bytes to copy.
+            src.clamped = (now, 0);
+        } else if src.paced && clamp_failing(src.clamped, now, queued, limit) {
+            // The trickle outruns the receiver (a round trip of microseconds). Clamping on only
+            // floods the machine with tiny segments; let the hold at the hard limit stop the
+            // sender (a shut window), with a small receive buffer so that the hold keeps few
+            // bytes to copy.
             sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
             sockopt::set_rcvbuf(&src.stream, PACED_RCVBUF)?;
             src.paced = false;
             src.clamp_failed = true;
+        } else if src.paced && now.duration_since(src.clamped.0) >= CLAMP_SETTLE {
+            // The lowest the queue got since the clamp settled.
+            src.clamped.1 = match src.clamped.1 {
+                0 => queued,
+                low => low.min(queued),
+            };
         }
         return Ok(Some(queued - pace_at));
     }
