@@ -883,11 +883,11 @@ fn next_pace_look(last: Option<(Instant, u64)>, now: Instant, excess: u64) -> Du
 /// The clamp slows a sender only if its trickle is slower than the receiver. Between namespaces
 /// on one host (round trips of ~10 µs) it is not when the receiver is slow, and then clamping
 /// many connections floods the machine with 2 KiB segments: iperf3 `-P 8 --bidir` fell to 0.2
-/// Gbit/s (12 with the userspace copy). So if the queue still reaches half the limit while
-/// clamped, the clamp is lifted and the receive buffer made small instead: the sender runs into
-/// the hard limit, where the hold shuts its window with few bytes to copy (12-13 Gbit/s, under
-/// 1% copied). Across the internet the trickle is far slower than any receiver and the clamp
-/// does the work.
+/// Gbit/s (12 with the userspace copy). So if the queue of a clamped direction grows again
+/// ([`clamp_failing`]), the clamp is lifted and the receive buffer made small instead: the
+/// sender runs into the hard limit, where the hold shuts its window with few bytes to copy
+/// (12-16 Gbit/s, 0-2% copied). Across the internet the trickle is far slower than any receiver
+/// and the clamp does the work.
 fn pace(
     plane: &KernelPlane,
     pair: &mut [SplicedSocket; 2],
