@@ -282,8 +282,8 @@ struct SplicedSocket {
     window_clamp: i32,
     /// Whether its window is clamped to slow its sender (the direction it feeds is paced).
     paced: bool,
-    /// When its window was clamped, and the least queued seen since the clamp settled (0 until
-    /// then); see [`clamp_failing`].
+    /// When the clamp on its window settles (the window granted before has arrived), and the
+    /// least queued seen since (0 until then); see [`clamp_failing`].
     clamped: (Instant, u64),
     /// Whether the clamp failed to slow its sender and was lifted (see [`pace`]); until the
     /// queue is back under the mark its receive buffer is small and the hold stops the sender.
@@ -843,19 +843,17 @@ fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<b
 /// while the queue shrinks.
 const PACED_WINDOW: i32 = 2048;
 
-/// How long after clamping the queue may still grow: the sender may send the window it was
-/// already granted (up to a receive buffer, ~8 MB, about 5 ms at full speed here).
+/// How long after clamping the queue may still grow, at least: the sender may send the window
+/// it was already granted (up to a receive buffer, ~8 MB, about 5 ms at full speed here), and
+/// it takes about a round trip to arrive (twice the sender's smoothed RTT is allowed).
 const CLAMP_SETTLE: Duration = Duration::from_millis(5);
 
-/// Whether the clamp on a direction (clamped at `clamped.0`, with `clamped.1` the least queued
-/// seen once it settled, 0 before) fails to slow its sender: the queue reached half the limit,
-/// or once the granted window had time to arrive it grew again by a MiB. Across the internet a
-/// clamped sender trickles at kilobytes per second and never grows a queue that fast.
+/// Whether the clamp on a direction (settled at `clamped.0`, with `clamped.1` the least queued
+/// seen since, 0 before) fails to slow its sender: the queue reached half the limit, or once
+/// the granted window had time to arrive it grew again by a MiB. Across the internet a clamped
+/// sender trickles at kilobytes per second and never grows a queue that fast.
 fn clamp_failing(clamped: (Instant, u64), now: Instant, queued: u64, limit: u64) -> bool {
-    queued > limit / 2
-        || (now.duration_since(clamped.0) >= CLAMP_SETTLE
-            && clamped.1 > 0
-            && queued > clamped.1 + (1 << 20))
+    queued > limit / 2 || (now >= clamped.0 && clamped.1 > 0 && queued > clamped.1 + (1 << 20))
 }
 
 /// The receive buffer of a sender the clamp failed to slow (`SO_RCVBUF`, doubled by the
@@ -938,7 +936,11 @@ fn pace(
             src.window_clamp = sockopt::window_clamp(&src.stream)?;
             sockopt::set_window_clamp(&src.stream, PACED_WINDOW)?;
             src.paced = true;
-            src.clamped = (now, 0);
+            // The window already granted arrives within about a round trip (this socket mostly
+            // receives: its receive-side estimate is the fresher one).
+            let info = sockopt::tcp_info(&src.stream)?;
+            let rtt = Duration::from_micros(u64::from(info.tcpi_rtt.max(info.tcpi_rcv_rtt)));
+            src.clamped = (now + CLAMP_SETTLE.max(rtt * 2), 0);
         } else if src.paced && clamp_failing(src.clamped, now, queued, limit) {
             // The trickle outruns the receiver (a round trip of microseconds). Clamping on only
             // floods the machine with tiny segments; let the hold at the hard limit stop the
@@ -948,7 +950,7 @@ fn pace(
             sockopt::set_rcvbuf(&src.stream, PACED_RCVBUF)?;
             src.paced = false;
             src.clamp_failed = true;
-        } else if src.paced && now.duration_since(src.clamped.0) >= CLAMP_SETTLE {
+        } else if src.paced && now >= src.clamped.0 {
             // The lowest the queue got since the clamp settled.
             src.clamped.1 = match src.clamped.1 {
                 0 => queued,
