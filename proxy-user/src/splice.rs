@@ -979,12 +979,18 @@ fn pace(
         pace_gen: src.credit.pace_gen + 1,
         ..src.credit
     };
+    grant(plane, src, credit)?;
+    Ok(None)
+}
+
+/// Writes `src`'s `SPLICE_CREDITS` entry, which the verdict program reads for each skb.
+fn grant(plane: &KernelPlane, src: &mut SplicedSocket, credit: SpliceCredit) -> io::Result<()> {
     plane
         .set_credit(src.cookie, credit)
         .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
     src.credit = credit;
     src.credit_written = true;
-    Ok(None)
+    Ok(())
 }
 
 /// The window clamp a paced socket gets back: the one it had when pacing began, or its receive
@@ -1142,11 +1148,7 @@ fn hand_back(
         redirect_limit: redirected + limit.saturating_sub(queued),
         ..src.credit
     };
-    plane
-        .set_credit(src.cookie, credit)
-        .map_err(|err| io::Error::other(format!("updating the splice credit: {err}")))?;
-    src.credit = credit;
-    src.credit_written = true;
+    grant(plane, src, credit)?;
     Ok(true)
 }
 
