@@ -1210,3 +1210,61 @@ fn send_nonblocking(stream: &StdTcpStream, mut buf: &[u8]) -> io::Result<usize> 
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_clamp_fails_only_once_settled_and_growing_again() {
+        let limit = 64 * MIB;
+        let settles = Instant::now() + CLAMP_SETTLE;
+        let before = settles - Duration::from_millis(1);
+        let after = settles + Duration::from_millis(1);
+        // Still settling: the window granted before the clamp may arrive, however much.
+        assert!(!clamp_failing((settles, 0), before, 30 * MIB, limit));
+        // Settled, no low point seen yet: nothing to compare with.
+        assert!(!clamp_failing((settles, 0), after, 30 * MIB, limit));
+        // Settled at 20 MiB: draining, or within a MiB of it, is the clamp working.
+        assert!(!clamp_failing((settles, 20 * MIB), after, 18 * MIB, limit));
+        assert!(!clamp_failing((settles, 20 * MIB), after, 21 * MIB, limit));
+        // Grown again by more than a MiB: the trickle outruns the receiver.
+        assert!(clamp_failing(
+            (settles, 20 * MIB),
+            after,
+            21 * MIB + 1,
+            limit
+        ));
+        // Half the limit fails it at any time.
+        assert!(clamp_failing((settles, 0), before, 32 * MIB + 1, limit));
+    }
+
+    #[test]
+    fn pace_looks_follow_the_drain_and_slow_down_once_the_clamp_failed() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // No drain rate yet: look soon.
+        assert_eq!(next_pace_look(None, now, MIB, false), ms(1));
+        assert_eq!(next_pace_look(None, now, MIB, true), ms(10));
+        // 4 MiB drained in 2 ms, 6 MiB to go: 3 ms.
+        let last = Some((now - ms(2), 10 * MIB));
+        assert_eq!(drain_eta(last, now, 6 * MIB), Some(ms(3)));
+        assert_eq!(next_pace_look(last, now, 6 * MIB, false), ms(3));
+        assert_eq!(next_pace_look(last, now, 6 * MIB, true), ms(10));
+        // Growing, not draining: no estimate; bounded either way.
+        assert_eq!(drain_eta(Some((now - ms(2), MIB)), now, 2 * MIB), None);
+        let slow = Some((now - ms(2), 10 * MIB + 1));
+        assert_eq!(next_pace_look(slow, now, 10 * MIB, false), ms(5));
+        assert_eq!(next_pace_look(slow, now, 10 * MIB, true), ms(20));
+    }
+
+    #[test]
+    fn the_paced_receive_buffer_is_below_any_hold_buffer() {
+        // A clamp that gave way must leave the hold less to copy than a normal one would.
+        for max_queued in [256 << 10, 8 << 20, 64 << 20, 1 << 30] {
+            assert!(PACED_RCVBUF < hold_rcvbuf(max_queued), "{max_queued}");
+        }
+    }
+}
