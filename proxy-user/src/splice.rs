@@ -563,27 +563,10 @@ async fn watch(
                 }
             }
         }
-        let mut pace_wake: Option<Instant> = None;
-        for source in [0, 1] {
-            if finished[source] {
-                continue;
-            }
-            match pace(plane, pair, source, limits) {
-                Ok(Some(excess)) => {
-                    let at = now
-                        + next_pace_look(
-                            pace_watch[source],
-                            now,
-                            excess,
-                            pair[source].clamp_failed,
-                        );
-                    pace_watch[source] = Some((now, excess));
-                    pace_wake = Some(pace_wake.map_or(at, |wake| wake.min(at)));
-                }
-                Ok(None) => pace_watch[source] = None,
-                Err(err) => return Outcome::from_io(err),
-            }
-        }
+        let pace_wake = match pace_both(plane, pair, limits, finished, &mut pace_watch, now) {
+            Ok(wake) => wake,
+            Err(err) => return Outcome::from_io(err),
+        };
         if let Some((step, at)) = recheck
             && now >= at
         {
@@ -707,33 +690,45 @@ async fn watch(
             if pace_at.is_none() || wake_at.is_some_and(|at| now >= at) {
                 break;
             }
-            pace_at = None;
-            for source in [0, 1] {
-                if finished[source] {
-                    continue;
-                }
-                match pace(plane, pair, source, limits) {
-                    Ok(Some(excess)) => {
-                        let at = now
-                            + next_pace_look(
-                                pace_watch[source],
-                                now,
-                                excess,
-                                pair[source].clamp_failed,
-                            );
-                        pace_watch[source] = Some((now, excess));
-                        pace_at = Some(pace_at.map_or(at, |wake: Instant| wake.min(at)));
-                    }
-                    Ok(None) => pace_watch[source] = None,
-                    Err(err) => return Outcome::from_io(err),
-                }
-            }
+            pace_at = match pace_both(plane, pair, limits, finished, &mut pace_watch, now) {
+                Ok(wake) => wake,
+                Err(err) => return Outcome::from_io(err),
+            };
             if pace_at.is_none() {
                 // Running at full speed again: a whole look moves everything else on.
                 break;
             }
         }
     }
+}
+
+/// [`pace`] for both directions still running; returns when the next paced look is due, if
+/// either direction is paced. `pace_watch` keeps, per direction, when it last looked and how
+/// much was still to drain, to time the next look from the drain rate.
+fn pace_both(
+    plane: &KernelPlane,
+    pair: &mut [SplicedSocket; 2],
+    limits: &CarryLimits,
+    finished: [bool; 2],
+    pace_watch: &mut [Option<(Instant, u64)>; 2],
+    now: Instant,
+) -> io::Result<Option<Instant>> {
+    let mut wake: Option<Instant> = None;
+    for source in [0, 1] {
+        if finished[source] {
+            continue;
+        }
+        match pace(plane, pair, source, limits)? {
+            Some(excess) => {
+                let look =
+                    next_pace_look(pace_watch[source], now, excess, pair[source].clamp_failed);
+                pace_watch[source] = Some((now, excess));
+                wake = Some(wake.map_or(now + look, |at| at.min(now + look)));
+            }
+            None => pace_watch[source] = None,
+        }
+    }
+    Ok(wake)
 }
 
 /// How many bytes more than its socket received the verdict program and user space together took
