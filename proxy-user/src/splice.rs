@@ -535,6 +535,7 @@ async fn watch(
     // the hash yet) began before `enter` returned and ends within microseconds. The longer
     // rechecks only follow an actual forward.
     let mut recheck = Some((HELD_RECHECKS.len() - 1, Instant::now() + HELD_RECHECKS[0]));
+    let mut integrity_due = Instant::now();
     loop {
         let now = Instant::now();
         let mut draining = false;
@@ -573,30 +574,14 @@ async fn watch(
                 .get(step + 1)
                 .map(|delay| (step + 1, now + *delay));
         }
-        for source in [0, 1] {
-            if finished[source] {
-                continue;
-            }
-            match excess_consumed(plane, pair, source)
-                .and_then(|excess| Ok(excess.max(excess_sent(plane, pair, source)?)))
-            {
-                Ok(0) => {}
-                Ok(excess) => {
-                    metrics.count_integrity_error();
-                    let target = if source == 0 { "device" } else { "client" };
-                    error!(
-                        excess,
-                        target,
-                        "the kernel splice passed {excess} bytes to the {target} twice (a kernel sockmap fault under retransmissions); resetting the connection rather than passing on a corrupted stream"
-                    );
-                    return Outcome::Reset {
-                        side: "proxy",
-                        error: format!(
-                            "splice integrity: {excess} bytes passed twice to the {target}"
-                        ),
-                    };
+        if now >= integrity_due {
+            integrity_due = now + INTEGRITY_CHECK_EVERY;
+            for source in [0, 1] {
+                if !finished[source]
+                    && let Some(outcome) = check_integrity(plane, pair, source, metrics)
+                {
+                    return outcome;
                 }
-                Err(err) => return Outcome::from_io(err),
             }
         }
         for source in [0, 1] {
@@ -620,6 +605,10 @@ async fn watch(
             }
             match drained(plane, pair, source) {
                 Ok(true) => {
+                    // The last chance to stop a corrupted stream: before its FIN is passed on.
+                    if let Some(outcome) = check_integrity(plane, pair, source, metrics) {
+                        return outcome;
+                    }
                     if let Err(err) = sockopt::shutdown_write(&pair[target].stream) {
                         return Outcome::from_io(err);
                     }
@@ -728,6 +717,44 @@ fn pace_both(
         }
     }
     Ok(wake)
+}
+
+/// How often a connection's byte counts are checked for bytes the kernel passed twice (see
+/// [`check_integrity`]), besides once per direction before its FIN is passed on. Each check
+/// reads `TCP_INFO` on both sockets, which takes their locks (the psock kworker often holds the
+/// sending one) and runs pending softirq work in the proxy's context on release; checking at
+/// every look (each pace notice, every few milliseconds) made these reads most of a bulk
+/// stream's proxy CPU. A fault is caught 50 ms later at most: the bytes have reached the peer
+/// by the time any check sees them anyway, and the reset follows.
+const INTEGRITY_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether direction `source -> 1 - source` passed bytes twice ([`excess_consumed`],
+/// [`excess_sent`]): if so, counts and logs it and returns the reset that ends the connection.
+fn check_integrity(
+    plane: &KernelPlane,
+    pair: &[SplicedSocket; 2],
+    source: usize,
+    metrics: &Metrics,
+) -> Option<Outcome> {
+    match excess_consumed(plane, pair, source)
+        .and_then(|excess| Ok(excess.max(excess_sent(plane, pair, source)?)))
+    {
+        Ok(0) => None,
+        Ok(excess) => {
+            metrics.count_integrity_error();
+            let target = if source == 0 { "device" } else { "client" };
+            error!(
+                excess,
+                target,
+                "the kernel splice passed {excess} bytes to the {target} twice (a kernel sockmap fault under retransmissions); resetting the connection rather than passing on a corrupted stream"
+            );
+            Some(Outcome::Reset {
+                side: "proxy",
+                error: format!("splice integrity: {excess} bytes passed twice to the {target}"),
+            })
+        }
+        Err(err) => Some(Outcome::from_io(err)),
+    }
 }
 
 /// How many bytes more than its socket received the verdict program and user space together took
