@@ -30,7 +30,9 @@ pub const MIN_KERNEL: (u32, u32) = (6, 4);
 pub enum KernelError {
     #[error("kernel {found} is older than {}.{}, whose sockmap fixes the splice relies on", MIN_KERNEL.0, MIN_KERNEL.1)]
     TooOld { found: String },
-    #[error("loading the eBPF object failed (needs CAP_BPF and CAP_NET_ADMIN, or root)")]
+    #[error(
+        "loading the eBPF object failed (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("program {name}")]
     Program {
@@ -148,11 +150,18 @@ impl KernelPlane {
             }
         };
         let mut ebpf = match load_object(config, capacity, skb_cb_offset) {
-            Err(err) if skb_cb_offset != 0 => {
+            // Only the verdict program's own load is worth a retry: missing privileges or a
+            // map the kernel refuses fail the same way without the overlap cut.
+            Err(
+                err @ KernelError::Program {
+                    name: "splice_verdict",
+                    ..
+                },
+            ) if skb_cb_offset != 0 => {
                 // Reading the skb's sequence needs bpf_probe_read_kernel, which a locked-down
                 // kernel refuses; with the offset at 0 the verifier drops that code as dead.
                 warn!(
-                    err = format!("{:#}", anyhow::Error::new(err)),
+                    err = crate::causes(&anyhow::Error::new(err)),
                     "the splice verdict program with its overlap cut did not load; loading it without (a retransmitted overlap then resets the connection)"
                 );
                 load_object(config, capacity, 0)?

@@ -55,10 +55,29 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
+            error!("{}", causes(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, like anyhow's `{:#}`, without the repeats: aya's errors
+/// repeat their cause in their own text ("map error: failed to create map `X`", then "failed to
+/// create map `X`"), so a cause the text before it ends with, or the text after it starts with,
+/// is left out.
+pub fn causes(err: &anyhow::Error) -> String {
+    let texts: Vec<String> = err.chain().map(ToString::to_string).collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        let said_before = index > 0 && texts[index - 1].ends_with(text.as_str());
+        let said_after = texts
+            .get(index + 1)
+            .is_some_and(|next| next.starts_with(text.as_str()));
+        if !said_before && !said_after {
+            kept.push(text);
+        }
+    }
+    kept.join(": ")
 }
 
 fn init_tracing(format: LogFormat) {
@@ -153,4 +172,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Dropping the last handle on the kernel plane detaches XDP and the verdict program.
     drop(data_plane);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `X`")]
+    struct Create(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map error: {0}")]
+    struct Map(#[source] Create);
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EPERM);
+        let err = anyhow::Error::new(Map(Create(io))).context("loading the eBPF object failed");
+        assert_eq!(
+            causes(&err),
+            "loading the eBPF object failed: map error: failed to create map `X`: Operation not permitted (os error 1)"
+        );
+    }
 }

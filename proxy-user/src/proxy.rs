@@ -81,7 +81,8 @@ impl DataPlane {
                 Err(err) => {
                     warn!(
                         data_plane = "userspace",
-                        "data plane: userspace copy, because the eBPF splice is unavailable: {err:#}"
+                        "data plane: userspace copy, because the eBPF splice is unavailable: {}",
+                        crate::causes(&err)
                     );
                     Ok(Self::Userspace)
                 }
