@@ -585,6 +585,13 @@ fn falls_back_to_userspace_when_ebpf_cannot_load() {
         reason.contains("CAP_BPF"),
         "the line should name what is missing: {reason}"
     );
+    // One line, and nothing else blamed: missing privileges are not an overlap-cut problem.
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, the fallback's: {warnings:#?}"
+    );
     topology.client.run(|| {
         let mut stream = TcpStream::connect(front()).unwrap();
         peers::upload_and_check(&mut stream, 5, 5_000_000, None)
