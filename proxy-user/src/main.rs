@@ -63,16 +63,18 @@ fn main() -> ExitCode {
 
 /// An error and its causes on one line, like anyhow's `{:#}`, without the repeats: aya's errors
 /// repeat their cause in their own text ("map error: failed to create map `X`", then "failed to
-/// create map `X`"), so a cause the text before it ends with, or the text after it starts with,
-/// is left out.
+/// create map `X`"), so a cause that the text kept before it ends with, or that a longer text
+/// after it starts with, is left out.
 pub fn causes(err: &anyhow::Error) -> String {
     let texts: Vec<String> = err.chain().map(ToString::to_string).collect();
     let mut kept: Vec<&str> = Vec::new();
     for (index, text) in texts.iter().enumerate() {
-        let said_before = index > 0 && texts[index - 1].ends_with(text.as_str());
+        let said_before = kept
+            .last()
+            .is_some_and(|last| last.ends_with(text.as_str()));
         let said_after = texts
             .get(index + 1)
-            .is_some_and(|next| next.starts_with(text.as_str()));
+            .is_some_and(|next| next.len() > text.len() && next.starts_with(text.as_str()));
         if !said_before && !said_after {
             kept.push(text);
         }
@@ -194,5 +196,13 @@ mod tests {
             causes(&err),
             "loading the eBPF object failed: map error: failed to create map `X`: Operation not permitted (os error 1)"
         );
+    }
+
+    #[test]
+    fn a_cause_repeated_whole_is_said_once_not_dropped() {
+        let err = anyhow::anyhow!("no such device").context("no such device");
+        assert_eq!(causes(&err), "no such device");
+        let err = anyhow::anyhow!("refused").context("connect failed");
+        assert_eq!(causes(&err), "connect failed: refused");
     }
 }
