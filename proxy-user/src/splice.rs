@@ -706,7 +706,7 @@ fn pace_both(
         if finished[source] {
             continue;
         }
-        match pace(plane, pair, source, limits)? {
+        match pace(plane, pair, source, limits, now)? {
             Some(excess) => {
                 let look =
                     next_pace_look(pace_watch[source], now, excess, pair[source].clamp_failed);
@@ -988,6 +988,7 @@ fn pace(
     pair: &mut [SplicedSocket; 2],
     source: usize,
     limits: &CarryLimits,
+    now: Instant,
 ) -> io::Result<Option<u64>> {
     let limit = u64::from(limits.splice_max_queued);
     let [client, device] = pair.each_mut();
@@ -1003,7 +1004,6 @@ fn pace(
     let queued = queued_in_proxy(dst, redirected)?;
     let pace_at = pace_mark(limit);
     if queued > pace_at {
-        let now = Instant::now();
         if !src.paced && !src.clamp_failed {
             src.window_clamp = sockopt::window_clamp(&src.stream)?;
             sockopt::set_window_clamp(&src.stream, PACED_WINDOW)?;
