@@ -385,8 +385,17 @@ fn five_hundred_concurrent_connections_userspace() {
 }
 
 /// The point of the splice: in eBPF mode the proxy process moves no payload. Over a 1 GiB
-/// upload (and its 0.5 GiB answer) its CPU time barely moves, while the userspace mode's
-/// carries every byte. (Socket reads do not show in /proc/<pid>/io, so CPU time is the measure.)
+/// upload (and its 0.5 GiB answer) the bytes it read and wrote itself stay near zero (its own
+/// count, `devicelink_user_space_bytes_total`, which also counts the held bytes it forwards) and
+/// its CPU time barely moves, while the userspace mode's carries every byte. (Socket reads do not
+/// show in /proc/<pid>/io, so CPU time is the outside witness.)
+///
+/// The CPU bound here is a tenth of the userspace mode's, not the 5%: that one is a
+/// benchmark target (`cargo xtask bench`, medians of interleaved runs). CPU time is charged in
+/// whole scheduler ticks (4 ms here) to whatever runs when a tick lands, including network
+/// softirq work that happens to run in the proxy's context, so on a busy machine a tighter bound
+/// in a single run would be a timing assertion. Seen on an idle machine: 10-20 ms against
+/// 520-810 ms.
 #[test]
 fn ebpf_mode_copies_no_payload_in_user_space() {
     const LEN: u64 = 1 << 30;
@@ -402,11 +411,26 @@ fn ebpf_mode_copies_no_payload_in_user_space() {
         });
         cpu.push(devicelink_testbed::cpu_time_of(pid).unwrap() - before);
         proxy.wait_idle();
+        let copied = proxy.metric("devicelink_user_space_bytes_total{direction=\"to_device\"}")
+            + proxy.metric("devicelink_user_space_bytes_total{direction=\"from_device\"}");
+        let carried = proxy.metric("devicelink_bytes_total{direction=\"to_device\"}")
+            + proxy.metric("devicelink_bytes_total{direction=\"from_device\"}");
+        eprintln!("{mode}: the proxy process copied {copied} of {carried} bytes");
+        assert!(
+            carried >= (LEN + LEN / 2) as f64,
+            "{mode}: carried {carried} bytes"
+        );
         if mode == "ebpf" {
             assert_eq!(
                 proxy.metric("devicelink_connections_carried_total{path=\"kernel\"}"),
                 1.0
             );
+            assert!(
+                copied <= carried / 100.0,
+                "eBPF mode copied {copied} of {carried} bytes in user space"
+            );
+        } else {
+            assert_eq!(copied, carried, "the userspace mode copies every byte");
         }
     }
     let (ebpf, userspace) = (cpu[0], cpu[1]);
@@ -416,8 +440,8 @@ fn ebpf_mode_copies_no_payload_in_user_space() {
         "userspace mode should spend CPU copying, spent {userspace:?}"
     );
     assert!(
-        ebpf * 20 <= userspace,
-        "eBPF mode spent {ebpf:?} of CPU, more than 5% of userspace mode's {userspace:?}"
+        ebpf * 10 <= userspace,
+        "eBPF mode spent {ebpf:?} of CPU, more than a tenth of userspace mode's {userspace:?}"
     );
 }
 
