@@ -536,19 +536,21 @@ async fn watch(
     // rechecks only follow an actual forward.
     let mut recheck = Some((HELD_RECHECKS.len() - 1, Instant::now() + HELD_RECHECKS[0]));
     let mut integrity_due = Instant::now();
-    // Where held bytes are peeked and read off, kept while either direction forwards some: a
-    // hold takes many rounds over up to megabytes each, and a fresh zeroed buffer per look put
-    // page faults and zeroing at 4-12% of the proxy's samples in profiles of bulk streams that
-    // hit holds (1-2% since).
+    // Where held bytes are peeked and read off, kept from one look to the next while a
+    // direction is forwarding (the next look follows within a millisecond): a hold is forwarded
+    // over many rounds of up to megabytes each, and a fresh zeroed buffer per look put page
+    // faults and zeroing at 4-12% of the proxy's samples in profiles of bulk streams that hit
+    // holds (no zeroing since: see `recv_nonblocking`). Dropped at any other look (waiting for the device to drain can take
+    // seconds on a slow link), so that connections holding at once do not each keep megabytes.
     let mut held_buf = Vec::new();
     loop {
         let now = Instant::now();
         let mut draining = false;
         let mut limit_wake: Option<Instant> = None;
-        let mut holding = false;
+        let mut forwarding = false;
         for source in [0, 1] {
             let state = forward_held(plane, pair, source, limits, metrics, &mut held_buf);
-            holding |= !matches!(state, Ok(HeldState::None));
+            forwarding |= matches!(state, Ok(HeldState::Forwarded));
             match state {
                 Ok(HeldState::Forwarded) => {
                     recheck = Some((0, now + HELD_RECHECKS[0]));
@@ -571,8 +573,7 @@ async fn watch(
                 }
             }
         }
-        if !holding {
-            // Not kept between holds: a connection may stay idle for hours.
+        if !forwarding {
             held_buf = Vec::new();
         }
         let pace_wake = match pace_both(plane, pair, limits, finished, &mut pace_watch, now) {
@@ -857,11 +858,8 @@ const MAX_ROUND_BYTES: u64 = 16 << 20;
 /// bytes wait for the verdict program), and they are taken at the next look.
 fn discard_forwarded(src: &mut SplicedSocket, buf: &mut Vec<u8>) -> io::Result<bool> {
     while src.to_discard > 0 {
-        if buf.len() < src.to_discard.min(MAX_ROUND_BYTES as usize) {
-            buf.resize(src.to_discard.min(MAX_ROUND_BYTES as usize), 0);
-        }
-        let want = src.to_discard.min(buf.len());
-        let n = recv_nonblocking(&src.stream, &mut buf[..want], 0)?;
+        let want = src.to_discard.min(MAX_ROUND_BYTES as usize);
+        let n = recv_nonblocking(&src.stream, buf, want, 0)?;
         if n == 0 {
             return Ok(false);
         }
@@ -1192,10 +1190,7 @@ fn forward_held(
         // most this much (the next round takes the rest).
         let skip = src.to_discard;
         let want = skip + pending.min(MAX_ROUND_BYTES) as usize;
-        if buf.len() < want {
-            buf.resize(want, 0);
-        }
-        let peeked = recv_nonblocking(&src.stream, &mut buf[..want], libc::MSG_PEEK)?;
+        let peeked = recv_nonblocking(&src.stream, buf, want, libc::MSG_PEEK)?;
         if peeked <= skip {
             // Counted but not readable yet: still on its way into the psock queue.
             return Ok(HeldState::Pending);
@@ -1256,17 +1251,26 @@ fn hold_rcvbuf(max_queued: u32) -> u32 {
     (max_queued / 8).clamp(256 << 10, 4 << 20)
 }
 
+/// Receives up to `len` bytes into `buf`, replacing its contents (never blocks: 0 when nothing
+/// is there). The bytes land in `buf`'s spare capacity, which is not zeroed first: held bytes
+/// are peeked in rounds of megabytes, and zeroing each round's buffer first showed in profiles.
 fn recv_nonblocking(
     stream: &StdTcpStream,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
+    len: usize,
     flags: libc::c_int,
 ) -> io::Result<usize> {
-    // SAFETY: valid fd and buffer.
+    buf.clear();
+    if buf.capacity() < len {
+        // A fresh allocation: growing the old one would copy its stale bytes along.
+        *buf = Vec::with_capacity(len);
+    }
+    // SAFETY: valid fd; `buf` has room for `len` bytes past its (zero) length.
     let n = unsafe {
         libc::recv(
             stream.as_raw_fd(),
             buf.as_mut_ptr().cast(),
-            buf.len(),
+            len,
             libc::MSG_DONTWAIT | flags,
         )
     };
@@ -1277,7 +1281,10 @@ fn recv_nonblocking(
         }
         return Err(err);
     }
-    Ok(n as usize)
+    let n = n as usize;
+    // SAFETY: the kernel wrote `n <= len` bytes at the start of the reserved capacity.
+    unsafe { buf.set_len(n) };
+    Ok(n)
 }
 
 /// Writes as much of `buf` as the socket takes now.
