@@ -540,8 +540,9 @@ async fn watch(
     // direction is forwarding (the next look follows within a millisecond): a hold is forwarded
     // over many rounds of up to megabytes each, and a fresh zeroed buffer per look put page
     // faults and zeroing at 4-12% of the proxy's samples in profiles of bulk streams that hit
-    // holds (no zeroing since: see `recv_nonblocking`). Dropped at any other look (waiting for the device to drain can take
-    // seconds on a slow link), so that connections holding at once do not each keep megabytes.
+    // holds (nothing is zeroed since: see `recv_nonblocking`). Dropped at any other look, since
+    // waiting for a device to drain can take seconds on a slow link: connections holding at
+    // once must not each keep megabytes meanwhile.
     let mut held_buf = Vec::new();
     loop {
         let now = Instant::now();
