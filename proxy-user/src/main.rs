@@ -6,6 +6,7 @@ mod copy;
 mod kernel;
 mod metrics;
 mod proxy;
+mod route;
 mod sockopt;
 mod splice;
 
@@ -134,6 +135,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         DataPlane::Userspace => None,
     };
     metrics.set_data_plane(data_plane.mode(), kernel);
+    // Held until the proxy stops: dropping a route removes it.
+    let _quickack_routes = match &data_plane {
+        DataPlane::Kernel { .. } if config.device_quickack => device_quickack_routes(&config).await,
+        _ => Vec::new(),
+    };
 
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -174,6 +180,39 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Dropping the last handle on the kernel plane detaches XDP and the verdict program.
     drop(data_plane);
     Ok(())
+}
+
+/// Quick-ACK host routes to each address the device has now (see `route`). A DNS name is
+/// resolved once here; addresses it gains later get none. Failures are logged, not fatal: the
+/// splice works without them, only slower for bursty devices.
+async fn device_quickack_routes(config: &Config) -> Vec<route::QuickAckRoute> {
+    let device = &config.device;
+    let addrs: Vec<std::net::IpAddr> =
+        match tokio::net::lookup_host((device.host.as_str(), device.port)).await {
+            Ok(addrs) => addrs.map(|addr| addr.ip()).collect(),
+            Err(err) => {
+                warn!(%device, %err, "cannot resolve the device now; no quick-ACK route added");
+                return Vec::new();
+            }
+        };
+    let mut routes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for addr in addrs {
+        // A v4-mapped address is reached over IPv4.
+        let addr = addr.to_canonical();
+        if !seen.insert(addr) {
+            continue;
+        }
+        match route::QuickAckRoute::add(addr) {
+            Ok(Some(route)) => routes.push(route),
+            Ok(None) => {}
+            Err(err) => warn!(
+                device = %addr,
+                "no quick-ACK route to the device ({err}); the splice delays its ACKs to the device, which slows bursty devices (VNC/RDP); --device-quickack off silences this"
+            ),
+        }
+    }
+    routes
 }
 
 #[cfg(test)]

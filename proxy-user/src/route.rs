@@ -1,0 +1,491 @@
+//! A host route to the device with TCP quick ACKs, for the life of the proxy (eBPF mode).
+//!
+//! Why: a socket whose bytes the splice takes (`tcp_read_skb`) is not read by anyone, so the
+//! ACK a reader's `recvmsg` would send when it empties the queue never comes; TCP falls back to
+//! delayed ACKs, in ping-pong mode once the socket also sends (a VNC viewer's requests). A
+//! device that sends bursts (VNC or RDP frames) under BBR then holds back its next bytes until a
+//! late ACK arrives: 60-90 ms stalls on many frames here. Capping the delay
+//! (`TCP_DELACK_MAX_US`, 8 ms at the least) did not remove them; quick-ACK mode, which only a
+//! route's `quickack` metric turns on for good, did (docs/vnc-splice-notes.md, stop 14). The
+//! proxy's device connections are the only ones its pod makes to the device, so a host route
+//! for the device's address, copied from the route the kernel picks for it now plus that
+//! metric, changes nothing else. The proxy adds it only if no route for exactly that address
+//! exists, and deletes it when it stops.
+//!
+//! Plain rtnetlink (`RTM_GETROUTE`, `RTM_NEWROUTE`, `RTM_DELROUTE`): the proxy image has no `ip`.
+
+use std::{
+    io,
+    mem::size_of,
+    net::IpAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use tracing::{info, warn};
+
+const NLMSG_HDR_LEN: usize = 16;
+const RTMSG_LEN: usize = 12;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
+const RTA_METRICS: u16 = 8;
+const RTA_TABLE: u16 = 15;
+const RTA_VIA: u16 = 18;
+const RTAX_QUICKACK: u16 = 15;
+const RTN_UNICAST: u8 = 1;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RT_SCOPE_NOWHERE: u8 = 255;
+const RT_TABLE_UNSPEC: u8 = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("netlink: {0}")]
+    Io(#[from] io::Error),
+    #[error("the kernel has no route to {0}: {1}")]
+    NoRoute(IpAddr, io::Error),
+    #[error("{0} is not reached through a unicast route (type {1}), e.g. it is local")]
+    NotUnicast(IpAddr, u8),
+    #[error("unexpected netlink answer: {0}")]
+    Malformed(&'static str),
+}
+
+/// The route this proxy added; deleted on drop.
+#[derive(Debug)]
+pub struct QuickAckRoute {
+    addr: IpAddr,
+    table: u32,
+}
+
+impl QuickAckRoute {
+    /// Adds a host route to `addr` with `quickack 1`, copied from the route the kernel uses for
+    /// it now (table, interface, gateway, preferred source, metrics). `Ok(None)` when a route
+    /// for exactly that address already exists: someone else's, left alone.
+    pub fn add(addr: IpAddr) -> Result<Option<Self>, RouteError> {
+        let socket = Netlink::open()?;
+        let found = socket.get_route(addr)?;
+        if found.route_type != RTN_UNICAST {
+            return Err(RouteError::NotUnicast(addr, found.route_type));
+        }
+        match socket.request(&new_route_message(addr, &found), RTM_NEWROUTE) {
+            Ok(()) => {
+                info!(
+                    device = %addr,
+                    table = found.table,
+                    "added a host route to the device with quick ACKs (the splice does not ACK as promptly as a read; see --device-quickack)"
+                );
+                Ok(Some(Self {
+                    addr,
+                    table: found.table,
+                }))
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                info!(
+                    device = %addr,
+                    "a route for exactly the device's address exists already; left as it is (no quick ACKs added)"
+                );
+                Ok(None)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+impl Drop for QuickAckRoute {
+    fn drop(&mut self) {
+        let removed = Netlink::open().and_then(|socket| {
+            socket.request(&del_route_message(self.addr, self.table), RTM_DELROUTE)
+        });
+        match removed {
+            Ok(()) => info!(device = %self.addr, "removed the device's quick-ACK route"),
+            // Someone removed it already: nothing left behind either way.
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(err) => warn!(device = %self.addr, %err, "could not remove the device's quick-ACK route"),
+        }
+    }
+}
+
+/// What `RTM_GETROUTE` said about the route to an address.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FoundRoute {
+    route_type: u8,
+    table: u32,
+    oif: Option<u32>,
+    /// Raw payloads, copied as they are (4 or 16 bytes; `RTA_VIA` for an IPv6 next hop of an
+    /// IPv4 route).
+    gateway: Option<Vec<u8>>,
+    via: Option<Vec<u8>>,
+    prefsrc: Option<Vec<u8>>,
+    /// The nested `RTAX_*` attributes of `RTA_METRICS`, raw.
+    metrics: Vec<u8>,
+}
+
+struct Netlink {
+    fd: OwnedFd,
+}
+
+impl Netlink {
+    fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Replies to a request that never comes back must not hang the proxy's start.
+        let timeout = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: valid fd and option struct, size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        Ok(Self { fd })
+    }
+
+    fn send(&self, message: &[u8]) -> io::Result<()> {
+        // SAFETY: valid fd and buffer; the kernel is the default destination of a netlink socket.
+        let sent = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn receive(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 32 << 10];
+        // SAFETY: valid fd; `buf` has room for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// Sends a request that asks for an acknowledgement, and returns the kernel's verdict.
+    fn request(&self, message: &[u8], kind: u16) -> io::Result<()> {
+        self.send(message)?;
+        let reply = self.receive()?;
+        for (msg_type, payload) in messages(&reply) {
+            if msg_type == NLMSG_ERROR {
+                let code = payload
+                    .get(..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or_else(|| io::Error::other("short netlink error message"))?;
+                return if code == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-code))
+                };
+            }
+        }
+        Err(io::Error::other(format!(
+            "no acknowledgement for netlink request {kind}"
+        )))
+    }
+
+    fn get_route(&self, addr: IpAddr) -> Result<FoundRoute, RouteError> {
+        self.send(&get_route_message(addr))?;
+        let reply = self.receive()?;
+        for (msg_type, payload) in messages(&reply) {
+            match msg_type {
+                RTM_NEWROUTE => {
+                    return parse_route(payload).ok_or(RouteError::Malformed("short route message"));
+                }
+                NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                        .unwrap_or(-libc::EPROTO);
+                    return Err(RouteError::NoRoute(
+                        addr,
+                        io::Error::from_raw_os_error(-code),
+                    ));
+                }
+                NLMSG_DONE => break,
+                _ => {}
+            }
+        }
+        Err(RouteError::Malformed("no route message in the answer"))
+    }
+}
+
+/// The (type, payload) of each netlink message in `buf`.
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < NLMSG_HDR_LEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let msg_type = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDR_LEN || len > rest.len() {
+            return None;
+        }
+        let payload = &rest[NLMSG_HDR_LEN..len];
+        rest = &rest[align(len).min(rest.len())..];
+        Some((msg_type, payload))
+    })
+}
+
+/// The (type, payload) of each route attribute in `buf`.
+fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes(rest[0..2].try_into().expect("2 bytes")) as usize;
+        let kind = u16::from_ne_bytes(rest[2..4].try_into().expect("2 bytes"));
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let payload = &rest[4..len];
+        rest = &rest[align(len).min(rest.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+fn parse_route(payload: &[u8]) -> Option<FoundRoute> {
+    let header = payload.get(..RTMSG_LEN)?;
+    let mut found = FoundRoute {
+        route_type: header[7],
+        table: u32::from(header[4]),
+        ..FoundRoute::default()
+    };
+    for (kind, value) in attributes(&payload[RTMSG_LEN..]) {
+        match kind {
+            RTA_TABLE if value.len() == 4 => {
+                found.table = u32::from_ne_bytes(value.try_into().expect("4 bytes"));
+            }
+            RTA_OIF if value.len() == 4 => {
+                found.oif = Some(u32::from_ne_bytes(value.try_into().expect("4 bytes")));
+            }
+            RTA_GATEWAY => found.gateway = Some(value.to_vec()),
+            RTA_VIA => found.via = Some(value.to_vec()),
+            RTA_PREFSRC => found.prefsrc = Some(value.to_vec()),
+            RTA_METRICS => found.metrics = value.to_vec(),
+            _ => {}
+        }
+    }
+    Some(found)
+}
+
+/// Builds one netlink message: header, `rtmsg`, attributes.
+struct MessageBuilder {
+    buf: Vec<u8>,
+}
+
+impl MessageBuilder {
+    fn new(kind: u16, flags: u16, rtmsg: [u8; RTMSG_LEN]) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in `finish`
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+        buf.extend_from_slice(&rtmsg);
+        Self { buf }
+    }
+
+    fn attribute(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+        push_attribute(&mut self.buf, kind, value);
+        self
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+fn push_attribute(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+    buf.resize(buf.len() + align(len) - len, 0);
+}
+
+fn family_and_bytes(addr: IpAddr) -> (u8, u8, Vec<u8>) {
+    match addr {
+        IpAddr::V4(v4) => (libc::AF_INET as u8, 32, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (libc::AF_INET6 as u8, 128, v6.octets().to_vec()),
+    }
+}
+
+/// The `rtmsg` header: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+fn rtmsg(family: u8, dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) -> [u8; 12] {
+    [family, dst_len, 0, 0, table, protocol, scope, kind, 0, 0, 0, 0]
+}
+
+fn get_route_message(addr: IpAddr) -> Vec<u8> {
+    let (family, full, bytes) = family_and_bytes(addr);
+    let mut message = MessageBuilder::new(
+        RTM_GETROUTE,
+        NLM_F_REQUEST,
+        rtmsg(family, full, RT_TABLE_UNSPEC, 0, 0, 0),
+    );
+    message.attribute(RTA_DST, &bytes);
+    message.finish()
+}
+
+fn new_route_message(addr: IpAddr, found: &FoundRoute) -> Vec<u8> {
+    let (family, full, bytes) = family_and_bytes(addr);
+    let scope = if found.gateway.is_some() || found.via.is_some() {
+        RT_SCOPE_UNIVERSE
+    } else {
+        RT_SCOPE_LINK
+    };
+    let mut message = MessageBuilder::new(
+        RTM_NEWROUTE,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        rtmsg(family, full, RT_TABLE_UNSPEC, RTPROT_STATIC, scope, RTN_UNICAST),
+    );
+    message.attribute(RTA_DST, &bytes);
+    message.attribute(RTA_TABLE, &found.table.to_ne_bytes());
+    if let Some(oif) = found.oif {
+        message.attribute(RTA_OIF, &oif.to_ne_bytes());
+    }
+    if let Some(gateway) = &found.gateway {
+        message.attribute(RTA_GATEWAY, gateway);
+    }
+    if let Some(via) = &found.via {
+        message.attribute(RTA_VIA, via);
+    }
+    if let Some(prefsrc) = &found.prefsrc {
+        message.attribute(RTA_PREFSRC, prefsrc);
+    }
+    // The route's own metrics (an MTU, say) stay; quick ACKs are added last, so they win over a
+    // `quickack 0` copied along.
+    let mut metrics = found.metrics.clone();
+    push_attribute(&mut metrics, RTAX_QUICKACK, &1u32.to_ne_bytes());
+    message.attribute(RTA_METRICS, &metrics);
+    message.finish()
+}
+
+fn del_route_message(addr: IpAddr, table: u32) -> Vec<u8> {
+    let (family, full, bytes) = family_and_bytes(addr);
+    let mut message = MessageBuilder::new(
+        RTM_DELROUTE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        // Any scope: the kernel matches a route's scope only when one is given.
+        rtmsg(
+            family,
+            full,
+            RT_TABLE_UNSPEC,
+            RTPROT_STATIC,
+            RT_SCOPE_NOWHERE,
+            RTN_UNICAST,
+        ),
+    );
+    message.attribute(RTA_DST, &bytes);
+    message.attribute(RTA_TABLE, &table.to_ne_bytes());
+    message.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_attributes_round_trip() {
+        let found = FoundRoute {
+            route_type: RTN_UNICAST,
+            table: 254,
+            oif: Some(7),
+            gateway: Some(vec![10, 0, 0, 1]),
+            via: None,
+            prefsrc: Some(vec![10, 0, 0, 9]),
+            metrics: {
+                let mut m = Vec::new();
+                push_attribute(&mut m, 2, &1400u32.to_ne_bytes()); // RTAX_MTU
+                m
+            },
+        };
+        let message = new_route_message("10.9.8.7".parse().unwrap(), &found);
+        let all: Vec<_> = messages(&message).collect();
+        assert_eq!(all.len(), 1);
+        let (kind, payload) = all[0];
+        assert_eq!(kind, RTM_NEWROUTE);
+        assert_eq!(payload[1], 32, "a host route");
+        assert_eq!(payload[6], RT_SCOPE_UNIVERSE, "via a gateway");
+        let parsed = parse_route(payload).unwrap();
+        assert_eq!(parsed.table, 254);
+        assert_eq!(parsed.oif, Some(7));
+        assert_eq!(parsed.gateway, found.gateway);
+        assert_eq!(parsed.prefsrc, found.prefsrc);
+        let metrics: Vec<_> = attributes(&parsed.metrics)
+            .map(|(k, v)| (k, u32::from_ne_bytes(v.try_into().unwrap())))
+            .collect();
+        assert_eq!(metrics, [(2, 1400), (RTAX_QUICKACK, 1)]);
+        let dst: Vec<_> = attributes(&payload[RTMSG_LEN..])
+            .filter(|(k, _)| *k == RTA_DST)
+            .map(|(_, v)| v.to_vec())
+            .collect();
+        assert_eq!(dst, [vec![10, 9, 8, 7]]);
+    }
+
+    #[test]
+    fn on_link_device_gets_a_link_scope_route() {
+        let found = FoundRoute {
+            route_type: RTN_UNICAST,
+            table: 254,
+            oif: Some(3),
+            ..FoundRoute::default()
+        };
+        let message = new_route_message("fd00::2".parse().unwrap(), &found);
+        let (_, payload) = messages(&message).next().unwrap();
+        assert_eq!(payload[0], libc::AF_INET6 as u8);
+        assert_eq!(payload[1], 128);
+        assert_eq!(payload[6], RT_SCOPE_LINK);
+    }
+
+    #[test]
+    fn truncated_answers_end_iteration_instead_of_panicking() {
+        let message = get_route_message("10.0.0.1".parse().unwrap());
+        for cut in 0..message.len() {
+            let _ = messages(&message[..cut]).count();
+            let _ = attributes(&message[NLMSG_HDR_LEN.min(cut)..cut]).count();
+        }
+        assert!(parse_route(&[0; 5]).is_none());
+    }
+}
