@@ -43,7 +43,12 @@ const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 const RTAX_QUICKACK: u16 = 15;
 const RTN_UNICAST: u8 = 1;
-const RTPROT_STATIC: u8 = 4;
+const NLM_F_REPLACE: u16 = 0x100;
+const RTM_F_FIB_MATCH: u32 = 0x2000;
+/// The protocol the proxy's routes are marked with (`ip route` shows `proto 201`), so that a
+/// route left by a proxy that was killed (a container restart keeps the pod's namespace) is
+/// told from an administrator's and taken over. Unassigned in iproute2's `rt_protos`.
+const RTPROT_DEVICELINK: u8 = 201;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_NOWHERE: u8 = 255;
@@ -91,6 +96,19 @@ impl QuickAckRoute {
                 }))
             }
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                let existing = socket.get_fib_match(addr)?;
+                let (_, full, _) = family_and_bytes(addr);
+                if existing.dst_len == full && existing.protocol == RTPROT_DEVICELINK {
+                    // Left by an earlier run of the proxy that could not remove it.
+                    let mut message = new_route_message(addr, &found);
+                    set_flags(&mut message, NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE);
+                    socket.request(&message, RTM_NEWROUTE)?;
+                    info!(device = %addr, "took over the quick-ACK route an earlier run left");
+                    return Ok(Some(Self {
+                        addr,
+                        table: found.table,
+                    }));
+                }
                 info!(
                     device = %addr,
                     "a route for exactly the device's address exists already; left as it is (no quick ACKs added)"
@@ -111,7 +129,9 @@ impl Drop for QuickAckRoute {
             Ok(()) => info!(device = %self.addr, "removed the device's quick-ACK route"),
             // Someone removed it already: nothing left behind either way.
             Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(err) => warn!(device = %self.addr, %err, "could not remove the device's quick-ACK route"),
+            Err(err) => {
+                warn!(device = %self.addr, %err, "could not remove the device's quick-ACK route")
+            }
         }
     }
 }
@@ -119,6 +139,8 @@ impl Drop for QuickAckRoute {
 /// What `RTM_GETROUTE` said about the route to an address.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct FoundRoute {
+    dst_len: u8,
+    protocol: u8,
     route_type: u8,
     table: u32,
     oif: Option<u32>,
@@ -217,13 +239,24 @@ impl Netlink {
         )))
     }
 
+    /// The route the kernel would use to reach `addr` (its result: interface, gateway, source).
     fn get_route(&self, addr: IpAddr) -> Result<FoundRoute, RouteError> {
-        self.send(&get_route_message(addr))?;
+        self.query(addr, get_route_message(addr, 0))
+    }
+
+    /// The routing table entry that matches `addr` (its prefix length and protocol).
+    fn get_fib_match(&self, addr: IpAddr) -> Result<FoundRoute, RouteError> {
+        self.query(addr, get_route_message(addr, RTM_F_FIB_MATCH))
+    }
+
+    fn query(&self, addr: IpAddr, message: Vec<u8>) -> Result<FoundRoute, RouteError> {
+        self.send(&message)?;
         let reply = self.receive()?;
         for (msg_type, payload) in messages(&reply) {
             match msg_type {
                 RTM_NEWROUTE => {
-                    return parse_route(payload).ok_or(RouteError::Malformed("short route message"));
+                    return parse_route(payload)
+                        .ok_or(RouteError::Malformed("short route message"));
                 }
                 NLMSG_ERROR => {
                     let code = payload
@@ -286,6 +319,8 @@ fn align(len: usize) -> usize {
 fn parse_route(payload: &[u8]) -> Option<FoundRoute> {
     let header = payload.get(..RTMSG_LEN)?;
     let mut found = FoundRoute {
+        dst_len: header[1],
+        protocol: header[5],
         route_type: header[7],
         table: u32::from(header[4]),
         ..FoundRoute::default()
@@ -337,6 +372,11 @@ impl MessageBuilder {
     }
 }
 
+/// Rewrites the netlink flags of a built message.
+fn set_flags(message: &mut [u8], flags: u16) {
+    message[6..8].copy_from_slice(&flags.to_ne_bytes());
+}
+
 fn push_attribute(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = 4 + value.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -354,16 +394,16 @@ fn family_and_bytes(addr: IpAddr) -> (u8, u8, Vec<u8>) {
 
 /// The `rtmsg` header: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
 fn rtmsg(family: u8, dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) -> [u8; 12] {
-    [family, dst_len, 0, 0, table, protocol, scope, kind, 0, 0, 0, 0]
+    [
+        family, dst_len, 0, 0, table, protocol, scope, kind, 0, 0, 0, 0,
+    ]
 }
 
-fn get_route_message(addr: IpAddr) -> Vec<u8> {
+fn get_route_message(addr: IpAddr, rtm_flags: u32) -> Vec<u8> {
     let (family, full, bytes) = family_and_bytes(addr);
-    let mut message = MessageBuilder::new(
-        RTM_GETROUTE,
-        NLM_F_REQUEST,
-        rtmsg(family, full, RT_TABLE_UNSPEC, 0, 0, 0),
-    );
+    let mut header = rtmsg(family, full, RT_TABLE_UNSPEC, 0, 0, 0);
+    header[8..12].copy_from_slice(&rtm_flags.to_ne_bytes());
+    let mut message = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST, header);
     message.attribute(RTA_DST, &bytes);
     message.finish()
 }
@@ -378,7 +418,14 @@ fn new_route_message(addr: IpAddr, found: &FoundRoute) -> Vec<u8> {
     let mut message = MessageBuilder::new(
         RTM_NEWROUTE,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        rtmsg(family, full, RT_TABLE_UNSPEC, RTPROT_STATIC, scope, RTN_UNICAST),
+        rtmsg(
+            family,
+            full,
+            RT_TABLE_UNSPEC,
+            RTPROT_DEVICELINK,
+            scope,
+            RTN_UNICAST,
+        ),
     );
     message.attribute(RTA_DST, &bytes);
     message.attribute(RTA_TABLE, &found.table.to_ne_bytes());
@@ -412,7 +459,7 @@ fn del_route_message(addr: IpAddr, table: u32) -> Vec<u8> {
             family,
             full,
             RT_TABLE_UNSPEC,
-            RTPROT_STATIC,
+            RTPROT_DEVICELINK,
             RT_SCOPE_NOWHERE,
             RTN_UNICAST,
         ),
@@ -432,6 +479,8 @@ mod tests {
             route_type: RTN_UNICAST,
             table: 254,
             oif: Some(7),
+            dst_len: 0,
+            protocol: 2,
             gateway: Some(vec![10, 0, 0, 1]),
             via: None,
             prefsrc: Some(vec![10, 0, 0, 9]),
@@ -449,6 +498,7 @@ mod tests {
         assert_eq!(payload[1], 32, "a host route");
         assert_eq!(payload[6], RT_SCOPE_UNIVERSE, "via a gateway");
         let parsed = parse_route(payload).unwrap();
+        assert_eq!(parsed.protocol, RTPROT_DEVICELINK, "marked as the proxy's");
         assert_eq!(parsed.table, 254);
         assert_eq!(parsed.oif, Some(7));
         assert_eq!(parsed.gateway, found.gateway);
@@ -481,7 +531,7 @@ mod tests {
 
     #[test]
     fn truncated_answers_end_iteration_instead_of_panicking() {
-        let message = get_route_message("10.0.0.1".parse().unwrap());
+        let message = get_route_message("10.0.0.1".parse().unwrap(), RTM_F_FIB_MATCH);
         for cut in 0..message.len() {
             let _ = messages(&message[..cut]).count();
             let _ = attributes(&message[NLMSG_HDR_LEN.min(cut)..cut]).count();

@@ -463,6 +463,18 @@ impl Default for ProxyOptions<'_> {
 
 pub const METRICS_PORT: u16 = 9100;
 
+impl Drop for Proxy {
+    /// Stops it as a user would (SIGTERM), so it removes what it added to its namespace (XDP,
+    /// its quick-ACK route to the device) before the next proxy or peer runs there; killed
+    /// only if it does not exit within seconds.
+    fn drop(&mut self) {
+        if self.process.try_wait().is_none() {
+            self.process.signal(libc::SIGTERM);
+            let _ = self.process.wait_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
 impl Proxy {
     /// Starts the proxy listening on `listen` for the device at `device` (`--device`: an
     /// address, or `name:port`), and waits until `/readyz` answers 200.

@@ -700,6 +700,111 @@ fn sigterm_detaches_everything() {
     assert!(!pinned, "nothing of devicelink should be pinned");
 }
 
+/// The routes in the proxy's namespace for exactly the device's address, one per line.
+fn device_host_routes(topology: &Topology, device: IpAddr) -> String {
+    let family = if device.is_ipv4() { "-4" } else { "-6" };
+    topology
+        .proxy
+        .ip(&[family, "route", "show", "exact", &device.to_string()])
+        .unwrap()
+}
+
+/// In eBPF mode the proxy adds a host route to the device with `quickack 1` (spliced bytes are
+/// never read, so TCP would delay its ACKs to the device), for both families, removes it when it
+/// stops, takes over one a killed run left behind, and leaves an administrator's route alone.
+/// The userspace copy (whose reads ACK promptly) and `--device-quickack off` add none.
+#[test]
+fn device_quickack_route_lives_with_the_proxy() {
+    let topology = topology("qack");
+    let _device = peers::serve(&topology.device, device(), Behavior::Echo);
+    let device_v6 = SocketAddr::new(IpAddr::V6(DEVICE_V6), DEVICE_PORT);
+    let _device_v6 = peers::serve(&topology.device, device_v6, Behavior::Echo);
+    let v4 = IpAddr::V4(DEVICE_V4);
+    let v6 = IpAddr::V6(DEVICE_V6);
+
+    let proxy = start(&topology, front(), ProxyOptions::default());
+    let route = device_host_routes(&topology, v4);
+    assert!(
+        route.contains("quickack 1") && route.contains("proto 201"),
+        "a quick-ACK route while running:\n{route}"
+    );
+    let used = topology
+        .proxy
+        .ip(&["route", "get", &v4.to_string()])
+        .unwrap();
+    assert!(used.contains("quickack 1"), "the kernel uses it:\n{used}");
+    let client = topology.client.spawn(|| {
+        let mut stream = TcpStream::connect(front()).unwrap();
+        echo_once(&mut stream)
+    });
+    client.join().unwrap().expect("echo through the proxy");
+    drop(proxy);
+    assert_eq!(
+        device_host_routes(&topology, v4).trim(),
+        "",
+        "removed when the proxy stops"
+    );
+
+    // IPv6 device.
+    let mut proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let route = device_host_routes(&topology, v6);
+    assert!(route.contains("quickack 1"), "IPv6 too:\n{route}");
+
+    // A proxy killed outright leaves its route; the next run takes it over and removes it.
+    proxy.process.signal(libc::SIGKILL);
+    let _ = proxy.process.wait_timeout(Duration::from_secs(5));
+    drop(proxy);
+    assert!(device_host_routes(&topology, v6).contains("quickack 1"));
+    let proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    assert!(
+        proxy.process.log().contains("took over"),
+        "{}",
+        proxy.process.log()
+    );
+    drop(proxy);
+    assert_eq!(device_host_routes(&topology, v6).trim(), "");
+
+    // An administrator's route for exactly that address is neither changed nor removed.
+    let on_link = format!("{v4}");
+    topology
+        .proxy
+        .ip(&[
+            "route",
+            "add",
+            &on_link,
+            "dev",
+            devicelink_testbed::PROXY_BACK_IFACE,
+        ])
+        .unwrap();
+    let before = device_host_routes(&topology, v4);
+    let proxy = start(&topology, front(), ProxyOptions::default());
+    assert_eq!(device_host_routes(&topology, v4), before, "left alone");
+    drop(proxy);
+    assert_eq!(device_host_routes(&topology, v4), before, "not removed");
+    topology.proxy.ip(&["route", "del", &on_link]).unwrap();
+
+    for options in [
+        ProxyOptions {
+            data_plane: "userspace",
+            ..ProxyOptions::default()
+        },
+        ProxyOptions {
+            extra: extra(&["--device-quickack", "off"]),
+            ..ProxyOptions::default()
+        },
+    ] {
+        let proxy = start(&topology, front(), options);
+        assert_eq!(
+            device_host_routes(&topology, v4).trim(),
+            "",
+            "no route added"
+        );
+        drop(proxy);
+    }
+}
+
 /// Bad flags get an error naming the flag, and the proxy does not start.
 #[test]
 fn bad_arguments_name_the_flag() {
