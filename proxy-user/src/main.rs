@@ -206,6 +206,11 @@ async fn device_quickack_routes(config: &Config) -> Vec<route::QuickAckRoute> {
         match route::QuickAckRoute::add(addr) {
             Ok(Some(route)) => routes.push(route),
             Ok(None) => {}
+            // A device on this host (loopback, say) is reached through the local table, which
+            // a route of ours would not override; nothing to do.
+            Err(err @ route::RouteError::NotUnicast(..)) => {
+                info!(device = %addr, "no quick-ACK route: {err}")
+            }
             Err(err) => warn!(
                 device = %addr,
                 "no quick-ACK route to the device ({err}); the splice delays its ACKs to the device, which slows bursty devices (VNC/RDP); --device-quickack off silences this"

@@ -45,6 +45,7 @@ const RTAX_QUICKACK: u16 = 15;
 const RTN_UNICAST: u8 = 1;
 const NLM_F_REPLACE: u16 = 0x100;
 const RTM_F_FIB_MATCH: u32 = 0x2000;
+const RTNH_F_ONLINK: u32 = 4;
 /// The protocol the proxy's routes are marked with (`ip route` shows `proto 201`), so that a
 /// route left by a proxy that was killed (a container restart keeps the pod's namespace) is
 /// told from an administrator's and taken over. Unassigned in iproute2's `rt_protos`.
@@ -83,7 +84,18 @@ impl QuickAckRoute {
         if found.route_type != RTN_UNICAST {
             return Err(RouteError::NotUnicast(addr, found.route_type));
         }
-        match socket.request(&new_route_message(addr, &found), RTM_NEWROUTE) {
+        let mut added = socket.request(&new_route_message(addr, &found), RTM_NEWROUTE);
+        if let Err(err) = &added
+            && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENETUNREACH))
+            && found.gateway.is_some()
+        {
+            // A gateway that no route makes reachable, as CNIs that route pods through
+            // `default via 169.254.1.1 dev eth0 onlink` have it: say so too.
+            let mut message = new_route_message(addr, &found);
+            set_rtm_flags(&mut message, RTNH_F_ONLINK);
+            added = socket.request(&message, RTM_NEWROUTE);
+        }
+        match added {
             Ok(()) => {
                 info!(
                     device = %addr,
@@ -370,6 +382,11 @@ impl MessageBuilder {
         self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
         self.buf
     }
+}
+
+/// Rewrites the `rtm_flags` of a built route message.
+fn set_rtm_flags(message: &mut [u8], flags: u32) {
+    message[NLMSG_HDR_LEN + 8..NLMSG_HDR_LEN + 12].copy_from_slice(&flags.to_ne_bytes());
 }
 
 /// Rewrites the netlink flags of a built message.

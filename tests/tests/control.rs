@@ -785,6 +785,40 @@ fn device_quickack_route_lives_with_the_proxy() {
     assert_eq!(device_host_routes(&topology, v4), before, "not removed");
     topology.proxy.ip(&["route", "del", &on_link]).unwrap();
 
+    // A device behind a gateway that only an `onlink` route reaches (as some CNIs route pods):
+    // the copy says `onlink` too. Nothing listens there; the route is added at start.
+    topology
+        .proxy
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "169.254.1.1",
+            "dev",
+            devicelink_testbed::PROXY_BACK_IFACE,
+            "onlink",
+        ])
+        .unwrap();
+    let behind: IpAddr = "198.51.100.7".parse().unwrap();
+    let proxy = Proxy::start(
+        &topology,
+        front(),
+        SocketAddr::new(behind, DEVICE_PORT),
+        ProxyOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let route = device_host_routes(&topology, behind);
+    assert!(
+        route.contains("via 169.254.1.1")
+            && route.contains("onlink")
+            && route.contains("quickack 1"),
+        "{route}\n{}",
+        proxy.process.log()
+    );
+    drop(proxy);
+    assert_eq!(device_host_routes(&topology, behind).trim(), "");
+
     for options in [
         ProxyOptions {
             data_plane: "userspace",
