@@ -187,14 +187,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// splice works without them, only slower for bursty devices.
 async fn device_quickack_routes(config: &Config) -> Vec<route::QuickAckRoute> {
     let device = &config.device;
-    let addrs: Vec<std::net::IpAddr> =
-        match tokio::net::lookup_host((device.host.as_str(), device.port)).await {
-            Ok(addrs) => addrs.map(|addr| addr.ip()).collect(),
-            Err(err) => {
-                warn!(%device, %err, "cannot resolve the device now; no quick-ACK route added");
-                return Vec::new();
-            }
-        };
+    // A resolver that does not answer must not hold up the start for longer than a connection
+    // would wait for the device.
+    let lookup = tokio::time::timeout(
+        config.connect_timeout,
+        tokio::net::lookup_host((device.host.as_str(), device.port)),
+    );
+    let addrs: Vec<std::net::IpAddr> = match lookup.await {
+        Ok(Ok(addrs)) => addrs.map(|addr| addr.ip()).collect(),
+        Ok(Err(err)) => {
+            warn!(%device, %err, "cannot resolve the device now; no quick-ACK route added");
+            return Vec::new();
+        }
+        Err(_) => {
+            warn!(%device, "resolving the device timed out; no quick-ACK route added");
+            return Vec::new();
+        }
+    };
     let mut routes = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for addr in addrs {
