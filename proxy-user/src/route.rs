@@ -84,17 +84,7 @@ impl QuickAckRoute {
         if found.route_type != RTN_UNICAST {
             return Err(RouteError::NotUnicast(addr, found.route_type));
         }
-        let mut added = socket.request(&new_route_message(addr, &found), RTM_NEWROUTE);
-        if let Err(err) = &added
-            && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENETUNREACH))
-            && found.gateway.is_some()
-        {
-            // A gateway that no route makes reachable, as CNIs that route pods through
-            // `default via 169.254.1.1 dev eth0 onlink` have it: say so too.
-            let mut message = new_route_message(addr, &found);
-            set_rtm_flags(&mut message, RTNH_F_ONLINK);
-            added = socket.request(&message, RTM_NEWROUTE);
-        }
+        let added = socket.add_route(addr, &found, NLM_F_CREATE | NLM_F_EXCL);
         match added {
             Ok(()) => {
                 info!(
@@ -112,9 +102,7 @@ impl QuickAckRoute {
                 let (_, full, _) = family_and_bytes(addr);
                 if existing.dst_len == full && existing.protocol == RTPROT_DEVICELINK {
                     // Left by an earlier run of the proxy that could not remove it.
-                    let mut message = new_route_message(addr, &found);
-                    set_flags(&mut message, NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE);
-                    socket.request(&message, RTM_NEWROUTE)?;
+                    socket.add_route(addr, &found, NLM_F_REPLACE)?;
                     info!(device = %addr, "took over the quick-ACK route an earlier run left");
                     return Ok(Some(Self {
                         addr,
@@ -227,6 +215,26 @@ impl Netlink {
         }
         buf.truncate(n as usize);
         Ok(buf)
+    }
+
+    /// Adds (with `flags`: create-only or replace) the quick-ACK host route for `addr` copied
+    /// from `found`.
+    fn add_route(&self, addr: IpAddr, found: &FoundRoute, flags: u16) -> io::Result<()> {
+        let mut message = new_route_message(addr, found);
+        set_flags(&mut message, NLM_F_REQUEST | NLM_F_ACK | flags);
+        let added = self.request(&message, RTM_NEWROUTE);
+        match &added {
+            Err(err)
+                if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENETUNREACH))
+                    && found.gateway.is_some() =>
+            {
+                // A gateway that no route makes reachable, as CNIs that route pods through
+                // `default via 169.254.1.1 dev eth0 onlink` have it: say so too.
+                set_rtm_flags(&mut message, RTNH_F_ONLINK);
+                self.request(&message, RTM_NEWROUTE)
+            }
+            _ => added,
+        }
     }
 
     /// Sends a request that asks for an acknowledgement, and returns the kernel's verdict.

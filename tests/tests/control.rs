@@ -816,6 +816,23 @@ fn device_quickack_route_lives_with_the_proxy() {
         "{route}\n{}",
         proxy.process.log()
     );
+    // Killed and started again: the `onlink` route it left is taken over, then removed.
+    let mut proxy = proxy;
+    proxy.process.signal(libc::SIGKILL);
+    let _ = proxy.process.wait_timeout(Duration::from_secs(5));
+    drop(proxy);
+    let proxy = Proxy::start(
+        &topology,
+        front(),
+        SocketAddr::new(behind, DEVICE_PORT),
+        ProxyOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    assert!(
+        proxy.process.log().contains("took over"),
+        "{}",
+        proxy.process.log()
+    );
     drop(proxy);
     assert_eq!(device_host_routes(&topology, behind).trim(), "");
 
