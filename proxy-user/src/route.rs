@@ -16,7 +16,6 @@
 
 use std::{
     io,
-    mem::size_of,
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
@@ -173,20 +172,7 @@ impl Netlink {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Replies to a request that never comes back must not hang the proxy's start.
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd and option struct, size passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        crate::sockopt::set_receive_timeout(&fd, std::time::Duration::from_secs(2))?;
         Ok(Self { fd })
     }
 
@@ -220,8 +206,7 @@ impl Netlink {
     /// Adds (with `flags`: create-only or replace) the quick-ACK host route for `addr` copied
     /// from `found`.
     fn add_route(&self, addr: IpAddr, found: &FoundRoute, flags: u16) -> io::Result<()> {
-        let mut message = new_route_message(addr, found);
-        set_flags(&mut message, NLM_F_REQUEST | NLM_F_ACK | flags);
+        let mut message = new_route_message(addr, found, flags);
         let added = self.request(&message, RTM_NEWROUTE);
         match &added {
             Err(err)
@@ -243,9 +228,7 @@ impl Netlink {
         let reply = self.receive()?;
         for (msg_type, payload) in messages(&reply) {
             if msg_type == NLMSG_ERROR {
-                let code = payload
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                let code = error_code(payload)
                     .ok_or_else(|| io::Error::other("short netlink error message"))?;
                 return if code == 0 {
                     Ok(())
@@ -279,10 +262,7 @@ impl Netlink {
                         .ok_or(RouteError::Malformed("short route message"));
                 }
                 NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                        .unwrap_or(-libc::EPROTO);
+                    let code = error_code(payload).unwrap_or(-libc::EPROTO);
                     return Err(RouteError::NoRoute(
                         addr,
                         io::Error::from_raw_os_error(-code),
@@ -294,6 +274,11 @@ impl Netlink {
         }
         Err(RouteError::Malformed("no route message in the answer"))
     }
+}
+
+/// The (negative errno, or 0) code an `NLMSG_ERROR` message carries.
+fn error_code(payload: &[u8]) -> Option<i32> {
+    Some(i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
 }
 
 /// The (type, payload) of each netlink message in `buf`.
@@ -397,11 +382,6 @@ fn set_rtm_flags(message: &mut [u8], flags: u32) {
     message[NLMSG_HDR_LEN + 8..NLMSG_HDR_LEN + 12].copy_from_slice(&flags.to_ne_bytes());
 }
 
-/// Rewrites the netlink flags of a built message.
-fn set_flags(message: &mut [u8], flags: u16) {
-    message[6..8].copy_from_slice(&flags.to_ne_bytes());
-}
-
 fn push_attribute(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = 4 + value.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -433,7 +413,8 @@ fn get_route_message(addr: IpAddr, rtm_flags: u32) -> Vec<u8> {
     message.finish()
 }
 
-fn new_route_message(addr: IpAddr, found: &FoundRoute) -> Vec<u8> {
+/// `flags`: `NLM_F_CREATE | NLM_F_EXCL` to add, `NLM_F_REPLACE` to take over.
+fn new_route_message(addr: IpAddr, found: &FoundRoute, flags: u16) -> Vec<u8> {
     let (family, full, bytes) = family_and_bytes(addr);
     let scope = if found.gateway.is_some() || found.via.is_some() {
         RT_SCOPE_UNIVERSE
@@ -442,7 +423,7 @@ fn new_route_message(addr: IpAddr, found: &FoundRoute) -> Vec<u8> {
     };
     let mut message = MessageBuilder::new(
         RTM_NEWROUTE,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        NLM_F_REQUEST | NLM_F_ACK | flags,
         rtmsg(
             family,
             full,
@@ -515,7 +496,11 @@ mod tests {
                 m
             },
         };
-        let message = new_route_message("10.9.8.7".parse().unwrap(), &found);
+        let message = new_route_message(
+            "10.9.8.7".parse().unwrap(),
+            &found,
+            NLM_F_CREATE | NLM_F_EXCL,
+        );
         let all: Vec<_> = messages(&message).collect();
         assert_eq!(all.len(), 1);
         let (kind, payload) = all[0];
@@ -547,7 +532,7 @@ mod tests {
             oif: Some(3),
             ..FoundRoute::default()
         };
-        let message = new_route_message("fd00::2".parse().unwrap(), &found);
+        let message = new_route_message("fd00::2".parse().unwrap(), &found, NLM_F_CREATE);
         let (_, payload) = messages(&message).next().unwrap();
         assert_eq!(payload[0], libc::AF_INET6 as u8);
         assert_eq!(payload[1], 128);

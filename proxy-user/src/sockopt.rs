@@ -16,18 +16,22 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` outlives the call and its size is passed.
     check(unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     })
     .map(drop)
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set(fd, level, name, &value)
 }
 
 fn get<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
@@ -127,17 +131,21 @@ pub fn set_linger_reset(sock: &impl AsRawFd) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `linger` outlives the call and its size is passed.
-    check(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+}
+
+/// Makes a blocking receive give up (`EAGAIN`) after `timeout`.
+pub fn set_receive_timeout(sock: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
+    let timeval = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    set(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVTIMEO,
+        &timeval,
+    )
 }
 
 /// Whether the peer's FIN has been received (the read side is shut), and whether the socket has

@@ -709,6 +709,24 @@ fn device_host_routes(topology: &Topology, device: IpAddr) -> String {
         .unwrap()
 }
 
+/// Kills `proxy` outright (it cannot remove its route), checks the route stays, starts the
+/// proxy again for `device`, and checks that run takes the route over and removes it on stop.
+fn killed_runs_route_is_taken_over(topology: &Topology, mut proxy: Proxy, device: SocketAddr) {
+    proxy.process.signal(libc::SIGKILL);
+    let _ = proxy.process.wait_timeout(Duration::from_secs(5));
+    drop(proxy);
+    assert!(device_host_routes(topology, device.ip()).contains("quickack 1"));
+    let proxy = Proxy::start(topology, front(), device, ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    assert!(
+        proxy.process.log().contains("took over"),
+        "{}",
+        proxy.process.log()
+    );
+    drop(proxy);
+    assert_eq!(device_host_routes(topology, device.ip()).trim(), "");
+}
+
 /// In eBPF mode the proxy adds a host route to the device with `quickack 1` (spliced bytes are
 /// never read, so TCP would delay its ACKs to the device), for both families, removes it when it
 /// stops, takes over one a killed run left behind, and leaves an administrator's route alone.
@@ -746,25 +764,13 @@ fn device_quickack_route_lives_with_the_proxy() {
     );
 
     // IPv6 device.
-    let mut proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
+    let proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
         .unwrap_or_else(|e| panic!("proxy: {e:#}"));
     let route = device_host_routes(&topology, v6);
     assert!(route.contains("quickack 1"), "IPv6 too:\n{route}");
 
     // A proxy killed outright leaves its route; the next run takes it over and removes it.
-    proxy.process.signal(libc::SIGKILL);
-    let _ = proxy.process.wait_timeout(Duration::from_secs(5));
-    drop(proxy);
-    assert!(device_host_routes(&topology, v6).contains("quickack 1"));
-    let proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
-        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
-    assert!(
-        proxy.process.log().contains("took over"),
-        "{}",
-        proxy.process.log()
-    );
-    drop(proxy);
-    assert_eq!(device_host_routes(&topology, v6).trim(), "");
+    killed_runs_route_is_taken_over(&topology, proxy, device_v6);
 
     // An administrator's route for exactly that address is neither changed nor removed.
     let on_link = format!("{v4}");
@@ -801,13 +807,9 @@ fn device_quickack_route_lives_with_the_proxy() {
         ])
         .unwrap();
     let behind: IpAddr = "198.51.100.7".parse().unwrap();
-    let proxy = Proxy::start(
-        &topology,
-        front(),
-        SocketAddr::new(behind, DEVICE_PORT),
-        ProxyOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let behind_device = SocketAddr::new(behind, DEVICE_PORT);
+    let proxy = Proxy::start(&topology, front(), behind_device, ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("proxy: {e:#}"));
     let route = device_host_routes(&topology, behind);
     assert!(
         route.contains("via 169.254.1.1")
@@ -817,24 +819,7 @@ fn device_quickack_route_lives_with_the_proxy() {
         proxy.process.log()
     );
     // Killed and started again: the `onlink` route it left is taken over, then removed.
-    let mut proxy = proxy;
-    proxy.process.signal(libc::SIGKILL);
-    let _ = proxy.process.wait_timeout(Duration::from_secs(5));
-    drop(proxy);
-    let proxy = Proxy::start(
-        &topology,
-        front(),
-        SocketAddr::new(behind, DEVICE_PORT),
-        ProxyOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
-    assert!(
-        proxy.process.log().contains("took over"),
-        "{}",
-        proxy.process.log()
-    );
-    drop(proxy);
-    assert_eq!(device_host_routes(&topology, behind).trim(), "");
+    killed_runs_route_is_taken_over(&topology, proxy, behind_device);
 
     for options in [
         ProxyOptions {
