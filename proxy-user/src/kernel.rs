@@ -161,7 +161,7 @@ impl KernelPlane {
                 // Reading the skb's sequence needs bpf_probe_read_kernel, which a locked-down
                 // kernel refuses; with the offset at 0 the verifier drops that code as dead.
                 warn!(
-                    err = crate::causes(&anyhow::Error::new(err)),
+                    err = crate::errors::causes(&anyhow::Error::new(err)),
                     "the splice verdict program with its overlap cut did not load; loading it without (a retransmitted overlap then resets the connection)"
                 );
                 load_object(config, capacity, 0)?

@@ -82,7 +82,7 @@ impl DataPlane {
                     warn!(
                         data_plane = "userspace",
                         "data plane: userspace copy, because the eBPF splice is unavailable: {}",
-                        crate::causes(&err)
+                        crate::errors::causes(&err)
                     );
                     Ok(Self::Userspace)
                 }

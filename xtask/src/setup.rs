@@ -154,6 +154,10 @@ fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
 }
 
+/// Another apt run (a second setup, unattended upgrades) holds dpkg's lock for a while: wait for
+/// it instead of failing at once.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=600";
+
 pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -171,12 +175,20 @@ pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    if let Err(err) = run_loud(Command::new("apt-get").args(["-qq", "update"])) {
+    if let Err(err) = run_loud(Command::new("apt-get").args(["-qq", "-o", APT_LOCK_WAIT, "update"]))
+    {
         println!("setup: apt-get update failed ({err:#}); trying the cached package lists");
     }
     let result = run_loud(
         Command::new("apt-get")
-            .args(["-qq", "install", "-y", "--no-install-recommends"])
+            .args([
+                "-qq",
+                "-o",
+                APT_LOCK_WAIT,
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
