@@ -3,28 +3,50 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 
-use crate::acl::SourceAcl;
+use crate::{
+    acl::SourceAcl,
+    link::{DEFAULT_MAX_CONNECTIONS, Link},
+};
 
-/// One TCP path from allowed clients to one device, spliced in the kernel.
+/// TCP paths from allowed clients to devices, spliced in the kernel: one link given by flags,
+/// or a set of links from a file (`--config`) changed while the proxy runs.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "devicelink-proxy", version, about, long_about = None)]
 pub struct Args {
-    /// Address and port clients connect to.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
-    pub listen: SocketAddr,
+    /// The links to carry, from a YAML (or JSON) file: `links: [{name, listen, device,
+    /// allowedSourceRanges, expiresAt, maxConnections, idleTimeout, enabled}]`. Re-read when
+    /// it changes (also when replaced by a rename) and on SIGHUP; a file that does not
+    /// validate is refused whole and the running links stay as they were.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name"])]
+    pub config: Option<PathBuf>,
 
-    /// The device: HOST:PORT (an IP address or a DNS name resolved at each connection).
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_device)]
-    pub device: DeviceAddr,
+    /// Serve the control API (links, sessions, events; closing a session) over HTTP on this
+    /// Unix socket, created with mode 0600.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 
-    /// Source prefix allowed to connect (repeatable; IPv4 or IPv6). None means nobody gets in;
-    /// `--allow 0.0.0.0/0 --allow ::/0` opens the link to everyone.
+    /// One link: the address and port clients connect to.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen, required_unless_present = "config")]
+    pub listen: Option<SocketAddr>,
+
+    /// One link: the device, HOST:PORT (an IP address or a DNS name resolved at each
+    /// connection).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_device, required_unless_present = "config")]
+    pub device: Option<DeviceAddr>,
+
+    /// One link: its name in metrics, logs and the control API.
+    #[arg(long, value_name = "NAME", default_value = "link")]
+    pub name: String,
+
+    /// One link: source prefix allowed to connect (repeatable; IPv4 or IPv6). None means
+    /// nobody gets in; `--allow 0.0.0.0/0 --allow ::/0` opens the link to everyone.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 
@@ -46,20 +68,20 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
-    /// Close a connection that carried no byte either way for this long (e.g. 15m).
+    /// One link: close a connection that carried no byte either way for this long (e.g. 15m).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 
-    /// Connections carried at once; more are refused at once.
-    #[arg(long, default_value_t = 1024, value_parser = parse_max_connections)]
+    /// One link: connections carried at once; more are refused at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub max_connections: u32,
 
     /// Give up connecting to the device after this long.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
-    /// The link's end (RFC 3339, e.g. 2026-11-25T10:00:00Z): the proxy stops accepting, closes
-    /// every connection and exits at that instant.
+    /// One link: its end (RFC 3339, e.g. 2026-11-25T10:00:00Z): the proxy stops accepting,
+    /// closes every connection and exits at that instant.
     #[arg(long, value_name = "RFC3339", value_parser = parse_instant)]
     pub expires_at: Option<SystemTime>,
 
@@ -137,8 +159,11 @@ impl std::fmt::Display for DeviceAddr {
 /// Everything the proxy needs, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub device: DeviceAddr,
+    pub config_file: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub name: String,
+    pub listen: Option<SocketAddr>,
+    pub device: Option<DeviceAddr>,
     pub acl: SourceAcl,
     pub data_plane: DataPlaneChoice,
     pub xdp_interface: Option<String>,
@@ -191,6 +216,9 @@ impl Config {
             return Err(ConfigError::ZeroIdleTimeout);
         }
         Ok(Self {
+            config_file: args.config,
+            control_socket: args.control_socket,
+            name: args.name,
             listen: args.listen,
             device: args.device,
             acl: SourceAcl::new(args.allow),
@@ -207,6 +235,55 @@ impl Config {
             device_quickack: args.device_quickack == Switch::On,
         })
     }
+}
+
+impl Config {
+    /// The settings every link shares.
+    pub fn process(&self) -> ProcessConfig {
+        ProcessConfig {
+            data_plane: self.data_plane,
+            xdp_interface: self.xdp_interface.clone(),
+            xdp_mode: self.xdp_mode,
+            connect_timeout: self.connect_timeout,
+            splice_sndbuf: self.splice_sndbuf,
+            splice_max_queued: self.splice_max_queued,
+            device_quickack: self.device_quickack,
+            // One link's sockets, or as many as the kernel maps hold for a set of links.
+            max_spliced_sockets: match self.config_file {
+                Some(_) => devicelink_proxy_common::MAX_SPLICED_SOCKETS,
+                None => (2 * self.max_connections + 64)
+                    .min(devicelink_proxy_common::MAX_SPLICED_SOCKETS),
+            },
+        }
+    }
+
+    /// The one link the flags describe (none with `--config`).
+    pub fn single_link(&self) -> Option<Link> {
+        Some(Link {
+            name: self.name.clone(),
+            listen: self.listen?,
+            device: self.device.clone()?,
+            acl: self.acl.clone(),
+            expires_at: self.expires_at,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            enabled: true,
+        })
+    }
+}
+
+/// The settings every link of the process shares: the data plane and its limits.
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    pub data_plane: DataPlaneChoice,
+    pub xdp_interface: Option<String>,
+    pub xdp_mode: XdpModeChoice,
+    pub connect_timeout: Duration,
+    pub splice_sndbuf: u32,
+    pub splice_max_queued: u32,
+    pub device_quickack: bool,
+    /// Capacity of the splice's socket map.
+    pub max_spliced_sockets: u32,
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {

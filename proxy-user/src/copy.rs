@@ -21,7 +21,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, sockopt};
+use crate::{session::ConnectionCounters, sockopt};
 
 /// Copy buffer per direction: large enough that a bulk stream costs few syscalls.
 const COPY_BUFFER: usize = 128 * 1024;
@@ -73,7 +73,7 @@ pub async fn carry(
     mut client: TcpStream,
     mut device: TcpStream,
     limits: &CarryLimits,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
     cancel: &CancellationToken,
 ) -> Outcome {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
@@ -166,7 +166,7 @@ async fn pump(
     mut to: WriteHalf<'_>,
     direction: Direction,
     activity: &AtomicU64,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
 ) -> Result<(), (&'static str, io::Error)> {
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {

@@ -16,7 +16,10 @@ use devicelink_proxy_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, XdpModeChoice};
+use crate::{
+    config::{ProcessConfig, XdpModeChoice},
+    xdp_acl::LinkAcl,
+};
 
 /// The kernel programs, built by `build.rs` from `proxy-ebpf/`.
 static KERNEL_OBJECT: &[u8] =
@@ -88,10 +91,12 @@ pub struct KernelPlane {
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
     xdp_verdicts: PerCpuArray<MapData, u64>,
-    /// Kept for the life of the programs (and for ACL changes without a restart, later).
-    _acl_v4: LpmTrie<MapData, [u8; 4], u8>,
-    _acl_v6: LpmTrie<MapData, [u8; 16], u8>,
-    _xdp_config: Array<MapData, XdpConfig>,
+    #[expect(clippy::type_complexity, reason = "replaced by the per-link ACL maps")]
+    acl: Mutex<(
+        LpmTrie<MapData, [u8; 4], u8>,
+        LpmTrie<MapData, [u8; 16], u8>,
+        Array<MapData, XdpConfig>,
+    )>,
     xdp_interface: Option<String>,
     /// Owns the programs and their attachments; declared last so that it is dropped after the
     /// maps above (drop order is declaration order).
@@ -131,14 +136,14 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
 
 impl KernelPlane {
     /// Loads and attaches everything for `config`, or says why it cannot.
-    pub fn load(config: &Config) -> Result<Self, KernelError> {
+    pub fn load(config: &ProcessConfig) -> Result<Self, KernelError> {
         let (release, version) = kernel_release();
         if version.is_none_or(|v| v < MIN_KERNEL) {
             return Err(KernelError::TooOld { found: release });
         }
         raise_memlock_limit();
 
-        let capacity = (2 * config.max_connections + 64).min(MAX_SPLICED_SOCKETS);
+        let capacity = config.max_spliced_sockets.min(MAX_SPLICED_SOCKETS);
         // Where TCP keeps an skb's sequence numbers, for the verdict program's overlap check.
         let skb_cb_offset = match crate::btf::member_offset("sk_buff", "cb") {
             Ok(Some(offset)) => offset,
@@ -178,36 +183,14 @@ impl KernelPlane {
         let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
         let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
         let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
-        let mut xdp_config: Array<MapData, XdpConfig> = take(&mut ebpf, "XDP_CONFIG")?;
-        let mut acl_v4: LpmTrie<MapData, [u8; 4], u8> = take(&mut ebpf, "ACL_V4")?;
-        let mut acl_v6: LpmTrie<MapData, [u8; 16], u8> = take(&mut ebpf, "ACL_V6")?;
+        let xdp_config: Array<MapData, XdpConfig> = take(&mut ebpf, "XDP_CONFIG")?;
+        let acl_v4: LpmTrie<MapData, [u8; 4], u8> = take(&mut ebpf, "ACL_V4")?;
+        let acl_v6: LpmTrie<MapData, [u8; 16], u8> = take(&mut ebpf, "ACL_V6")?;
 
         let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
         verdict
             .attach(sockets.fd())
             .map_err(prog_err("splice_verdict"))?;
-
-        xdp_config
-            .set(
-                0,
-                XdpConfig {
-                    listen_port: config.listen.port(),
-                    _pad: [0; 6],
-                },
-                0,
-            )
-            .map_err(map_err("XDP_CONFIG"))?;
-        for net in config.acl.prefixes() {
-            let prefix_len = u32::from(net.prefix_len());
-            match net.network() {
-                IpAddr::V4(addr) => acl_v4
-                    .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
-                    .map_err(map_err("ACL_V4"))?,
-                IpAddr::V6(addr) => acl_v6
-                    .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
-                    .map_err(map_err("ACL_V6"))?,
-            }
-        }
 
         let xdp_interface = match &config.xdp_interface {
             Some(interface) => {
@@ -246,12 +229,51 @@ impl KernelPlane {
             splice_bytes,
             splice_events,
             xdp_verdicts,
-            _acl_v4: acl_v4,
-            _acl_v6: acl_v6,
-            _xdp_config: xdp_config,
+            acl: Mutex::new((acl_v4, acl_v6, xdp_config)),
             xdp_interface,
             _ebpf: ebpf,
         })
+    }
+
+    /// Interim: one listen port (the first link's) and the union of the ranges.
+    pub fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), KernelError> {
+        let mut guard = self.acl.lock().unwrap_or_else(|e| e.into_inner());
+        let (acl_v4, acl_v6, xdp_config) = &mut *guard;
+        let port = links.first().map_or(0, |link| link.port);
+        xdp_config
+            .set(
+                0,
+                XdpConfig {
+                    listen_port: port,
+                    _pad: [0; 6],
+                },
+                0,
+            )
+            .map_err(map_err("XDP_CONFIG"))?;
+        for link in links {
+            for net in &link.ranges {
+                let prefix_len = u32::from(net.prefix_len());
+                match net.network() {
+                    IpAddr::V4(addr) => acl_v4
+                        .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
+                        .map_err(map_err("ACL_V4"))?,
+                    IpAddr::V6(addr) => acl_v6
+                        .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
+                        .map_err(map_err("ACL_V6"))?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Interim: entries are not counted yet.
+    pub fn xdp_acl_entries(&self) -> u64 {
+        0
+    }
+
+    /// Interim: per-link drops are not counted yet.
+    pub fn xdp_drops(&self, _slot: u32) -> u64 {
+        0
     }
 
     pub fn xdp_interface(&self) -> Option<&str> {
@@ -364,7 +386,11 @@ impl KernelPlane {
 }
 
 /// Opens the kernel object for `config` and loads the splice verdict program.
-fn load_object(config: &Config, capacity: u32, skb_cb_offset: u32) -> Result<Ebpf, KernelError> {
+fn load_object(
+    config: &ProcessConfig,
+    capacity: u32,
+    skb_cb_offset: u32,
+) -> Result<Ebpf, KernelError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("SPLICE_SOCKETS", capacity)
         .map_max_entries("SPLICE_LINKS", capacity)

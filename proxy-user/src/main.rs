@@ -11,9 +11,15 @@ use tracing::{error, info, warn};
 use devicelink_proxy::{
     causes,
     config::{self, Args, Config, LogFormat},
+    control::{self, Control},
+    dataplane::DataPlane,
+    events::EventLog,
+    link::{Carrier, Link},
+    links_file, listen,
     metrics::{self, Metrics},
-    proxy::{self, DataPlane},
-    route,
+    reload::ConfigFile,
+    session::Sessions,
+    table::{LinkState, LinkTable},
 };
 
 fn main() -> ExitCode {
@@ -25,6 +31,18 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             return ExitCode::from(2);
         }
+    };
+    // The links file is checked before anything starts: a file that does not validate is the
+    // same mistake as a bad flag.
+    let links = match &config.config_file {
+        Some(path) => match links_file::read(path) {
+            Ok(links) => links,
+            Err(err) => {
+                eprintln!("error: --config {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => config.single_link().into_iter().collect(),
     };
     // With the kernel carrying the bytes, the process only accepts, sets up and watches: one
     // thread does that fastest (no cross-thread wake-ups; measured as connection set-up rate).
@@ -45,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, links)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{}", causes(&err));
@@ -80,37 +98,46 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
+    let sessions = Arc::new(Sessions::default());
+    let events = Arc::new(EventLog::default());
+    metrics.set_sessions(Arc::clone(&sessions));
     let shutdown = CancellationToken::new();
 
     // Bind before loading anything: a wrong address is the most common mistake and the cheapest
     // to report.
-    let listener = proxy::bind(config.listen)?;
-    let metrics_listener = match config.metrics {
-        Some(addr) => Some(proxy::bind_listener("--metrics", addr, 128)?),
-        None => None,
-    };
-    if let Some(listener) = metrics_listener {
+    if let Some(addr) = config.metrics {
+        let listener = listen::bind_listener("--metrics", addr, 128)?;
         tokio::spawn(metrics::serve(
             listener,
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
     }
+    let control_listener = match &config.control_socket {
+        Some(path) => Some((control::bind(path)?, path.clone())),
+        None => None,
+    };
 
-    let data_plane = DataPlane::choose(&config)?;
+    let process = config.process();
+    let data_plane = DataPlane::choose(&process)?;
     let kernel = match &data_plane {
         DataPlane::Kernel { plane, .. } => Some(Arc::clone(plane)),
         DataPlane::Userspace => None,
     };
     metrics.set_data_plane(data_plane.mode(), kernel);
-    // Held until the proxy stops: dropping a route removes it.
-    let _quickack_routes = match &data_plane {
-        DataPlane::Kernel { .. } if config.device_quickack => device_quickack_routes(&config).await,
-        _ => Vec::new(),
-    };
+    let carrier = Arc::new(Carrier {
+        data_plane: data_plane.clone(),
+        metrics: Arc::clone(&metrics),
+        sessions: Arc::clone(&sessions),
+        events: Arc::clone(&events),
+        connect_timeout: process.connect_timeout,
+        splice_sndbuf: process.splice_sndbuf,
+        splice_max_queued: process.splice_max_queued,
+    });
+    let table = LinkTable::spawn(carrier, process.device_quickack);
 
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -124,78 +151,87 @@ async fn run(config: Config) -> anyhow::Result<()> {
         on_signal.cancel();
     });
 
-    if config.acl.is_empty() {
-        warn!("no --allow given: every client is refused (add e.g. --allow 203.0.113.0/24)");
+    let config_file = match &config.config_file {
+        Some(path) => {
+            let file = Arc::new(ConfigFile::new(
+                path.clone(),
+                table.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&events),
+            ));
+            // Checked at start already; read again so that the watch starts from what applied.
+            file.reload()
+                .await
+                .map_err(|why| anyhow::anyhow!("--config {why}"))?;
+            tokio::spawn(Arc::clone(&file).watch(shutdown.clone()));
+            Some(file)
+        }
+        None => {
+            if config.acl.is_empty() {
+                warn!(
+                    "no --allow given: every client is refused (add e.g. --allow 203.0.113.0/24)"
+                );
+            }
+            info!(
+                listen = ?config.listen,
+                device = ?config.device.as_ref().map(ToString::to_string),
+                allow = ?config.acl.prefixes().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                expires_at = ?config.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "devicelink-proxy accepting clients"
+            );
+            let report = table.apply(links).await?;
+            metrics.config_applied();
+            if let Some((_, why)) = report.failed.into_iter().next() {
+                table.shutdown().await;
+                anyhow::bail!("{why}");
+            }
+            None
+        }
+    };
+    if let Some((listener, path)) = control_listener {
+        let control = Control {
+            table: table.clone(),
+            sessions: Arc::clone(&sessions),
+            events: Arc::clone(&events),
+            metrics: Arc::clone(&metrics),
+            data_plane: data_plane.clone(),
+            config_file: config_file.clone(),
+        };
+        tokio::spawn(control::serve(listener, path, control, shutdown.clone()));
     }
-    info!(
-        listen = %config.listen,
-        device = %config.device,
-        allow = ?config.acl.prefixes().iter().map(ToString::to_string).collect::<Vec<_>>(),
-        expires_at = ?config.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-        "devicelink-proxy accepting clients"
-    );
-    let stop = proxy::run(
-        config,
-        listener,
-        data_plane.clone(),
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    )
-    .await;
+    metrics.set_ready(true);
+
+    // One link from flags ends the process when it expires; a set of links from a file runs
+    // until stopped (an expired link waits there for a new expiry).
+    let expired = async {
+        if config_file.is_some() {
+            return std::future::pending().await;
+        }
+        let mut status = table.watch();
+        loop {
+            if status
+                .borrow_and_update()
+                .iter()
+                .any(|link| link.state == LinkState::Expired)
+            {
+                return;
+            }
+            if status.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let open = || sessions.list(None).len();
+    tokio::select! {
+        () = expired => info!(open = open(), "link expired: stopped accepting, closing every connection"),
+        () = shutdown.cancelled() => info!(open = open(), "shutting down: stopped accepting, closing every connection"),
+    }
+    metrics.set_ready(false);
+    table.shutdown().await;
     let [to_device, from_device] = metrics.bytes();
-    info!(
-        ?stop,
-        to_device, from_device, "stopped; detaching kernel programs"
-    );
+    info!(to_device, from_device, "stopped; detaching kernel programs");
     shutdown.cancel();
     // Dropping the last handle on the kernel plane detaches XDP and the verdict program.
     drop(data_plane);
     Ok(())
-}
-
-/// Quick-ACK host routes to each address the device has now (see `route`). A DNS name is
-/// resolved once here; addresses it gains later get none. Failures are logged, not fatal: the
-/// splice works without them, only slower for bursty devices.
-async fn device_quickack_routes(config: &Config) -> Vec<route::QuickAckRoute> {
-    let device = &config.device;
-    // A resolver that does not answer must not hold up the start for longer than a connection
-    // would wait for the device.
-    let lookup = tokio::time::timeout(
-        config.connect_timeout,
-        tokio::net::lookup_host((device.host.as_str(), device.port)),
-    );
-    let addrs: Vec<std::net::IpAddr> = match lookup.await {
-        Ok(Ok(addrs)) => addrs.map(|addr| addr.ip()).collect(),
-        Ok(Err(err)) => {
-            warn!(%device, %err, "cannot resolve the device now; no quick-ACK route added");
-            return Vec::new();
-        }
-        Err(_) => {
-            warn!(%device, "resolving the device timed out; no quick-ACK route added");
-            return Vec::new();
-        }
-    };
-    let mut routes = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for addr in addrs {
-        // A v4-mapped address is reached over IPv4.
-        let addr = addr.to_canonical();
-        if !seen.insert(addr) {
-            continue;
-        }
-        match route::QuickAckRoute::add(addr) {
-            Ok(Some(route)) => routes.push(route),
-            Ok(None) => {}
-            // A device on this host (loopback, say) is reached through the local table, which
-            // a route of ours would not override; nothing to do.
-            Err(err @ route::RouteError::NotUnicast(..)) => {
-                info!(device = %addr, "no quick-ACK route: {err}")
-            }
-            Err(err) => warn!(
-                device = %addr,
-                "no quick-ACK route to the device ({err}); the splice delays its ACKs to the device, which slows bursty devices (VNC/RDP); --device-quickack off silences this"
-            ),
-        }
-    }
-    routes
 }

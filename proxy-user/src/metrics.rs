@@ -2,10 +2,11 @@
 //! `/metrics`, liveness at `/healthz`, readiness at `/readyz`.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -17,7 +18,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::kernel::KernelPlane;
+use crate::{kernel::KernelPlane, session::Sessions};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
 pub const RESULTS: [&str; 10] = [
@@ -45,6 +46,85 @@ pub struct Metrics {
     integrity_errors: AtomicU64,
     ready: AtomicBool,
     data_plane: OnceLock<DataPlaneInfo>,
+    /// Per-link series, by link name, for the links the proxy carries now.
+    links: Mutex<BTreeMap<String, Arc<LinkStats>>>,
+    /// Open sessions, for the bytes spliced links are moving right now.
+    sessions: OnceLock<Arc<Sessions>>,
+    config: Mutex<ConfigState>,
+}
+
+/// The configuration file's state, for `/readyz` and the metrics.
+#[derive(Default)]
+struct ConfigState {
+    /// Sets of links applied since start.
+    generation: u64,
+    applied: u64,
+    refused: u64,
+    /// Why the latest file was refused (the running set is the one before it); `None` once a
+    /// file applies again.
+    refusal: Option<String>,
+}
+
+/// One link's counters.
+#[derive(Default)]
+pub struct LinkStats {
+    active: AtomicI64,
+    results: [AtomicU64; RESULTS.len()],
+    /// Bytes copied by the proxy process, per direction.
+    copied: [AtomicU64; Direction::COUNT as usize],
+    /// Bytes the kernel redirected on connections whose splice has ended, per direction.
+    spliced: [AtomicU64; Direction::COUNT as usize],
+    /// The link's slot in the XDP maps (its drop counter), plus one; 0: none.
+    xdp_slot: AtomicU32,
+}
+
+impl LinkStats {
+    pub fn connection_opened(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn count_result(&self, result: &str) {
+        self.results[result_index(result)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes(&self, direction: Direction, bytes: u64) {
+        self.copied[direction as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add_kernel_bytes(&self, direction: Direction, bytes: u64) {
+        self.spliced[direction as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of connections that ended plus bytes copied: `[to_device, from_device]`.
+    pub fn bytes(&self) -> [u64; 2] {
+        [0, 1].map(|i| {
+            self.copied[i].load(Ordering::Relaxed) + self.spliced[i].load(Ordering::Relaxed)
+        })
+    }
+
+    pub fn set_xdp_slot(&self, slot: Option<u32>) {
+        self.xdp_slot
+            .store(slot.map_or(0, |slot| slot + 1), Ordering::Relaxed);
+    }
+
+    pub fn xdp_slot(&self) -> Option<u32> {
+        self.xdp_slot.load(Ordering::Relaxed).checked_sub(1)
+    }
+}
+
+fn result_index(result: &str) -> usize {
+    RESULTS
+        .iter()
+        .position(|r| *r == result)
+        .expect("result labels are listed in RESULTS")
 }
 
 #[derive(Clone)]
@@ -81,11 +161,60 @@ impl Metrics {
     }
 
     pub fn count_result(&self, result: &str) {
-        let index = RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .expect("result labels are listed in RESULTS");
-        self.results[index].fetch_add(1, Ordering::Relaxed);
+        self.results[result_index(result)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of link `name`, kept while the link is in the configuration (a link that
+    /// stops and starts again under the same name keeps counting).
+    pub fn link(&self, name: &str) -> Arc<LinkStats> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(links.entry(name.to_string()).or_default())
+    }
+
+    /// The counters of link `name`, if it has any.
+    pub fn link_stats(&self, name: &str) -> Option<Arc<LinkStats>> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(name).cloned()
+    }
+
+    /// Link `name` left the configuration: its series go.
+    pub fn forget_link(&self, name: &str) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.remove(name);
+    }
+
+    pub fn set_sessions(&self, sessions: Arc<Sessions>) {
+        let _ = self.sessions.set(sessions);
+    }
+
+    /// A set of links was applied.
+    pub fn config_applied(&self) {
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        config.generation += 1;
+        config.applied += 1;
+        config.refusal = None;
+    }
+
+    /// A configuration file was refused as a whole; the running set stays.
+    pub fn config_refused(&self, why: &str) {
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        config.refused += 1;
+        config.refusal = Some(why.to_string());
+    }
+
+    pub fn config_generation(&self) -> u64 {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    pub fn config_refusal(&self) -> Option<String> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refusal
+            .clone()
     }
 
     pub fn count_path(&self, path: Path) {
@@ -219,6 +348,17 @@ impl Metrics {
         );
         family(
             &mut out,
+            "devicelink_xdp_acl_entries",
+            "gauge",
+            "Source prefixes in the XDP ACL, over every link (a link's range counts once per family it covers).",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_xdp_acl_entries {}",
+            self.kernel().map_or(0, |kernel| kernel.xdp_acl_entries())
+        );
+        family(
+            &mut out,
             "devicelink_xdp_packets_total",
             "counter",
             "Packets seen by the XDP source ACL, by verdict and reason.",
@@ -258,7 +398,138 @@ impl Metrics {
                 "devicelink_splice_skbs_total{{event=\"{event}\"}} {value}"
             );
         }
+        self.render_config(&mut out);
+        self.render_links(&mut out);
         out
+    }
+
+    fn render_config(&self, out: &mut String) {
+        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        family(
+            out,
+            "devicelink_config_generation",
+            "gauge",
+            "Sets of links applied since the proxy started (1 once the first applied).",
+        );
+        let _ = writeln!(out, "devicelink_config_generation {}", config.generation);
+        family(
+            out,
+            "devicelink_config_reloads_total",
+            "counter",
+            "Configuration files read, by result: applied, or refused as a whole (the running set stays as it was).",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_config_reloads_total{{result=\"applied\"}} {}",
+            config.applied
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_config_reloads_total{{result=\"refused\"}} {}",
+            config.refused
+        );
+        family(
+            out,
+            "devicelink_config_refused",
+            "gauge",
+            "1 while the latest configuration file is refused (see /readyz for why).",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_config_refused {}",
+            u8::from(config.refusal.is_some())
+        );
+    }
+
+    fn render_links(&self, out: &mut String) {
+        let links: Vec<(String, Arc<LinkStats>)> = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, stats)| (name.clone(), Arc::clone(stats)))
+            .collect();
+        let kernel = self.kernel();
+        // Bytes the kernel is moving on connections still open, per link.
+        let mut live: BTreeMap<&str, [u64; 2]> = BTreeMap::new();
+        let open = self
+            .sessions
+            .get()
+            .map(|sessions| sessions.list(None))
+            .unwrap_or_default();
+        for session in &open {
+            let bytes = session.live_kernel_bytes(kernel.map(Arc::as_ref));
+            let entry = live.entry(&session.link).or_default();
+            entry[0] += bytes[0];
+            entry[1] += bytes[1];
+        }
+        family(
+            out,
+            "devicelink_link_connections_active",
+            "gauge",
+            "Connections being carried now, per link.",
+        );
+        for (name, stats) in &links {
+            let _ = writeln!(
+                out,
+                "devicelink_link_connections_active{{link=\"{name}\"}} {}",
+                stats.active()
+            );
+        }
+        family(
+            out,
+            "devicelink_link_connections_total",
+            "counter",
+            "Client connections per link, by how they ended (the labels of devicelink_connections_total).",
+        );
+        for (name, stats) in &links {
+            for (label, value) in RESULTS.iter().zip(&stats.results) {
+                let value = value.load(Ordering::Relaxed);
+                if value > 0 {
+                    let _ = writeln!(
+                        out,
+                        "devicelink_link_connections_total{{link=\"{name}\",result=\"{label}\"}} {value}"
+                    );
+                }
+            }
+        }
+        family(
+            out,
+            "devicelink_link_bytes_total",
+            "counter",
+            "Payload bytes carried per link, by direction.",
+        );
+        for (name, stats) in &links {
+            let [mut to_device, mut from_device] = stats.bytes();
+            if let Some([to, from]) = live.get(name.as_str()) {
+                to_device += to;
+                from_device += from;
+            }
+            let _ = writeln!(
+                out,
+                "devicelink_link_bytes_total{{link=\"{name}\",direction=\"to_device\"}} {to_device}"
+            );
+            let _ = writeln!(
+                out,
+                "devicelink_link_bytes_total{{link=\"{name}\",direction=\"from_device\"}} {from_device}"
+            );
+        }
+        family(
+            out,
+            "devicelink_link_xdp_drops_total",
+            "counter",
+            "Packets from sources outside a link's ACL that XDP dropped before the stack saw them.",
+        );
+        for (name, stats) in &links {
+            let drops = match (kernel, stats.xdp_slot()) {
+                (Some(kernel), Some(slot)) => kernel.xdp_drops(slot),
+                _ => 0,
+            };
+            let _ = writeln!(
+                out,
+                "devicelink_link_xdp_drops_total{{link=\"{name}\"}} {drops}"
+            );
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -338,7 +609,15 @@ fn respond(metrics: &Metrics, request: &[u8]) -> (&'static str, &'static str, St
             metrics.render(),
         ),
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
-        "/readyz" if metrics.is_ready() => ("200 OK", TEXT, "ready\n".into()),
+        "/readyz" if metrics.is_ready() => (
+            "200 OK",
+            TEXT,
+            match metrics.config_refusal() {
+                // The running set still serves: ready, with the reason the new file waits.
+                Some(why) => format!("ready; the latest configuration was refused: {why}\n"),
+                None => "ready\n".into(),
+            },
+        ),
         "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".into()),
         _ => (
             "404 Not Found",

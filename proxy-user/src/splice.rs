@@ -55,7 +55,7 @@ use tracing::{debug, error, warn};
 use crate::{
     copy::{CarryLimits, Outcome},
     kernel::KernelPlane,
-    metrics::Metrics,
+    session::ConnectionCounters,
     sockopt,
 };
 
@@ -310,7 +310,7 @@ pub async fn carry(
     client: TcpStream,
     device: TcpStream,
     limits: &CarryLimits,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
     cancel: &CancellationToken,
 ) -> Spliced {
     // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
@@ -342,7 +342,14 @@ pub async fn carry(
         }
         Err(EnterError::Io(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
+    let [client_socket, device_socket] = &pair;
+    metrics.spliced(client_socket.cookie, device_socket.cookie);
     let outcome = watch(plane, watcher, &mut pair, limits, metrics, cancel).await;
+    // The kernel's counts go with the link entries below: keep them for the session's record.
+    metrics.splice_ended(
+        pair.each_ref()
+            .map(|socket| plane.link_bytes(socket.cookie).0),
+    );
     for socket in &pair {
         // Closing the socket (below) takes it out of the hash.
         plane.unlink(socket.cookie, socket.credit_written);
@@ -510,7 +517,7 @@ async fn watch(
     watcher: &SpliceWatcher,
     pair: &mut [SplicedSocket; 2],
     limits: &CarryLimits,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
     cancel: &CancellationToken,
 ) -> Outcome {
     let registration = match watcher.register(pair) {
@@ -748,7 +755,7 @@ fn check_integrity(
     plane: &KernelPlane,
     pair: &[SplicedSocket; 2],
     source: usize,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
 ) -> Option<Outcome> {
     match excess_consumed(plane, pair, source)
         .and_then(|excess| Ok(excess.max(excess_sent(plane, pair, source)?)))
@@ -1123,7 +1130,7 @@ fn forward_held(
     pair: &mut [SplicedSocket; 2],
     source: usize,
     limits: &CarryLimits,
-    metrics: &Metrics,
+    metrics: &ConnectionCounters,
     buf: &mut Vec<u8>,
 ) -> io::Result<HeldState> {
     let limit = u64::from(limits.splice_max_queued);

@@ -1,0 +1,85 @@
+//! One link: what it is (name, listen address, device, allowed sources, expiry, limits) and the
+//! running half of it: a listener whose accept loop admits allowed clients and carries each to
+//! the device over the process's data plane. The link table (`table`) starts, changes and stops
+//! links; a change of ACL, device or limits reaches a running link through [`LinkSettings`]
+//! without touching its listener or its sessions.
+
+mod accept;
+mod device;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+pub use accept::{RunningLink, start};
+
+use crate::{
+    acl::SourceAcl, config::DeviceAddr, dataplane::DataPlane, events::EventLog, metrics::Metrics,
+    session::Sessions,
+};
+
+/// The proxy's default limit of connections per link.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+/// A link as the configuration asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub device: DeviceAddr,
+    pub acl: SourceAcl,
+    pub expires_at: Option<SystemTime>,
+    pub max_connections: u32,
+    pub idle_timeout: Option<Duration>,
+    pub enabled: bool,
+}
+
+impl Link {
+    /// Whether the link should be open at `now`.
+    pub fn open_at(&self, now: SystemTime) -> bool {
+        self.enabled && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    pub fn settings(&self) -> LinkSettings {
+        LinkSettings {
+            device: self.device.clone(),
+            acl: self.acl.clone(),
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// What a running link reads at each accept, so that a change applies to the next client
+/// without a new listener. The idle timeout applies to connections accepted after a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    pub device: DeviceAddr,
+    pub acl: SourceAcl,
+    pub max_connections: u32,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The settings a running link reads; swapped whole by the table.
+pub type SharedSettings = Arc<RwLock<Arc<LinkSettings>>>;
+
+/// What every link shares: the data plane and its process-wide limits, and where connections
+/// are recorded.
+pub struct Carrier {
+    pub data_plane: DataPlane,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
+    pub events: Arc<EventLog>,
+    pub connect_timeout: Duration,
+    pub splice_sndbuf: u32,
+    pub splice_max_queued: u32,
+}
+
+/// Why a session was closed by the proxy rather than by its peers; said in the audit line.
+pub mod close_reason {
+    pub const SOURCE_REMOVED: &str = "source_removed_from_acl";
+    pub const LINK_STOPPED: &str = "link_stopped";
+    pub const CLOSED_BY_REQUEST: &str = "closed_by_request";
+}

@@ -1,0 +1,315 @@
+//! A running link: its listener's accept loop, the checks each client passes (source ACL,
+//! connection limit), and one connection's life from connecting to the device to its audit line.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::{JoinHandle, JoinSet},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    Carrier, Link, LinkSettings, SharedSettings, close_reason,
+    device::{self, LogOnce, Refusal},
+};
+use crate::{
+    copy::{self, CarryLimits},
+    dataplane::DataPlane,
+    events::{Event, EventKind},
+    listen,
+    metrics::{LinkStats, Path},
+    session::{ConnectionCounters, Session},
+    sockopt, splice,
+};
+
+/// A link whose listener is open. Dropping it without [`RunningLink::stop`] leaves the accept
+/// loop running: the table always stops what it started.
+pub struct RunningLink {
+    pub name: Arc<str>,
+    /// The address the listener is bound to.
+    pub listen: SocketAddr,
+    settings: SharedSettings,
+    pub stats: Arc<LinkStats>,
+    stop: CancellationToken,
+    listener_closed: oneshot::Receiver<()>,
+    task: JoinHandle<()>,
+}
+
+/// What the accept loop and the connections of one link share.
+struct LinkShared {
+    name: Arc<str>,
+    settings: SharedSettings,
+    stats: Arc<LinkStats>,
+    carrier: Arc<Carrier>,
+    log_once: LogOnce,
+}
+
+impl LinkShared {
+    fn settings(&self) -> Arc<LinkSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Binds `link`'s listener and starts accepting. Fails (and starts nothing) when the address
+/// cannot be bound.
+pub fn start(link: &Link, carrier: &Arc<Carrier>) -> anyhow::Result<RunningLink> {
+    let listener = listen::bind_clients(&format!("link {}: listen", link.name), link.listen)?;
+    let listen = listener.local_addr()?;
+    let name: Arc<str> = Arc::from(link.name.as_str());
+    let settings: SharedSettings = Arc::new(RwLock::new(Arc::new(link.settings())));
+    let stats = carrier.metrics.link(&link.name);
+    let shared = Arc::new(LinkShared {
+        name: Arc::clone(&name),
+        settings: Arc::clone(&settings),
+        stats: Arc::clone(&stats),
+        carrier: Arc::clone(carrier),
+        log_once: LogOnce::default(),
+    });
+    let stop = CancellationToken::new();
+    let (closed_tx, listener_closed) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(shared, listener, stop.clone(), closed_tx));
+    Ok(RunningLink {
+        name,
+        listen,
+        settings,
+        stats,
+        stop,
+        listener_closed,
+        task,
+    })
+}
+
+impl RunningLink {
+    /// Applies new settings: the next client is judged by them; open sessions are the table's
+    /// to close if they are no longer allowed.
+    pub fn update(&self, settings: LinkSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    pub fn settings(&self) -> Arc<LinkSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stops accepting and closes every session of the link. Returns once the listener is
+    /// closed (its port is free again); the sessions finish closing in the background.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.listener_closed.await;
+        drop(self.task);
+    }
+
+    /// Like [`RunningLink::stop`], and waits until every session has closed too.
+    pub async fn stop_and_wait(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<LinkShared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    listener_closed: oneshot::Sender<()>,
+) {
+    let connections = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((client, peer)) => admit(&shared, client, peer, &connections, &mut tasks),
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(link = %shared.name, %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = listener_closed.send(());
+    for session in shared.carrier.sessions.list(Some(&shared.name)) {
+        session.close(close_reason::LINK_STOPPED);
+    }
+    connections.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+fn admit(
+    shared: &Arc<LinkShared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    connections: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let settings = shared.settings();
+    if !settings.acl.allows(peer.ip()) {
+        refuse(
+            shared,
+            client,
+            peer,
+            Refusal::SourceNotAllowed,
+            "source address is not in the link's allowed ranges",
+        );
+        return;
+    }
+    if shared.stats.active() >= i64::from(settings.max_connections) {
+        refuse(
+            shared,
+            client,
+            peer,
+            Refusal::TooManyConnections,
+            &format!(
+                "already carrying the link's maximum of {} connections",
+                settings.max_connections
+            ),
+        );
+        return;
+    }
+    let carrier = &shared.carrier;
+    shared.stats.connection_opened();
+    carrier.metrics.connection_opened();
+    let session = carrier
+        .sessions
+        .open(Arc::clone(&shared.name), peer, connections.child_token());
+    carrier
+        .events
+        .push(Event::new(EventKind::SessionOpened, &shared.name).client(peer));
+    let shared = Arc::clone(shared);
+    tasks.spawn(async move { serve_client(shared, settings, client, session).await });
+}
+
+/// Turns a client away at once with a reset, so it does not wait for anything.
+fn refuse(shared: &LinkShared, client: TcpStream, peer: SocketAddr, refusal: Refusal, why: &str) {
+    shared.carrier.metrics.count_result(refusal.label());
+    shared.stats.count_result(refusal.label());
+    if shared.log_once.first(refusal) {
+        warn!(link = %shared.name, %peer, "refusing client: {why} (further refusals for this reason are counted, not logged)");
+    } else {
+        debug!(link = %shared.name, %peer, "refusing client: {why}");
+    }
+    let _ = sockopt::set_linger_reset(&client);
+    drop(client);
+}
+
+async fn serve_client(
+    shared: Arc<LinkShared>,
+    settings: Arc<LinkSettings>,
+    client: TcpStream,
+    session: Arc<Session>,
+) {
+    let carrier = &shared.carrier;
+    let peer = session.client;
+    let device = tokio::select! {
+        device = device::connect(&settings.device, carrier.connect_timeout) => device,
+        () = session.cancel.cancelled() => Err((Refusal::DeviceError, "the link closed while connecting".into())),
+    };
+    let device = match device {
+        Ok(device) => device,
+        Err((refusal, why)) => {
+            if shared.log_once.first(refusal) {
+                warn!(link = %shared.name, %peer, device = %settings.device, "cannot reach the device: {why}; closing the client (logged once per cause)");
+            } else {
+                debug!(link = %shared.name, %peer, "cannot reach the device: {why}");
+            }
+            let _ = sockopt::set_linger_reset(&client);
+            drop(client);
+            finish(&shared, &settings, &session, refusal.label());
+            return;
+        }
+    };
+    for refusal in [
+        Refusal::DeviceRefused,
+        Refusal::DeviceTimeout,
+        Refusal::DeviceUnreachable,
+        Refusal::DeviceError,
+    ] {
+        shared.log_once.recovered(refusal);
+    }
+    for stream in [&client, &device] {
+        // Interactive sessions (SSH keystrokes, VNC input) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let _ = sockopt::set_keepalive(stream, Duration::from_secs(60));
+    }
+    debug!(link = %shared.name, %peer, "connected to the device");
+    let limits = CarryLimits {
+        idle_timeout: settings.idle_timeout,
+        splice_sndbuf: carrier.splice_sndbuf,
+        splice_max_queued: carrier.splice_max_queued,
+    };
+    let counters = ConnectionCounters {
+        process: Arc::clone(&carrier.metrics),
+        link: Arc::clone(&shared.stats),
+        session: Arc::clone(&session),
+    };
+    let cancel = session.cancel.clone();
+    let metrics = &carrier.metrics;
+    let outcome = match &carrier.data_plane {
+        DataPlane::Kernel { plane, watcher } => {
+            session.set_path("kernel");
+            match splice::carry(plane, watcher, client, device, &limits, &counters, &cancel).await {
+                splice::Spliced::Done(outcome) => {
+                    metrics.count_path(Path::Kernel);
+                    outcome
+                }
+                splice::Spliced::Fallback {
+                    client,
+                    device,
+                    reason,
+                } => {
+                    debug!(link = %shared.name, %peer, "carrying this connection in user space: {reason}");
+                    metrics.count_path(Path::Userspace);
+                    copy::carry(client, device, &limits, &counters, &cancel).await
+                }
+            }
+        }
+        DataPlane::Userspace => {
+            session.set_path("userspace");
+            metrics.count_path(Path::Userspace);
+            copy::carry(client, device, &limits, &counters, &cancel).await
+        }
+    };
+    finish(&shared, &settings, &session, outcome.label());
+}
+
+/// Counts how the connection ended, leaves its audit line and event, and forgets it.
+fn finish(shared: &LinkShared, settings: &LinkSettings, session: &Session, result: &'static str) {
+    let carrier = &shared.carrier;
+    carrier.metrics.count_result(result);
+    shared.stats.count_result(result);
+    shared.stats.connection_closed();
+    carrier.metrics.connection_closed();
+    let plane = match &carrier.data_plane {
+        DataPlane::Kernel { plane, .. } => Some(plane.as_ref()),
+        DataPlane::Userspace => None,
+    };
+    let [to_device, from_device] = session.bytes(plane);
+    let reason = session.close_reason().unwrap_or(result);
+    info!(
+        link = %shared.name,
+        client = %session.client,
+        device = %settings.device,
+        start = %humantime::format_rfc3339_millis(session.since),
+        duration_ms = session.duration().as_millis() as u64,
+        bytes_to_device = to_device,
+        bytes_from_device = from_device,
+        data_plane = session.path().unwrap_or("none"),
+        close_reason = reason,
+        "connection closed"
+    );
+    carrier.events.push(
+        Event::new(EventKind::SessionClosed, &shared.name)
+            .client(session.client)
+            .bytes([to_device, from_device])
+            .reason(reason),
+    );
+    carrier.sessions.remove(session.id);
+}
