@@ -8,6 +8,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use devicelink_proxy_common::{Direction, XdpVerdict};
@@ -543,17 +544,38 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Scrapes and probes served at once; more wait in the listen backlog.
+const MAX_SCRAPES: usize = 32;
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics and probes listening");
     }
+    // A bound on what a flood of scrapers (or slow ones) may hold: each connection is a
+    // descriptor the proxy's own connections need.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let mut backoff = Duration::from_millis(10);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = cancel.cancelled() => return,
+        };
         let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff = Duration::from_millis(10);
+                    accepted
+                }
                 Err(err) => {
-                    debug!(%err, "metrics accept failed");
+                    // EMFILE and friends repeat at once: wait, longer each time, rather than
+                    // spin a core on them.
+                    debug!(%err, ?backoff, "metrics accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
@@ -561,6 +583,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: Cancell
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
+            let _permit = permit;
             let mut request = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
             let read = async {
@@ -573,7 +596,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: Cancell
                 }
                 Ok::<_, std::io::Error>(())
             };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            if tokio::time::timeout(Duration::from_secs(5), read)
                 .await
                 .is_err()
             {

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Carrier, Link, LinkSettings, SharedSettings, close_reason,
-    device::{self, LogOnce, Refusal},
+    device::{self, Refusal, RefusalLog, suppressed_note},
 };
 use crate::{
     copy::{self, CarryLimits},
@@ -48,7 +48,7 @@ struct LinkShared {
     settings: SharedSettings,
     stats: Arc<LinkStats>,
     carrier: Arc<Carrier>,
-    log_once: LogOnce,
+    refusals: RefusalLog,
 }
 
 impl LinkShared {
@@ -70,7 +70,7 @@ pub fn start(link: &Link, carrier: &Arc<Carrier>) -> anyhow::Result<RunningLink>
         settings: Arc::clone(&settings),
         stats: Arc::clone(&stats),
         carrier: Arc::clone(carrier),
-        log_once: LogOnce::default(),
+        refusals: RefusalLog::default(),
     });
     let stop = CancellationToken::new();
     let (closed_tx, listener_closed) = oneshot::channel();
@@ -191,10 +191,12 @@ fn admit(
 fn refuse(shared: &LinkShared, client: TcpStream, peer: SocketAddr, refusal: Refusal, why: &str) {
     shared.carrier.metrics.count_result(refusal.label());
     shared.stats.count_result(refusal.label());
-    if shared.log_once.first(refusal) {
-        warn!(link = %shared.name, %peer, "refusing client: {why} (further refusals for this reason are counted, not logged)");
-    } else {
-        debug!(link = %shared.name, %peer, "refusing client: {why}");
+    match shared.refusals.admit(refusal) {
+        Some(suppressed) => warn!(
+            link = %shared.name, %peer, reason = refusal.label(),
+            "refusing client: {why}{}", suppressed_note(suppressed)
+        ),
+        None => debug!(link = %shared.name, %peer, "refusing client: {why}"),
     }
     let _ = sockopt::set_linger_reset(&client);
     drop(client);
@@ -215,10 +217,12 @@ async fn serve_client(
     let device = match device {
         Ok(device) => device,
         Err((refusal, why)) => {
-            if shared.log_once.first(refusal) {
-                warn!(link = %shared.name, %peer, device = %settings.device, "cannot reach the device: {why}; closing the client (logged once per cause)");
-            } else {
-                debug!(link = %shared.name, %peer, "cannot reach the device: {why}");
+            match shared.refusals.admit(refusal) {
+                Some(suppressed) => warn!(
+                    link = %shared.name, %peer, device = %settings.device, reason = refusal.label(),
+                    "cannot reach the device: {why}; closing the client{}", suppressed_note(suppressed)
+                ),
+                None => debug!(link = %shared.name, %peer, "cannot reach the device: {why}"),
             }
             let _ = sockopt::set_linger_reset(&client);
             drop(client);
@@ -232,7 +236,7 @@ async fn serve_client(
         Refusal::DeviceUnreachable,
         Refusal::DeviceError,
     ] {
-        shared.log_once.recovered(refusal);
+        shared.refusals.recovered(refusal);
     }
     for stream in [&client, &device] {
         // Interactive sessions (SSH keystrokes, VNC input) must not wait for Nagle.

@@ -1,7 +1,7 @@
 //! Reaching the device, and the reasons a client is turned away or its device cannot be reached.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io,
     net::SocketAddr,
     sync::Mutex,
@@ -48,26 +48,68 @@ impl Refusal {
     }
 }
 
-/// Logs each cause of failure once (then counts it silently) until things work again, so a
-/// device that is down does not flood the log with one line per client.
+/// A refusal's log lines are at most one per cause every this long.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate-limits the log lines of each cause of failure: the first is logged at once, later ones
+/// at most once per [`LOG_EVERY`] with how many were left out in between (all are counted in
+/// the metrics). A device that is down, or a scanner knocking on the port, cannot flood the
+/// log, and a refusal is never silenced for good.
 #[derive(Default)]
-pub struct LogOnce {
-    seen: Mutex<HashSet<Refusal>>,
+pub struct RefusalLog {
+    causes: Mutex<HashMap<Refusal, Cause>>,
 }
 
-impl LogOnce {
-    pub fn first(&self, refusal: Refusal) -> bool {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(refusal)
+struct Cause {
+    logged_at: Instant,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// `Some(n)` when this occurrence is to be logged, `n` being how many were not since the
+    /// last line; `None` when it is only counted.
+    pub fn admit(&self, refusal: Refusal) -> Option<u64> {
+        let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match causes.get_mut(&refusal) {
+            Some(cause) if now.duration_since(cause.logged_at) < LOG_EVERY => {
+                cause.suppressed += 1;
+                None
+            }
+            Some(cause) => {
+                let suppressed = cause.suppressed;
+                cause.logged_at = now;
+                cause.suppressed = 0;
+                Some(suppressed)
+            }
+            None => {
+                causes.insert(
+                    refusal,
+                    Cause {
+                        logged_at: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
     }
 
+    /// The cause went away (the device answers again): its next occurrence is logged at once.
     pub fn recovered(&self, refusal: Refusal) {
-        self.seen
+        self.causes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&refusal);
+    }
+}
+
+/// " (N more since the last line)" when some were left out.
+pub fn suppressed_note(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} more since the last line for this cause)")
     }
 }
 
@@ -126,4 +168,28 @@ pub async fn connect(
                 ),
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_refusal_is_logged_and_the_next_ones_counted() {
+        let log = RefusalLog::default();
+        assert_eq!(log.admit(Refusal::SourceNotAllowed), Some(0));
+        assert_eq!(log.admit(Refusal::SourceNotAllowed), None);
+        assert_eq!(log.admit(Refusal::SourceNotAllowed), None);
+        assert_eq!(
+            log.admit(Refusal::DeviceRefused),
+            Some(0),
+            "each cause has its own budget"
+        );
+        log.recovered(Refusal::SourceNotAllowed);
+        assert_eq!(
+            log.admit(Refusal::SourceNotAllowed),
+            Some(0),
+            "a cause that went away is logged at once when it comes back"
+        );
+    }
 }
