@@ -5,6 +5,7 @@
 //! `--kind` runs the throughput measurement in a kind cluster instead (see `bench/kind.rs`).
 
 mod contenders;
+mod density;
 mod iperf;
 mod kind;
 mod machine;
@@ -40,6 +41,9 @@ pub enum Group {
     Vnc,
     /// devicelink eBPF throughput for each `--sndbuf-sizes` value.
     Sndbuf,
+    /// Links in one proxy: idle cost of 1, 100 and 1,000 links, time for a change to be in
+    /// force, one link's throughput with 1,000 loaded.
+    Density,
 }
 
 #[derive(clap::Args)]
@@ -48,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Contender::ALL)]
     contenders: Vec<Contender>,
     /// Which measures to take.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Group::Throughput, Group::Latency, Group::Setup, Group::Memory, Group::Vnc, Group::Sndbuf])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Group::Throughput, Group::Latency, Group::Setup, Group::Memory, Group::Vnc, Group::Sndbuf, Group::Density])]
     measures: Vec<Group>,
     /// Rounds; each runs every contender once.
     #[arg(long, default_value_t = 3)]
@@ -113,7 +117,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let topology = Topology::new("bench").context("building the bench topology")?;
     traffic::tune_namespaces(&topology)?;
     let wants = |g: Group| args.measures.contains(&g);
-    let _iperf = (wants(Group::Throughput) || wants(Group::Sndbuf))
+    let _iperf = (wants(Group::Throughput) || wants(Group::Sndbuf) || wants(Group::Density))
         .then(|| iperf::Server::start(&topology))
         .transpose()?;
     let _echo = (wants(Group::Latency) || wants(Group::Setup) || wants(Group::Memory))
@@ -134,6 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         samples: Vec::new(),
         notes: Vec::new(),
     };
+    let mut density = density::Density::default();
     let mut order = args.contenders.clone();
     for round in 0..args.repetitions {
         for &contender in &order {
@@ -148,6 +153,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if wants(Group::Sndbuf) && args.contenders.contains(&Contender::DevicelinkEbpf) {
             bench.sndbuf_sweep(round);
+        }
+        if wants(Group::Density) {
+            println!(
+                "bench: round {}/{}: links in one proxy",
+                round + 1,
+                args.repetitions
+            );
+            if let Err(e) = density::measure_round(
+                &topology,
+                &crate::proxy_binary(),
+                &args.devicelink_flag,
+                args.throughput_seconds,
+                &mut density,
+            ) {
+                let note = format!("round {}: density failed: {e:#}", round + 1);
+                eprintln!("bench: {note}");
+                bench.notes.push(note);
+            }
         }
         order.rotate_left(1);
     }
@@ -190,7 +213,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|r| summaries.iter().any(|s| &s.row == *r))
         .cloned()
         .collect();
-    let markdown = report::markdown(
+    let mut markdown = report::markdown(
         &rows,
         &summaries,
         &present_sweep,
@@ -198,6 +221,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         &machine,
         &notes,
     );
+    if wants(Group::Density) {
+        markdown.push_str(&density.markdown());
+    }
     println!("\n{markdown}");
 
     let out_dir = crate::workspace_root().join(&args.out_dir);
@@ -211,6 +237,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "summaries": summaries,
         "targets": verdicts,
         "notes": notes,
+        "density": density,
     });
     std::fs::write(
         out_dir.join("latest.json"),
