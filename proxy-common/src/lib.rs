@@ -7,8 +7,23 @@
 /// User space may lower it at load time from `--max-connections`.
 pub const MAX_SPLICED_SOCKETS: u32 = 2 * 4096;
 
-/// Capacity of each source ACL trie (v4 and v6).
-pub const MAX_ACL_ENTRIES: u32 = 1024;
+/// Links one proxy carries at most: the capacity of the port map and of the per-link XDP drop
+/// counters, indexed by a link's slot.
+pub const MAX_LINKS: u32 = 4096;
+
+/// Capacity of each source ACL trie (v4 and v6), over every link: a thousand links with a
+/// few dozen ranges each. Tries are created without preallocation, so unused room costs nothing.
+pub const MAX_ACL_ENTRIES: u32 = 65_536;
+
+/// Bits of an ACL trie key taken by the destination port, ahead of the source address: a lookup
+/// with `PORT_BITS + 32` (or `+ 128`) finds the longest prefix among one port's ranges only.
+pub const PORT_BITS: u32 = 16;
+
+/// Key data of the IPv4 ACL trie: destination port (network order), then the source address.
+pub type AclKeyV4 = [u8; 6];
+
+/// Key data of the IPv6 ACL trie: destination port (network order), then the source address.
+pub type AclKeyV6 = [u8; 18];
 
 /// One spliced socket's entry in the link table, keyed by that socket's cookie
 /// (`SO_COOKIE`, equal to `bpf_get_socket_cookie` in the verdict program).
@@ -87,11 +102,12 @@ impl Direction {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpVerdict {
-    /// A TCP packet to the listen port from a source inside the ACL.
+    /// A TCP packet to a link's port from a source inside that link's ACL.
     Pass = 0,
-    /// A TCP packet to the listen port from a source outside the ACL.
+    /// A TCP packet to a link's port from a source outside that link's ACL.
     DropSource = 1,
-    /// Not ours to judge (other port, other protocol, non-IP, fragments): passed untouched.
+    /// Not ours to judge (a port no link uses, another protocol, non-IP, a fragment after the
+    /// first): passed untouched.
     NotInspected = 2,
     /// Truncated headers: passed, the stack drops what it cannot parse.
     Malformed = 3,
@@ -132,21 +148,10 @@ impl SpliceCounter {
     pub const COUNT: u32 = 9;
 }
 
-/// The XDP program's configuration, slot 0 of a one-element array.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XdpConfig {
-    /// The proxy's listen port, host byte order. Only TCP to this port is judged.
-    pub listen_port: u16,
-    pub _pad: [u8; 6],
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with explicit padding fields; any bit pattern is valid.
     unsafe impl aya::Pod for super::SpliceLink {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpliceCredit {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::XdpConfig {}
 }

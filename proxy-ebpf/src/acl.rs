@@ -1,133 +1,221 @@
-//! The XDP source ACL: TCP packets to the listen port pass only when their source address is in
-//! the allowed prefixes (longest-prefix-match tries, one per address family). Everything else that
-//! reaches the interface is not ours to judge and passes.
+//! The XDP source ACL for every link of the proxy: a TCP packet to a port some link listens on
+//! passes only when its source address is in that link's allowed prefixes. The tries are keyed
+//! by destination port, then source address, so one longest-prefix lookup judges a packet by
+//! its own link's ranges. Everything else that reaches the interface is not ours to judge and
+//! passes.
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use devicelink_proxy_common::{MAX_ACL_ENTRIES, XdpConfig, XdpVerdict};
+use devicelink_proxy_common::{
+    AclKeyV4, AclKeyV6, MAX_ACL_ENTRIES, MAX_LINKS, PORT_BITS, XdpVerdict,
+};
 
 /// LPM tries must be created with `BPF_F_NO_PREALLOC`.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// (port, IPv4 prefix) -> the link's slot.
 #[map]
-static ACL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
-
-#[map]
-static ACL_V6: LpmTrie<[u8; 16], u8> =
+static ACL_V4: LpmTrie<AclKeyV4, u32> =
     LpmTrie::with_max_entries(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// (port, IPv6 prefix) -> the link's slot.
 #[map]
-static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+static ACL_V6: LpmTrie<AclKeyV6, u32> =
+    LpmTrie::with_max_entries(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Destination port (host order) -> the slot of the link listening on it. Only these ports are
+/// judged.
+#[map]
+static LINK_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_LINKS, 0);
 
 /// Per-CPU packet counts indexed by [`XdpVerdict`].
 #[map]
 static XDP_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpVerdict::COUNT, 0);
 
+/// Per-CPU drops of each link, indexed by its slot.
+#[map]
+static XDP_LINK_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_LINKS, 0);
+
 const ETH_HDR_LEN: usize = 14;
+const VLAN_HDR_LEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HDR_LEN: usize = 40;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension headers walked before TCP; a packet with more passes to the stack, where the
+/// accept-time check still judges a connection. Real TCP traffic carries none or one.
+const MAX_EXTENSION_HEADERS: usize = 4;
+
+/// What a packet is, as far as the ACL cares.
+enum Verdict {
+    /// A packet the ACL does not judge, with why.
+    Skip(XdpVerdict),
+    /// TCP to a port some link uses: judge its source by that link's ranges.
+    Judge { slot: u32, allowed: bool },
+}
 
 #[inline(always)]
 pub fn judge(ctx: &XdpContext) -> Result<u32, ()> {
-    let verdict = classify(ctx);
-    if let Some(slot) = XDP_VERDICTS.get_ptr_mut(verdict as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { *slot += 1 };
-    }
-    Ok(match verdict {
-        XdpVerdict::DropSource => xdp_action::XDP_DROP,
-        XdpVerdict::Pass | XdpVerdict::NotInspected | XdpVerdict::Malformed => xdp_action::XDP_PASS,
-    })
-}
-
-#[inline(always)]
-fn classify(ctx: &XdpContext) -> XdpVerdict {
-    let Some(ether_type) = read_be16(ctx, 12) else {
-        return XdpVerdict::Malformed;
+    let (verdict, action) = match classify(ctx) {
+        Verdict::Skip(why) => (why, xdp_action::XDP_PASS),
+        Verdict::Judge {
+            allowed: true,
+            slot: _,
+        } => (XdpVerdict::Pass, xdp_action::XDP_PASS),
+        Verdict::Judge {
+            allowed: false,
+            slot,
+        } => {
+            if let Some(drops) = XDP_LINK_DROPS.get_ptr_mut(slot) {
+                // SAFETY: a per-CPU slot that only this CPU writes, and XDP does not nest on a
+                // CPU, so no other writer can race this increment.
+                unsafe { *drops += 1 };
+            }
+            (XdpVerdict::DropSource, xdp_action::XDP_DROP)
+        }
     };
+    if let Some(count) = XDP_VERDICTS.get_ptr_mut(verdict as u32) {
+        // SAFETY: as above, a per-CPU slot with no concurrent writer.
+        unsafe { *count += 1 };
+    }
+    Ok(action)
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let Some(mut ether_type) = read_be16(ctx, 12) else {
+        return Verdict::Skip(XdpVerdict::Malformed);
+    };
+    let mut ip = ETH_HDR_LEN;
+    // One VLAN tag (a trunk port, or a provider tag): the IP header follows the tag.
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let Some(inner) = read_be16(ctx, ETH_HDR_LEN + 2) else {
+            return Verdict::Skip(XdpVerdict::Malformed);
+        };
+        ether_type = inner;
+        ip += VLAN_HDR_LEN;
+    }
     match ether_type {
-        ETH_P_IP => classify_v4(ctx),
-        ETH_P_IPV6 => classify_v6(ctx),
-        // ARP, VLAN-tagged frames and the rest: user space still checks every accepted client.
-        _ => XdpVerdict::NotInspected,
+        ETH_P_IP => classify_v4(ctx, ip),
+        ETH_P_IPV6 => classify_v6(ctx, ip),
+        // ARP, double-tagged frames and the rest: user space still checks every accepted client.
+        _ => Verdict::Skip(XdpVerdict::NotInspected),
     }
 }
 
 #[inline(always)]
-fn classify_v4(ctx: &XdpContext) -> XdpVerdict {
-    let ip = ETH_HDR_LEN;
+fn classify_v4(ctx: &XdpContext, ip: usize) -> Verdict {
     let (Some(version_ihl), Some(frag), Some(protocol)) = (
         read_u8(ctx, ip),
         read_be16(ctx, ip + 6),
         read_u8(ctx, ip + 9),
     ) else {
-        return XdpVerdict::Malformed;
+        return Verdict::Skip(XdpVerdict::Malformed);
     };
     if protocol != IPPROTO_TCP {
-        return XdpVerdict::NotInspected;
+        return Verdict::Skip(XdpVerdict::NotInspected);
     }
-    // Non-first fragments carry no TCP header; without the first one they never reach a socket.
+    // Fragments after the first carry no TCP header and cannot be judged by port; without the
+    // first one (which is judged and dropped for a disallowed source) they never reach a
+    // socket, and the stack discards them when reassembly times out.
     if frag & 0x1fff != 0 {
-        return XdpVerdict::NotInspected;
+        return Verdict::Skip(XdpVerdict::NotInspected);
     }
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < 20 {
-        return XdpVerdict::Malformed;
+        return Verdict::Skip(XdpVerdict::Malformed);
     }
     let Some(src) = read_array::<4>(ctx, ip + 12) else {
-        return XdpVerdict::Malformed;
+        return Verdict::Skip(XdpVerdict::Malformed);
     };
-    let Some(dst_port) = read_be16(ctx, ip + header_len + 2) else {
-        return XdpVerdict::Malformed;
+    let Some(port) = read_array::<2>(ctx, ip + header_len + 2) else {
+        return Verdict::Skip(XdpVerdict::Malformed);
     };
-    if !is_listen_port(dst_port) {
-        return XdpVerdict::NotInspected;
-    }
-    if ACL_V4.get(Key::new(32, src)).is_some() {
-        XdpVerdict::Pass
-    } else {
-        XdpVerdict::DropSource
+    let Some(slot) = link_slot(port) else {
+        return Verdict::Skip(XdpVerdict::NotInspected);
+    };
+    let key: AclKeyV4 = [port[0], port[1], src[0], src[1], src[2], src[3]];
+    Verdict::Judge {
+        slot,
+        allowed: ACL_V4.get(Key::new(PORT_BITS + 32, key)).is_some(),
     }
 }
 
 #[inline(always)]
-fn classify_v6(ctx: &XdpContext) -> XdpVerdict {
-    let ip = ETH_HDR_LEN;
-    let Some(next_header) = read_u8(ctx, ip + 6) else {
-        return XdpVerdict::Malformed;
+fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
+    let Some(mut next_header) = read_u8(ctx, ip + 6) else {
+        return Verdict::Skip(XdpVerdict::Malformed);
     };
-    // Extension headers before TCP are rare for TCP and not walked here; such packets pass to the
-    // stack and the accept-time ACL in user space.
-    if next_header != IPPROTO_TCP {
-        return XdpVerdict::NotInspected;
-    }
     let Some(src) = read_array::<16>(ctx, ip + 8) else {
-        return XdpVerdict::Malformed;
+        return Verdict::Skip(XdpVerdict::Malformed);
     };
-    let Some(dst_port) = read_be16(ctx, ip + IPV6_HDR_LEN + 2) else {
-        return XdpVerdict::Malformed;
-    };
-    if !is_listen_port(dst_port) {
-        return XdpVerdict::NotInspected;
+    // Walk the extension headers a sender may put before TCP, so a SYN behind a
+    // destination-options header is judged like any other.
+    let mut offset = ip + IPV6_HDR_LEN;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        match next_header {
+            IPPROTO_TCP => break,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                // Both bytes in one read: a one-byte read at a variable offset compiles to a
+                // bounds check the verifier cannot use.
+                let Some([next, len]) = read_array::<2>(ctx, offset) else {
+                    return Verdict::Skip(XdpVerdict::Malformed);
+                };
+                next_header = next;
+                // Length in 8-byte units, not counting the first 8 bytes.
+                offset += (usize::from(len) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let Some([next, _reserved, frag_high, frag_low]) = read_array::<4>(ctx, offset)
+                else {
+                    return Verdict::Skip(XdpVerdict::Malformed);
+                };
+                let frag = u16::from_be_bytes([frag_high, frag_low]);
+                // As for IPv4: only the first fragment carries the TCP header.
+                if frag & 0xfff8 != 0 {
+                    return Verdict::Skip(XdpVerdict::NotInspected);
+                }
+                next_header = next;
+                offset += 8;
+            }
+            _ => return Verdict::Skip(XdpVerdict::NotInspected),
+        }
     }
-    if ACL_V6.get(Key::new(128, src)).is_some() {
-        XdpVerdict::Pass
-    } else {
-        XdpVerdict::DropSource
+    if next_header != IPPROTO_TCP {
+        return Verdict::Skip(XdpVerdict::NotInspected);
+    }
+    let Some(port) = read_array::<2>(ctx, offset + 2) else {
+        return Verdict::Skip(XdpVerdict::Malformed);
+    };
+    let Some(slot) = link_slot(port) else {
+        return Verdict::Skip(XdpVerdict::NotInspected);
+    };
+    let mut key: AclKeyV6 = [0; 18];
+    key[0] = port[0];
+    key[1] = port[1];
+    key[2..].copy_from_slice(&src);
+    Verdict::Judge {
+        slot,
+        allowed: ACL_V6.get(Key::new(PORT_BITS + 128, key)).is_some(),
     }
 }
 
+/// The slot of the link that listens on `port` (network order), if any.
 #[inline(always)]
-fn is_listen_port(port: u16) -> bool {
-    XDP_CONFIG
-        .get(0)
-        .is_some_and(|config| config.listen_port == port)
+fn link_slot(port: [u8; 2]) -> Option<u32> {
+    // SAFETY: the value is copied out at once; user space replaces entries whole, so a
+    // concurrent update yields the old or the new slot, either of which is valid.
+    unsafe { LINK_PORTS.get(u16::from_be_bytes(port)) }.copied()
 }
 
 /// The one bounds-checked accessor for packet bytes: `N` bytes at `offset`, or `None` when the
@@ -139,7 +227,8 @@ fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]
     if start + offset + N > end {
         return None;
     }
-    // SAFETY: bounds checked against data_end just above.
+    // SAFETY: `start + offset .. start + offset + N` lies within the packet, checked against
+    // data_end just above; the read is unaligned-safe.
     Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceAcl {
@@ -25,14 +25,27 @@ impl SourceAcl {
     }
 
     /// Whether a client at `source` may connect. An IPv4 client of a dual-stack (`[::]`)
-    /// listener shows up as `::ffff:a.b.c.d` and is judged by its IPv4 address.
+    /// listener shows up as `::ffff:a.b.c.d` and is judged by its IPv4 address, and an
+    /// IPv4-mapped range as the IPv4 range it stands for: as the XDP program judges them.
     pub fn allows(&self, source: IpAddr) -> bool {
-        let source = match source {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
-            v4 => v4,
-        };
-        self.allowed.iter().any(|net| net.contains(&source))
+        let source = source.to_canonical();
+        self.allowed
+            .iter()
+            .any(|net| ipv4_view(*net).contains(&source))
     }
+}
+
+/// An IPv4-mapped IPv6 range (inside `::ffff:0:0/96`) as the IPv4 range it stands for: IPv4
+/// clients arrive as IPv4 packets on the wire, whatever the listener's family.
+pub fn ipv4_view(range: IpNet) -> IpNet {
+    if let IpNet::V6(net) = range
+        && net.prefix_len() >= 96
+        && let Some(v4) = net.network().to_ipv4_mapped()
+        && let Ok(v4) = Ipv4Net::new(v4, net.prefix_len() - 96)
+    {
+        return IpNet::V4(v4);
+    }
+    range
 }
 
 #[cfg(test)]
@@ -41,6 +54,18 @@ mod tests {
 
     fn acl(prefixes: &[&str]) -> SourceAcl {
         SourceAcl::new(prefixes.iter().map(|p| p.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_is_judged_as_ipv4() {
+        assert_eq!(
+            ipv4_view("::ffff:10.1.0.0/112".parse().unwrap()),
+            "10.1.0.0/16".parse::<IpNet>().unwrap()
+        );
+        let acl = acl(&["::ffff:10.1.0.0/112"]);
+        assert!(acl.allows("10.1.2.3".parse().unwrap()));
+        assert!(acl.allows("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!acl.allows("10.2.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -2,23 +2,21 @@
 //! verdict, and the map operations a connection needs (insert, arm, read counters, remove).
 //! Nothing is pinned: dropping [`KernelPlane`] detaches and unloads everything.
 
-use std::{net::IpAddr, os::fd::AsRawFd, sync::Mutex};
+use std::{os::fd::AsRawFd, sync::Mutex};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, SockHash, lpm_trie::Key,
-    },
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
     programs::{ProgramError, SkSkb, Xdp, XdpMode},
 };
 use devicelink_proxy_common::{
-    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink, XdpConfig, XdpVerdict,
+    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink, XdpVerdict,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     config::{ProcessConfig, XdpModeChoice},
-    xdp_acl::LinkAcl,
+    xdp_acl::{LinkAcl, XdpAcl},
 };
 
 /// The kernel programs, built by `build.rs` from `proxy-ebpf/`.
@@ -91,12 +89,8 @@ pub struct KernelPlane {
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
     xdp_verdicts: PerCpuArray<MapData, u64>,
-    #[expect(clippy::type_complexity, reason = "replaced by the per-link ACL maps")]
-    acl: Mutex<(
-        LpmTrie<MapData, [u8; 4], u8>,
-        LpmTrie<MapData, [u8; 16], u8>,
-        Array<MapData, XdpConfig>,
-    )>,
+    /// The links' ports and ranges, changed while the program runs.
+    acl: Mutex<XdpAcl>,
     xdp_interface: Option<String>,
     /// Owns the programs and their attachments; declared last so that it is dropped after the
     /// maps above (drop order is declaration order).
@@ -183,9 +177,12 @@ impl KernelPlane {
         let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
         let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
         let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
-        let xdp_config: Array<MapData, XdpConfig> = take(&mut ebpf, "XDP_CONFIG")?;
-        let acl_v4: LpmTrie<MapData, [u8; 4], u8> = take(&mut ebpf, "ACL_V4")?;
-        let acl_v6: LpmTrie<MapData, [u8; 16], u8> = take(&mut ebpf, "ACL_V6")?;
+        let acl = XdpAcl::new(
+            take(&mut ebpf, "ACL_V4")?,
+            take(&mut ebpf, "ACL_V6")?,
+            take(&mut ebpf, "LINK_PORTS")?,
+            take(&mut ebpf, "XDP_LINK_DROPS")?,
+        );
 
         let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
         verdict
@@ -229,51 +226,35 @@ impl KernelPlane {
             splice_bytes,
             splice_events,
             xdp_verdicts,
-            acl: Mutex::new((acl_v4, acl_v6, xdp_config)),
+            acl: Mutex::new(acl),
             xdp_interface,
             _ebpf: ebpf,
         })
     }
 
-    /// Interim: one listen port (the first link's) and the union of the ranges.
+    /// Makes the XDP ACL hold exactly `links` (see [`XdpAcl::apply`]).
     pub fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), KernelError> {
-        let mut guard = self.acl.lock().unwrap_or_else(|e| e.into_inner());
-        let (acl_v4, acl_v6, xdp_config) = &mut *guard;
-        let port = links.first().map_or(0, |link| link.port);
-        xdp_config
-            .set(
-                0,
-                XdpConfig {
-                    listen_port: port,
-                    _pad: [0; 6],
-                },
-                0,
-            )
-            .map_err(map_err("XDP_CONFIG"))?;
-        for link in links {
-            for net in &link.ranges {
-                let prefix_len = u32::from(net.prefix_len());
-                match net.network() {
-                    IpAddr::V4(addr) => acl_v4
-                        .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
-                        .map_err(map_err("ACL_V4"))?,
-                    IpAddr::V6(addr) => acl_v6
-                        .insert(&Key::new(prefix_len, addr.octets()), 1, 0)
-                        .map_err(map_err("ACL_V6"))?,
-                }
-            }
-        }
-        Ok(())
+        self.acl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(links)
+            .map_err(map_err("ACL"))
     }
 
-    /// Interim: entries are not counted yet.
+    /// Source prefixes in the XDP ACL now, over every link.
     pub fn xdp_acl_entries(&self) -> u64 {
-        0
+        self.acl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .prefixes() as u64
     }
 
-    /// Interim: per-link drops are not counted yet.
-    pub fn xdp_drops(&self, _slot: u32) -> u64 {
-        0
+    /// Packets XDP dropped for the link in `slot` since it got the slot.
+    pub fn xdp_drops(&self, slot: u32) -> u64 {
+        self.acl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drops(slot)
     }
 
     pub fn xdp_interface(&self) -> Option<&str> {

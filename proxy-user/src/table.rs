@@ -32,9 +32,6 @@ use crate::{
     xdp_acl::LinkAcl,
 };
 
-/// Slots in the XDP maps (interim, until the per-link ACL maps).
-const MAX_LINKS: u32 = 4096;
-
 /// How often links that failed to start (a port in use) are tried again.
 const RETRY_FAILED: Duration = Duration::from_secs(5);
 
@@ -333,7 +330,7 @@ impl Table {
         if let Some(slot) = self.free_slots.pop_first() {
             return Some(slot);
         }
-        if self.next_slot >= MAX_LINKS {
+        if self.next_slot >= devicelink_proxy_common::MAX_LINKS {
             return None;
         }
         self.next_slot += 1;

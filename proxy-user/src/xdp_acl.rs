@@ -1,8 +1,230 @@
-//! Placeholder for the XDP ACL's user-side API (replaced by the kernel plane's own module).
+//! The XDP ACL's maps as user space keeps them: the links' ports and ranges turned into trie
+//! entries, and each change applied as a diff against what the maps hold, new entries before
+//! stale ones go, so a range kept across a change never blinks.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key};
+use devicelink_proxy_common::{AclKeyV4, AclKeyV6, PORT_BITS};
 use ipnet::IpNet;
 
+use crate::acl::ipv4_view;
+
+/// One link as the XDP ACL sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkAcl {
+    /// The link's slot: its value in the maps and its drop counter's index.
     pub slot: u32,
+    /// The port it listens on.
     pub port: u16,
     pub ranges: Vec<IpNet>,
+}
+
+/// What the maps hold (or should): trie keys `(prefix length, data)` and ports, each to a slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AclEntries {
+    pub v4: BTreeMap<(u32, AclKeyV4), u32>,
+    pub v6: BTreeMap<(u32, AclKeyV6), u32>,
+    pub ports: BTreeMap<u16, u32>,
+}
+
+impl AclEntries {
+    /// The entries for `links`. Pure.
+    pub fn of(links: &[LinkAcl]) -> Self {
+        let mut entries = Self::default();
+        for link in links {
+            entries.ports.insert(link.port, link.slot);
+            let port = link.port.to_be_bytes();
+            for range in &link.ranges {
+                match ipv4_view(*range) {
+                    IpNet::V4(net) => {
+                        let addr = net.network().octets();
+                        let key = [port[0], port[1], addr[0], addr[1], addr[2], addr[3]];
+                        entries
+                            .v4
+                            .insert((PORT_BITS + u32::from(net.prefix_len()), key), link.slot);
+                    }
+                    IpNet::V6(net) => {
+                        let mut key = [0u8; 18];
+                        key[..2].copy_from_slice(&port);
+                        key[2..].copy_from_slice(&net.network().octets());
+                        entries
+                            .v6
+                            .insert((PORT_BITS + u32::from(net.prefix_len()), key), link.slot);
+                    }
+                }
+            }
+        }
+        entries
+    }
+
+    /// Trie entries over both families.
+    pub fn prefixes(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+/// The ACL maps of a loaded XDP program and what they hold.
+pub struct XdpAcl {
+    v4: LpmTrie<MapData, AclKeyV4, u32>,
+    v6: LpmTrie<MapData, AclKeyV6, u32>,
+    ports: HashMap<MapData, u16, u32>,
+    drops: PerCpuArray<MapData, u64>,
+    installed: AclEntries,
+}
+
+impl XdpAcl {
+    pub fn new(
+        v4: LpmTrie<MapData, AclKeyV4, u32>,
+        v6: LpmTrie<MapData, AclKeyV6, u32>,
+        ports: HashMap<MapData, u16, u32>,
+        drops: PerCpuArray<MapData, u64>,
+    ) -> Self {
+        Self {
+            v4,
+            v6,
+            ports,
+            drops,
+            installed: AclEntries::default(),
+        }
+    }
+
+    /// Makes the maps hold exactly `links`' entries. Ranges first, then ports (a port is judged
+    /// only once its ranges are in); stale ports go before stale ranges (a port stops being
+    /// judged before its ranges leave). On an error the maps hold a mix of old and new that
+    /// still only lets in sources some version allowed; the next apply finishes the job.
+    pub fn apply(&mut self, links: &[LinkAcl]) -> Result<(), MapError> {
+        let wanted = AclEntries::of(links);
+        for (&(len, data), &slot) in &wanted.v4 {
+            if self.installed.v4.get(&(len, data)) != Some(&slot) {
+                self.v4.insert(&Key::new(len, data), slot, 0)?;
+                self.installed.v4.insert((len, data), slot);
+            }
+        }
+        for (&(len, data), &slot) in &wanted.v6 {
+            if self.installed.v6.get(&(len, data)) != Some(&slot) {
+                self.v6.insert(&Key::new(len, data), slot, 0)?;
+                self.installed.v6.insert((len, data), slot);
+            }
+        }
+        for (&port, &slot) in &wanted.ports {
+            if self.installed.ports.get(&port) != Some(&slot) {
+                // A slot new to this port starts its drop count at zero (slots are reused).
+                if !self.installed.ports.values().any(|&s| s == slot) {
+                    self.reset_drops(slot)?;
+                }
+                self.ports.insert(port, slot, 0)?;
+                self.installed.ports.insert(port, slot);
+            }
+        }
+        let stale_ports: Vec<u16> = self
+            .installed
+            .ports
+            .keys()
+            .filter(|port| !wanted.ports.contains_key(port))
+            .copied()
+            .collect();
+        for port in stale_ports {
+            self.ports.remove(&port)?;
+            self.installed.ports.remove(&port);
+        }
+        let stale_v4: Vec<(u32, AclKeyV4)> = self
+            .installed
+            .v4
+            .keys()
+            .filter(|key| !wanted.v4.contains_key(key))
+            .copied()
+            .collect();
+        for (len, data) in stale_v4 {
+            self.v4.remove(&Key::new(len, data))?;
+            self.installed.v4.remove(&(len, data));
+        }
+        let stale_v6: Vec<(u32, AclKeyV6)> = self
+            .installed
+            .v6
+            .keys()
+            .filter(|key| !wanted.v6.contains_key(key))
+            .copied()
+            .collect();
+        for (len, data) in stale_v6 {
+            self.v6.remove(&Key::new(len, data))?;
+            self.installed.v6.remove(&(len, data));
+        }
+        Ok(())
+    }
+
+    fn reset_drops(&mut self, slot: u32) -> Result<(), MapError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: error,
+            })
+        })?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "per-cpu values",
+                io_error,
+            })
+        })?;
+        self.drops.set(slot, zeros, 0)
+    }
+
+    /// Packets XDP dropped for the link in `slot`, summed over CPUs.
+    pub fn drops(&self, slot: u32) -> u64 {
+        self.drops
+            .get(&slot, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Trie entries installed now.
+    pub fn prefixes(&self) -> usize {
+        self.installed.prefixes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn entries_are_keyed_by_port_then_prefix() {
+        let entries = AclEntries::of(&[
+            LinkAcl {
+                slot: 3,
+                port: 2222,
+                ranges: vec![net("203.0.113.0/24"), net("2001:db8::/32")],
+            },
+            LinkAcl {
+                slot: 4,
+                port: 5900,
+                ranges: vec![net("203.0.113.7/32")],
+            },
+        ]);
+        assert_eq!(entries.ports, BTreeMap::from([(2222, 3), (5900, 4)]));
+        let [hi, lo] = 2222u16.to_be_bytes();
+        assert_eq!(
+            entries.v4.get(&(16 + 24, [hi, lo, 203, 0, 113, 0])),
+            Some(&3),
+            "the port leads the key, so one lookup judges by that port's ranges"
+        );
+        assert_eq!(entries.v4.len(), 2);
+        assert_eq!(entries.v6.len(), 1);
+        assert_eq!(entries.prefixes(), 3);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_goes_to_the_ipv4_trie() {
+        let entries = AclEntries::of(&[LinkAcl {
+            slot: 0,
+            port: 22,
+            ranges: vec![net("::ffff:10.1.0.0/112")],
+        }]);
+        assert_eq!(entries.v4.len(), 1, "{entries:?}");
+        assert!(entries.v6.is_empty());
+    }
 }
