@@ -367,6 +367,76 @@ impl KernelPlane {
 }
 
 /// Opens the kernel object for `config` and loads the splice verdict program.
+/// The XDP ACL program alone: loaded, never attached, judging hand-built frames through
+/// `BPF_PROG_TEST_RUN`. How the ACL is tested on crafted packets (truncated headers, VLAN tags,
+/// IPv6 extension headers, fragments) with no interface and no traffic.
+pub struct DetachedAcl {
+    acl: XdpAcl,
+    verdicts: PerCpuArray<MapData, u64>,
+    /// Owns the program; declared last so the maps above are dropped first.
+    ebpf: Ebpf,
+}
+
+impl DetachedAcl {
+    pub fn load() -> Result<Self, KernelError> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SPLICE_QUEUE_LIMIT", &(64u64 << 20), true)
+            .override_global("SKB_CB_OFFSET", &0u32, true)
+            .load(KERNEL_OBJECT)
+            .map_err(KernelError::Load)?;
+        let program: &mut Xdp = program(&mut ebpf, "source_acl")?;
+        program.load().map_err(prog_err("source_acl"))?;
+        let acl = XdpAcl::new(
+            take(&mut ebpf, "ACL_V4")?,
+            take(&mut ebpf, "ACL_V6")?,
+            take(&mut ebpf, "LINK_PORTS")?,
+            take(&mut ebpf, "XDP_LINK_DROPS")?,
+        );
+        let verdicts = take(&mut ebpf, "XDP_VERDICTS")?;
+        Ok(Self {
+            acl,
+            verdicts,
+            ebpf,
+        })
+    }
+
+    pub fn set_link_acls(&mut self, links: &[LinkAcl]) -> Result<(), KernelError> {
+        self.acl.apply(links).map_err(map_err("ACL"))
+    }
+
+    /// The program's action for `frame` (an Ethernet frame): `XDP_PASS` (2) or `XDP_DROP` (1).
+    pub fn judge(&mut self, frame: &[u8]) -> Result<u32, KernelError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &mut Xdp = program(&mut self.ebpf, "source_acl")?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err("source_acl"))?;
+        Ok(result.return_value)
+    }
+
+    /// Packets counted with `verdict` so far.
+    pub fn verdicts(&self, verdict: XdpVerdict) -> u64 {
+        self.verdicts
+            .get(&(verdict as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn drops(&self, slot: u32) -> u64 {
+        self.acl.drops(slot)
+    }
+
+    pub fn prefixes(&self) -> usize {
+        self.acl.prefixes()
+    }
+}
+
 fn load_object(
     config: &ProcessConfig,
     capacity: u32,

@@ -1,0 +1,377 @@
+//! The XDP source ACL judged on hand-built frames through `BPF_PROG_TEST_RUN`: the program as
+//! the kernel verified it, with its maps filled by the same code the proxy uses, and no
+//! interface or traffic. Needs root (CAP_BPF).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use devicelink_proxy::{kernel::DetachedAcl, xdp_acl::LinkAcl};
+use devicelink_proxy_common::XdpVerdict;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const SSH_PORT: u16 = 2222;
+const VNC_PORT: u16 = 5900;
+
+fn acl(links: &[(u32, u16, &[&str])]) -> DetachedAcl {
+    let mut acl = DetachedAcl::load()
+        .unwrap_or_else(|e| panic!("loading the XDP program: {e} (these tests need root)"));
+    let links: Vec<LinkAcl> = links
+        .iter()
+        .map(|(slot, port, ranges)| LinkAcl {
+            slot: *slot,
+            port: *port,
+            ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+        })
+        .collect();
+    acl.set_link_acls(&links).expect("filling the ACL maps");
+    acl
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn ethernet(ether_type: u16) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame
+}
+
+fn tcp_syn(dst_port: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    tcp[12] = 0x50; // data offset: 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+    tcp
+}
+
+/// An IPv4 packet (no options) carrying `payload` as `protocol`, with the fragment field given.
+fn ipv4(src: Ipv4Addr, protocol: u8, fragment: u16, payload: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&fragment.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&[10, 77, 1, 1]);
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// An IPv6 packet whose first header after the fixed one is `next`, followed by `rest`.
+fn ipv6(src: Ipv6Addr, next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(rest.len() as u16).to_be_bytes());
+    ip[6] = next;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&"fd77:1::1".parse::<Ipv6Addr>().unwrap().octets());
+    ip.extend_from_slice(rest);
+    ip
+}
+
+fn v4_syn(src: &str, port: u16) -> Vec<u8> {
+    let mut frame = ethernet(ETH_P_IP);
+    frame.extend(ipv4(src.parse().unwrap(), TCP, 0, &tcp_syn(port)));
+    frame
+}
+
+fn v6_syn(src: &str, port: u16) -> Vec<u8> {
+    let mut frame = ethernet(ETH_P_IPV6);
+    frame.extend(ipv6(src.parse().unwrap(), TCP, &tcp_syn(port)));
+    frame
+}
+
+fn verdict_name(action: u32) -> &'static str {
+    match action {
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        _ => "another action",
+    }
+}
+
+#[track_caller]
+fn assert_action(acl: &mut DetachedAcl, frame: &[u8], expected: u32, why: &str) {
+    let action = acl.judge(frame).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        action,
+        expected,
+        "{why}: expected {}, got {}",
+        verdict_name(expected),
+        verdict_name(action)
+    );
+}
+
+#[test]
+fn ipv4_sources_pass_or_drop_by_their_links_ranges() {
+    let mut acl = acl(&[(7, SSH_PORT, &["203.0.113.0/24"])]);
+    assert_action(
+        &mut acl,
+        &v4_syn("203.0.113.9", SSH_PORT),
+        XDP_PASS,
+        "a source inside the range",
+    );
+    assert_action(
+        &mut acl,
+        &v4_syn("198.51.100.9", SSH_PORT),
+        XDP_DROP,
+        "a source outside the range",
+    );
+    assert_eq!(acl.verdicts(XdpVerdict::Pass), 1);
+    assert_eq!(acl.verdicts(XdpVerdict::DropSource), 1);
+    assert_eq!(acl.drops(7), 1, "the drop is counted for the link's slot");
+}
+
+#[test]
+fn ipv6_sources_pass_or_drop_by_their_links_ranges() {
+    let mut acl = acl(&[(0, SSH_PORT, &["2001:db8::/32"])]);
+    assert_action(
+        &mut acl,
+        &v6_syn("2001:db8:5::1", SSH_PORT),
+        XDP_PASS,
+        "inside the /32",
+    );
+    assert_action(
+        &mut acl,
+        &v6_syn("2001:db9::1", SSH_PORT),
+        XDP_DROP,
+        "outside the /32",
+    );
+}
+
+#[test]
+fn an_ipv4_mapped_range_admits_ipv4_packets() {
+    let mut acl = acl(&[(0, SSH_PORT, &["::ffff:198.51.100.0/120"])]);
+    assert_action(
+        &mut acl,
+        &v4_syn("198.51.100.5", SSH_PORT),
+        XDP_PASS,
+        "IPv4 clients arrive as IPv4 on the wire; the mapped range stands for 198.51.100.0/24",
+    );
+    assert_action(
+        &mut acl,
+        &v4_syn("198.51.101.5", SSH_PORT),
+        XDP_DROP,
+        "outside the mapped range",
+    );
+}
+
+#[test]
+fn each_port_is_judged_by_its_own_links_longest_prefix() {
+    let mut acl = acl(&[
+        (1, SSH_PORT, &["10.1.2.0/24"]),
+        (2, VNC_PORT, &["10.1.0.0/16"]),
+    ]);
+    assert_action(
+        &mut acl,
+        &v4_syn("10.1.9.9", SSH_PORT),
+        XDP_DROP,
+        "10.1.9.9 is only in the VNC link's /16, not in the SSH link's /24",
+    );
+    assert_action(
+        &mut acl,
+        &v4_syn("10.1.9.9", VNC_PORT),
+        XDP_PASS,
+        "the same source on the VNC link's port",
+    );
+    assert_action(
+        &mut acl,
+        &v4_syn("10.1.2.3", SSH_PORT),
+        XDP_PASS,
+        "inside the SSH link's /24",
+    );
+    assert_eq!(acl.drops(1), 1);
+    assert_eq!(acl.drops(2), 0);
+}
+
+#[test]
+fn a_port_no_link_uses_and_other_protocols_pass_untouched() {
+    let mut acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
+    assert_action(
+        &mut acl,
+        &v4_syn("198.51.100.9", 8080),
+        XDP_PASS,
+        "no link listens on 8080",
+    );
+    let mut udp = ethernet(ETH_P_IP);
+    udp.extend(ipv4(
+        "198.51.100.9".parse().unwrap(),
+        UDP,
+        0,
+        &tcp_syn(SSH_PORT),
+    ));
+    assert_action(&mut acl, &udp, XDP_PASS, "UDP to the link's port number");
+    let mut arp = ethernet(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_action(&mut acl, &arp, XDP_PASS, "ARP");
+    assert_eq!(acl.verdicts(XdpVerdict::NotInspected), 3);
+}
+
+#[test]
+fn a_vlan_tagged_frame_is_judged_by_its_inner_packet() {
+    let mut acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
+    let tagged = |src: &str| {
+        let mut frame = ethernet(0x8100);
+        frame.extend_from_slice(&[0x00, 0x2a]); // VLAN 42
+        frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        frame.extend(ipv4(src.parse().unwrap(), TCP, 0, &tcp_syn(SSH_PORT)));
+        frame
+    };
+    assert_action(
+        &mut acl,
+        &tagged("198.51.100.9"),
+        XDP_DROP,
+        "tagged, disallowed",
+    );
+    assert_action(
+        &mut acl,
+        &tagged("203.0.113.9"),
+        XDP_PASS,
+        "tagged, allowed",
+    );
+}
+
+#[test]
+fn ipv4_first_fragments_are_judged_and_later_ones_pass() {
+    let mut acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
+    let fragment = |field: u16, payload: &[u8]| {
+        let mut frame = ethernet(ETH_P_IP);
+        frame.extend(ipv4("198.51.100.9".parse().unwrap(), TCP, field, payload));
+        frame
+    };
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    assert_action(
+        &mut acl,
+        &fragment(MORE_FRAGMENTS, &tcp_syn(SSH_PORT)),
+        XDP_DROP,
+        "the first fragment carries the TCP header and is judged",
+    );
+    assert_action(
+        &mut acl,
+        &fragment(185, &[0u8; 16]),
+        XDP_PASS,
+        "a later fragment has no port to judge; without its first it never reaches a socket",
+    );
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_tcp() {
+    let mut acl = acl(&[(3, SSH_PORT, &["2001:db8::/32"])]);
+    const DEST_OPTIONS: u8 = 60;
+    const FRAGMENT: u8 = 44;
+    let behind_options = |src: &str| {
+        // Destination options: next header TCP, length 0 (8 bytes), one PadN option.
+        let mut rest = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+        rest.extend(tcp_syn(SSH_PORT));
+        let mut frame = ethernet(ETH_P_IPV6);
+        frame.extend(ipv6(src.parse().unwrap(), DEST_OPTIONS, &rest));
+        frame
+    };
+    assert_action(
+        &mut acl,
+        &behind_options("2001:db9::1"),
+        XDP_DROP,
+        "a disallowed SYN behind a destination-options header",
+    );
+    assert_action(
+        &mut acl,
+        &behind_options("2001:db8::1"),
+        XDP_PASS,
+        "an allowed one",
+    );
+    let fragment = |offset_and_flags: u16, payload: &[u8]| {
+        let mut rest = vec![TCP, 0];
+        rest.extend_from_slice(&offset_and_flags.to_be_bytes());
+        rest.extend_from_slice(&[0, 0, 0, 1]);
+        rest.extend_from_slice(payload);
+        let mut frame = ethernet(ETH_P_IPV6);
+        frame.extend(ipv6("2001:db9::1".parse().unwrap(), FRAGMENT, &rest));
+        frame
+    };
+    assert_action(
+        &mut acl,
+        &fragment(0x0001, &tcp_syn(SSH_PORT)),
+        XDP_DROP,
+        "a first fragment (offset 0, more to come) is judged",
+    );
+    assert_action(
+        &mut acl,
+        &fragment(0x00b8, &[0u8; 16]),
+        XDP_PASS,
+        "a later fragment passes",
+    );
+    assert_eq!(acl.drops(3), 2);
+}
+
+#[test]
+fn truncated_headers_pass_as_malformed() {
+    let mut acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
+    let whole = v4_syn("198.51.100.9", SSH_PORT);
+    // BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet header.
+    for cut in [14, 14 + 12, 14 + 20 + 2] {
+        assert_action(
+            &mut acl,
+            &whole[..cut],
+            XDP_PASS,
+            &format!("a frame cut at {cut} bytes"),
+        );
+    }
+    let whole = v6_syn("2001:db9::1", SSH_PORT);
+    assert_action(
+        &mut acl,
+        &whole[..14 + 30],
+        XDP_PASS,
+        "an IPv6 header cut short",
+    );
+    assert_eq!(acl.verdicts(XdpVerdict::Malformed), 4);
+}
+
+#[test]
+fn changes_are_applied_as_a_diff_and_removal_empties_the_maps() {
+    let mut acl = acl(&[
+        (0, SSH_PORT, &["203.0.113.0/24", "2001:db8::/32"]),
+        (1, VNC_PORT, &["198.51.100.0/24"]),
+    ]);
+    assert_eq!(acl.prefixes(), 3);
+    // The SSH link loses its IPv4 range; the VNC link is unchanged.
+    acl.set_link_acls(&[
+        LinkAcl {
+            slot: 0,
+            port: SSH_PORT,
+            ranges: vec!["2001:db8::/32".parse().unwrap()],
+        },
+        LinkAcl {
+            slot: 1,
+            port: VNC_PORT,
+            ranges: vec!["198.51.100.0/24".parse().unwrap()],
+        },
+    ])
+    .unwrap();
+    assert_eq!(acl.prefixes(), 2);
+    assert_action(
+        &mut acl,
+        &v4_syn("203.0.113.9", SSH_PORT),
+        XDP_DROP,
+        "the removed range is dropped at once",
+    );
+    assert_action(
+        &mut acl,
+        &v4_syn("198.51.100.9", VNC_PORT),
+        XDP_PASS,
+        "the unchanged link still admits its range",
+    );
+    acl.set_link_acls(&[]).unwrap();
+    assert_eq!(acl.prefixes(), 0, "no entry left behind");
+    assert_action(
+        &mut acl,
+        &v4_syn("203.0.113.9", SSH_PORT),
+        XDP_PASS,
+        "with no link on the port, nothing is judged",
+    );
+}
