@@ -10,7 +10,10 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Pod, Service},
+    },
     jiff::Timestamp,
 };
 use kube::{
@@ -32,7 +35,9 @@ use crate::{
     Error, Result,
     lifecycle::{self, Desired, Observed},
     metrics::Metrics,
-    render::{FIELD_MANAGER, MANAGED_BY, ProxyImage, render},
+    render::{
+        FIELD_MANAGER, LINKS_REVISION_ANNOTATION, MANAGED_BY, ProxyImage, child_labels, render,
+    },
     resource::{DeviceLink, DeviceLinkStatus, ValidLink, child_name},
 };
 
@@ -153,6 +158,12 @@ async fn apply_children(
     let children = render(link, expires_at, &ctx.proxy);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = link.child_name();
+    // The links file first: a new pod mounts it, a running one re-reads it.
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    config_maps
+        .patch(&name, &params, &Patch::Apply(&children.config_map))
+        .await
+        .map_err(Error::Apply)?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &link.namespace);
     let service = services
         .patch(&name, &params, &Patch::Apply(&children.service))
@@ -163,13 +174,54 @@ async fn apply_children(
         .patch(&name, &params, &Patch::Apply(&children.deployment))
         .await
         .map_err(Error::Apply)?;
+    nudge_proxy_pods(ctx, link, &children.links_revision()).await;
     Ok(Observed::from_children(&service, &deployment))
+}
+
+/// Marks the link's running proxy pods with the links file's revision. A pod whose annotation
+/// changes is synced by its kubelet at once, and that sync refreshes the ConfigMap volume: the
+/// proxy sees the new file within seconds instead of at the kubelet's next periodic sync (a
+/// minute or more), which matters most for a source removed from the ACL. Best effort: a pod
+/// not marked still gets the file on that periodic sync.
+async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    let labels = child_labels(&link.name);
+    let selector = format!(
+        "app.kubernetes.io/name={},devicelink.io/link={}",
+        labels["app.kubernetes.io/name"], link.name
+    );
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(error) => {
+            warn!(link = %link.name, namespace = %link.namespace, %error, "cannot list the proxy pods to hand them the new links file; they read it at the kubelet's next sync");
+            return;
+        }
+    };
+    for pod in list {
+        let current = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(LINKS_REVISION_ANNOTATION));
+        if current.map(String::as_str) == Some(revision) {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {LINKS_REVISION_ANNOTATION: revision}}});
+        let pod_name = pod.name_any();
+        if let Err(error) = pods
+            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(link = %link.name, pod = %pod_name, %error, "cannot mark the proxy pod with the new links file; it reads it at the kubelet's next sync");
+        }
+    }
 }
 
 async fn delete_children(client: &Client, namespace: &str, link_name: &str) -> Result<()> {
     let name = child_name(link_name);
     delete_if_present::<Service>(client, namespace, &name).await?;
-    delete_if_present::<Deployment>(client, namespace, &name).await
+    delete_if_present::<Deployment>(client, namespace, &name).await?;
+    delete_if_present::<ConfigMap>(client, namespace, &name).await
 }
 
 async fn delete_if_present<K>(client: &Client, namespace: &str, name: &str) -> Result<()>

@@ -14,7 +14,10 @@ use std::{
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Service},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -28,7 +31,7 @@ use serde_json::{Value, json};
 use crate::{
     controller::{Clock, Context},
     metrics::Metrics,
-    render::ProxyImage,
+    render::{LINKS_FILE, LINKS_REVISION_ANNOTATION, ProxyImage},
     resource::{DeviceLink, DeviceLinkStatus, Phase},
 };
 
@@ -249,6 +252,85 @@ impl ApiServerVerifier {
         );
     }
 
+    /// Server-side apply of the link's ConfigMap; `check` sees the one link of its links file.
+    pub async fn apply_config_map(mut self, exists: Exists, check: impl FnOnce(&Value)) -> Self {
+        let request = self.next().await;
+        Self::assert_apply(
+            &request,
+            &format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+        );
+        let applied: ConfigMap =
+            serde_json::from_value(request.body.clone()).expect("a ConfigMap was applied");
+        check(&linked(&applied));
+        let object = stored(request.body, "cm-uid-17", matches!(exists, Exists::No));
+        let code = match exists {
+            Exists::No => StatusCode::CREATED,
+            Exists::Yes => StatusCode::OK,
+        };
+        respond(request.send, code, &object);
+        self
+    }
+
+    /// The list of the link's proxy pods, answered with `pods` (name and the links revision
+    /// each is marked with); then a merge patch of each pod whose mark is not `revision`.
+    pub async fn mark_pods(
+        mut self,
+        pods: &[(&str, Option<&str>)],
+        revision: Option<&str>,
+    ) -> Self {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::GET, "listing the proxy pods");
+        assert!(
+            request.uri.starts_with(&format!("/api/v1/namespaces/{NAMESPACE}/pods?"))
+                && request.uri.contains("labelSelector=app.kubernetes.io%2Fname%3Ddevicelink-proxy%2Cdevicelink.io%2Flink%3D"),
+            "the link's pods by label: {}",
+            request.uri
+        );
+        let items: Vec<Value> = pods
+            .iter()
+            .map(|(name, mark)| {
+                let mut pod = json!({"metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("pod-uid-{name}")}});
+                if let Some(mark) = mark {
+                    pod["metadata"]["annotations"] = json!({LINKS_REVISION_ANNOTATION: mark});
+                }
+                pod
+            })
+            .collect();
+        respond(
+            request.send,
+            StatusCode::OK,
+            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "900"}, "items": items}),
+        );
+        for (name, mark) in pods {
+            if mark.is_some() && *mark == revision {
+                continue;
+            }
+            let request = self.next().await;
+            assert_eq!(request.method, Method::PATCH, "marking pod {name}");
+            assert_eq!(
+                request.uri,
+                format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}?")
+            );
+            assert_eq!(
+                request.content_type.as_deref(),
+                Some("application/merge-patch+json")
+            );
+            let marked = request.body["metadata"]["annotations"][LINKS_REVISION_ANNOTATION]
+                .as_str()
+                .expect("the links revision annotation")
+                .to_owned();
+            if let Some(revision) = revision {
+                assert_eq!(marked, revision);
+            }
+            respond(
+                request.send,
+                StatusCode::OK,
+                &json!({"metadata": {"name": name, "namespace": NAMESPACE, "annotations": {LINKS_REVISION_ANNOTATION: marked}}}),
+            );
+        }
+        self
+    }
+
     /// Server-side apply of the link's Service; `check` sees what was applied.
     pub async fn apply_service(
         mut self,
@@ -352,6 +434,15 @@ impl ApiServerVerifier {
         self.delete(
             format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
             "deployments",
+            present,
+        )
+        .await
+    }
+
+    pub async fn delete_config_map(self, present: Present) -> Self {
+        self.delete(
+            format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            "configmaps",
             present,
         )
         .await
@@ -511,6 +602,14 @@ pub fn labels_of<K: Resource>(object: &K) -> BTreeMap<String, String> {
     object.meta().labels.clone().unwrap_or_default()
 }
 
+/// The one link of an applied ConfigMap's links file.
+pub fn linked(config_map: &ConfigMap) -> Value {
+    let text = &config_map.data.as_ref().expect("data")[LINKS_FILE];
+    let file: Value = serde_json::from_str(text).expect("the links file is JSON");
+    assert_eq!(file["links"].as_array().map(Vec::len), Some(1), "one link");
+    file["links"][0].clone()
+}
+
 /// The proxy's command line in an applied Deployment.
 pub fn proxy_args(deployment: &Deployment) -> Vec<String> {
     deployment
@@ -533,12 +632,4 @@ pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .cloned()
-}
-
-/// Every value of a repeatable flag.
-pub fn flag_values(args: &[String], flag: &str) -> Vec<String> {
-    args.windows(2)
-        .filter(|w| w[0] == flag)
-        .map(|w| w[1].clone())
-        .collect()
 }

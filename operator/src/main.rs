@@ -56,7 +56,8 @@ enum Command {
     Run(RunArgs),
     /// Print the DeviceLink CustomResourceDefinition (what deploy/crd.yaml holds).
     Crd,
-    /// Print, as YAML, the Service and Deployment the operator would apply for a DeviceLink.
+    /// Print, as YAML, the ConfigMap (the proxy's links file), Service and Deployment the
+    /// operator would apply for a DeviceLink.
     Render {
         /// DeviceLink manifest (YAML); `-` reads standard input.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]

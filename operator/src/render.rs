@@ -8,9 +8,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-            ServicePort, ServiceSpec,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -42,6 +43,17 @@ pub const PROXY_METRICS_PORT: u16 = 9100;
 /// The pod's only interface, where the proxy attaches its XDP source ACL.
 pub const POD_INTERFACE: &str = "eth0";
 
+/// Where the pod mounts the link's ConfigMap.
+pub const LINKS_DIR: &str = "/etc/devicelink";
+
+/// The links file's name in the ConfigMap and in [`LINKS_DIR`].
+pub const LINKS_FILE: &str = "links.json";
+
+/// Annotation on the proxy pods naming the links file they should run: changing it makes the
+/// kubelet sync the pod at once, which refreshes the ConfigMap volume within a second or two
+/// instead of at its next periodic sync (a minute or more).
+pub const LINKS_REVISION_ANNOTATION: &str = "devicelink.io/links-revision";
+
 /// The proxy image and how to pull it: the operator's configuration, not the link's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyImage {
@@ -52,26 +64,89 @@ pub struct ProxyImage {
 /// Everything the operator applies for an open link.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// The link as the proxy reads it (a links file): what may change while sessions stay.
+    pub config_map: ConfigMap,
     pub service: Service,
     pub deployment: Deployment,
 }
 
 impl Children {
-    /// The two objects as a multi-document YAML stream, Service first.
+    /// The three objects as a multi-document YAML stream: ConfigMap, Service, Deployment.
     pub fn to_yaml(&self) -> Result<String, serde_json::Error> {
         Ok(format!(
-            "---\n{}---\n{}",
+            "---\n{}---\n{}---\n{}",
+            crate::yaml::to_string(&self.config_map)?,
             crate::yaml::to_string(&self.service)?,
             crate::yaml::to_string(&self.deployment)?
         ))
     }
+
+    /// The links file's revision, for [`LINKS_REVISION_ANNOTATION`].
+    pub fn links_revision(&self) -> String {
+        let text = self
+            .config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(LINKS_FILE))
+            .map_or("", String::as_str);
+        revision_of(text)
+    }
 }
 
-/// Renders the Service and Deployment for an enabled, unexpired link that closes at `expires_at`.
+/// A short, stable digest of the links file (FNV-1a, 64 bits): it only has to differ when the
+/// file does.
+pub fn revision_of(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Renders the children of an enabled, unexpired link that closes at `expires_at`. The
+/// Deployment depends on neither the ACL, the expiry nor the limits: those are in the
+/// ConfigMap, which the proxy re-reads while it runs, so editing them keeps the pod and its
+/// sessions.
 pub fn render(link: &ValidLink, expires_at: Timestamp, proxy: &ProxyImage) -> Children {
     Children {
+        config_map: render_config_map(link, expires_at),
         service: render_service(link),
-        deployment: render_deployment(link, expires_at, proxy),
+        deployment: render_deployment(link, proxy),
+    }
+}
+
+/// The proxy's links file for this link: one link listening on [`PROXY_LISTEN_PORT`], in the
+/// proxy's `--config` format (JSON, which is YAML too).
+pub fn render_links_file(link: &ValidLink, expires_at: Timestamp) -> String {
+    let mut entry = serde_json::json!({
+        "name": link.name,
+        "listen": format!("[::]:{PROXY_LISTEN_PORT}"),
+        "device": link.device.to_string(),
+        "allowedSourceRanges": link
+            .allowed_source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        // The proxy closes the link at this instant by itself, even if the operator is down.
+        "expiresAt": format_instant(expires_at),
+    });
+    if let Some(max) = link.max_connections {
+        entry["maxConnections"] = serde_json::json!(max);
+    }
+    if let Some(idle) = link.idle_timeout {
+        entry["idleTimeout"] = serde_json::json!(format_duration(idle));
+    }
+    let file = serde_json::json!({ "links": [entry] });
+    serde_json::to_string_pretty(&file).expect("a JSON value serializes")
+}
+
+pub fn render_config_map(link: &ValidLink, expires_at: Timestamp) -> ConfigMap {
+    ConfigMap {
+        metadata: child_metadata(link),
+        data: Some(BTreeMap::from([(
+            LINKS_FILE.to_owned(),
+            render_links_file(link, expires_at),
+        )])),
+        ..ConfigMap::default()
     }
 }
 
@@ -156,36 +231,21 @@ pub fn render_service(link: &ValidLink) -> Service {
     }
 }
 
-/// The proxy's command line for this link.
-pub fn proxy_args(link: &ValidLink, expires_at: Timestamp) -> Vec<String> {
-    let mut args = vec![
-        "--listen".to_owned(),
-        format!("[::]:{PROXY_LISTEN_PORT}"),
-        "--device".to_owned(),
-        link.device.to_string(),
-    ];
-    for range in &link.allowed_source_ranges {
-        args.push("--allow".to_owned());
-        args.push(range.to_string());
-    }
-    args.extend([
+/// The proxy's command line: the links file and the process-wide settings. Nothing in it
+/// changes when the link's ACL, expiry or limits do.
+pub fn proxy_args(link: &ValidLink) -> Vec<String> {
+    vec![
+        "--config".to_owned(),
+        format!("{LINKS_DIR}/{LINKS_FILE}"),
         "--data-plane".to_owned(),
         link.data_plane.as_flag().to_owned(),
         "--xdp-interface".to_owned(),
         POD_INTERFACE.to_owned(),
         "--metrics".to_owned(),
         format!("[::]:{PROXY_METRICS_PORT}"),
-    ]);
-    if let Some(idle) = link.idle_timeout {
-        args.extend(["--idle-timeout".to_owned(), format_duration(idle)]);
-    }
-    if let Some(max) = link.max_connections {
-        args.extend(["--max-connections".to_owned(), max.to_string()]);
-    }
-    // The proxy closes every connection at this instant by itself, even if the operator is down.
-    args.extend(["--expires-at".to_owned(), format_instant(expires_at)]);
-    args.extend(["--log-format".to_owned(), "json".to_owned()]);
-    args
+        "--log-format".to_owned(),
+        "json".to_owned(),
+    ]
 }
 
 fn http_probe(path: &str, period_seconds: i32) -> Probe {
@@ -202,16 +262,18 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
 }
 
 /// One proxy pod, one container, no sidecar.
-pub fn render_deployment(
-    link: &ValidLink,
-    expires_at: Timestamp,
-    proxy: &ProxyImage,
-) -> Deployment {
+pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
     let container = Container {
         name: "proxy".to_owned(),
         image: Some(proxy.image.clone()),
         image_pull_policy: proxy.pull_policy.clone(),
-        args: Some(proxy_args(link, expires_at)),
+        args: Some(proxy_args(link)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "links".to_owned(),
+            mount_path: LINKS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("link".to_owned()),
@@ -257,6 +319,16 @@ pub fn render_deployment(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // Mounted as a directory (not a subPath) so that a change reaches the pod
+                    // without a restart: the kubelet swaps the directory's contents.
+                    volumes: Some(vec![Volume {
+                        name: "links".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: link.child_name(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
                     // The proxy never talks to the API server.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -414,34 +486,82 @@ mod tests {
         assert!(render_service(&link).metadata.owner_references.is_none());
     }
 
+    fn links_file(link: &ValidLink) -> serde_json::Value {
+        serde_json::from_str(&render_links_file(link, expires())).expect("the links file is JSON")
+    }
+
     #[test]
-    fn proxy_flags_carry_every_setting_of_the_link() {
-        let args = proxy_args(&link(), expires()).join(" ");
+    fn the_links_file_carries_every_setting_of_the_link() {
         assert_eq!(
-            args,
-            "--listen [::]:10000 --device 10.20.30.40:22 --allow 203.0.113.0/24 --allow 2001:db8::/32 \
-             --data-plane ebpf --xdp-interface eth0 --metrics [::]:9100 --idle-timeout 15m \
-             --max-connections 16 --expires-at 2026-11-25T10:00:00Z --log-format json"
+            links_file(&link()),
+            serde_json::json!({"links": [{
+                "name": "pump-17-ssh",
+                "listen": "[::]:10000",
+                "device": "10.20.30.40:22",
+                "allowedSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
+                "expiresAt": "2026-11-25T10:00:00Z",
+                "maxConnections": 16,
+                "idleTimeout": "15m",
+            }]})
         );
     }
 
     #[test]
-    fn optional_flags_are_left_to_the_proxy_defaults() {
+    fn optional_settings_are_left_to_the_proxy_defaults() {
         let mut link = link();
         link.idle_timeout = None;
         link.max_connections = None;
-        let args = proxy_args(&link, expires());
-        assert!(!args.contains(&"--idle-timeout".to_owned()));
-        assert!(!args.contains(&"--max-connections".to_owned()));
+        let entry = &links_file(&link)["links"][0];
+        assert!(entry.get("idleTimeout").is_none());
+        assert!(entry.get("maxConnections").is_none());
         assert!(
-            args.contains(&"--expires-at".to_owned()),
+            entry.get("expiresAt").is_some(),
             "expiry is always enforced by the proxy too"
         );
     }
 
     #[test]
+    fn the_pod_does_not_change_when_the_acl_expiry_or_limits_do() {
+        let mut edited = link();
+        edited.allowed_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+        edited.max_connections = Some(2);
+        edited.idle_timeout = None;
+        let later = Timestamp::from_second(expires().as_second() + 3600).unwrap();
+        let before = render(&link(), expires(), &image());
+        let after = render(&edited, later, &image());
+        assert_eq!(
+            before.deployment, after.deployment,
+            "the Deployment (and so the pod) stays: the proxy re-reads its links file"
+        );
+        assert_ne!(before.config_map, after.config_map);
+        assert_ne!(before.links_revision(), after.links_revision());
+        assert_eq!(
+            proxy_args(&link()).join(" "),
+            "--config /etc/devicelink/links.json --data-plane ebpf --xdp-interface eth0 \
+             --metrics [::]:9100 --log-format json"
+        );
+    }
+
+    #[test]
+    fn the_pod_mounts_the_links_file_as_a_directory() {
+        let deployment = render_deployment(&link(), &image());
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            volume.config_map.as_ref().unwrap().name,
+            "devicelink-pump-17-ssh"
+        );
+        let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, LINKS_DIR);
+        assert!(
+            mount.sub_path.is_none(),
+            "a subPath mount would never see a change"
+        );
+    }
+
+    #[test]
     fn deployment_runs_one_unprivileged_proxy_with_ebpf_capabilities_and_probes() {
-        let deployment = render_deployment(&link(), expires(), &image());
+        let deployment = render_deployment(&link(), &image());
         let spec = deployment.spec.expect("spec");
         assert_eq!(spec.replicas, Some(1));
         let pod = spec.template.spec.expect("pod spec");
@@ -490,12 +610,15 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_device_is_bracketed_in_the_device_flag() {
+    fn ipv6_device_is_bracketed_in_the_links_file() {
         let mut link = link();
         link.device = DeviceAddr {
             host: "2001:db8::7".into(),
             port: 5900,
         };
-        assert!(proxy_args(&link, expires()).contains(&"[2001:db8::7]:5900".to_owned()));
+        assert_eq!(
+            links_file(&link)["links"][0]["device"],
+            "[2001:db8::7]:5900"
+        );
     }
 }

@@ -57,7 +57,7 @@ async fn reachable_cluster() -> Option<Client> {
         announce(&format!(
             "SKIPPED: end-to-end suite NOT run: {why}.\n\
              Point KUBECONFIG at a cluster (e.g. `kind create cluster`) with the devicelink images loaded\n\
-             to run it; see operator/README-section.md."
+             to run it; see docs/operations.md."
         ));
         None
     };
@@ -337,10 +337,19 @@ async fn end_to_end_on_a_real_cluster() {
     .await;
     assert_eq!(reply, device_name, "the device answered through the link");
 
-    // ACL change: updated in place (same Service object, new ranges).
+    // ACL change: updated in place (same Service object, new ranges), and the same proxy pod
+    // takes the new links file: its sessions are not dropped by a restart.
     step("ACL change");
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let uid_before = services.get("devicelink-e2e").await.unwrap().uid();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let proxy_pods = || async {
+        pods.list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+            .await
+            .map(|list| list.items.iter().map(|pod| pod.uid()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let pods_before = proxy_pods().await;
     apply_link(
         &links,
         &link_manifest("e2e", &device_ip, "198.51.100.0/24", json!({"ttl": "1h"})),
@@ -360,6 +369,35 @@ async fn end_to_end_on_a_real_cluster() {
         services.get("devicelink-e2e").await.unwrap().uid(),
         uid_before,
         "updated, not recreated"
+    );
+    let edited_at = std::time::Instant::now();
+    wait_for(
+        "the proxy pod marked with the new links file",
+        Duration::from_secs(30),
+        || async {
+            let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(client.clone(), &namespace);
+            let data = config_maps.get("devicelink-e2e").await.ok()?.data?;
+            let revision = devicelink_operator::render::revision_of(data.get("links.json")?);
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .all(|pod| pod.annotations().get("devicelink.io/links-revision") == Some(&revision))
+                .then_some(())
+        },
+    )
+    .await;
+    step(&format!(
+        "pods marked {:.1}s after the edit",
+        edited_at.elapsed().as_secs_f64()
+    ));
+    assert_eq!(
+        proxy_pods().await,
+        pods_before,
+        "an ACL change keeps the proxy pod (and its sessions)"
     );
     apply_link(
         &links,

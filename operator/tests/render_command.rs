@@ -30,7 +30,7 @@ fn render(manifest: &str) -> std::process::Output {
 const LINK: &str = "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLink\nmetadata: {name: pump-17-ssh, namespace: plant-a}\nspec:\n  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n";
 
 #[test]
-fn render_prints_the_service_and_deployment() {
+fn render_prints_the_links_file_service_and_deployment() {
     let output = render(&format!("{LINK}  ttl: 2h\n"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -39,12 +39,14 @@ fn render_prints_the_service_and_deployment() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("kind: Service") && stdout.contains("kind: Deployment"),
+        stdout.contains("kind: ConfigMap")
+            && stdout.contains("kind: Service")
+            && stdout.contains("kind: Deployment"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("\"2026-11-25T10:00:00Z\""),
-        "expires-at is start + ttl: {stdout}"
+        stdout.contains("\\\"expiresAt\\\": \\\"2026-11-25T10:00:00Z\\\""),
+        "the links file's expiresAt is start + ttl: {stdout}"
     );
     assert!(
         stdout.contains("image: example/devicelink-proxy:test"),

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
+use serde_json::json;
 
 use super::{error_policy, reconcile, until};
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     fixtures::*,
     leader::LeaderElection,
     metrics::Metrics,
+    render,
     resource::{DeviceLink, DeviceLinkStatus, Phase},
 };
 
@@ -31,6 +33,16 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
     let stored = link.clone();
     let mock = server.run(move |server| async move {
         server
+            .apply_config_map(Exists::No, |link| {
+                assert_eq!(link["device"], "10.20.30.40:22");
+                assert_eq!(
+                    link["allowedSourceRanges"],
+                    json!(["203.0.113.0/24", "2001:db8::/32"])
+                );
+                assert_eq!(link["expiresAt"], "2026-11-25T10:00:00Z", "now + ttl");
+                assert_eq!(link["listen"], "[::]:10000");
+            })
+            .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
                 let spec = service.spec.as_ref().unwrap();
                 assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
@@ -59,19 +71,9 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
             })
             .await
             .apply_deployment(Exists::No, Proxy::NotReady, |deployment| {
-                let args = proxy_args(deployment);
                 assert_eq!(
-                    flag_value(&args, "--device").as_deref(),
-                    Some("10.20.30.40:22")
-                );
-                assert_eq!(
-                    flag_values(&args, "--allow"),
-                    ["203.0.113.0/24", "2001:db8::/32"]
-                );
-                assert_eq!(
-                    flag_value(&args, "--expires-at").as_deref(),
-                    Some("2026-11-25T10:00:00Z"),
-                    "now + ttl"
+                    flag_value(&proxy_args(deployment), "--config").as_deref(),
+                    Some("/etc/devicelink/links.json")
                 );
                 let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
                 assert_eq!(owner.uid, LINK_UID);
@@ -92,6 +94,8 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
                     "image from the operator's configuration"
                 );
             })
+            .await
+            .mark_pods(&[], None)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Pending));
@@ -126,9 +130,13 @@ async fn endpoint_appearing_later_makes_the_link_active_with_an_opened_event() {
     let stored = pending.clone();
     let mock = server.run(move |server| async move {
         server
+            .apply_config_map(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Active));
@@ -156,9 +164,13 @@ async fn steady_active_link_is_reapplied_without_status_write_or_event() {
     let active = DeviceLink::test().active_since(NOW, now);
     let mock = server.run(|server| async move {
         server
+            .apply_config_map(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
             .await
     });
     reconcile(Arc::new(active), ctx).await.expect("reconcile");
@@ -178,6 +190,8 @@ async fn disabling_deletes_both_children_and_reports_closed() {
             .delete_service(Present::Yes)
             .await
             .delete_deployment(Present::Yes)
+            .await
+            .delete_config_map(Present::Yes)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Disabled));
@@ -209,15 +223,18 @@ async fn re_enabling_reapplies_and_restarts_the_ttl() {
     let stored = reenabled.clone();
     let mock = server.run(move |server| async move {
         server
-            .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
-            .await
-            .apply_deployment(Exists::No, Proxy::Ready, |deployment| {
+            .apply_config_map(Exists::No, |link| {
                 assert_eq!(
-                    flag_value(&proxy_args(deployment), "--expires-at").as_deref(),
-                    Some("2026-11-25T14:00:00Z"),
+                    link["expiresAt"], "2026-11-25T14:00:00Z",
                     "two hours from the re-enable, not from the first enable"
                 );
             })
+            .await
+            .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::No, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Active));
@@ -242,8 +259,27 @@ async fn acl_change_updates_the_children_in_place() {
         .active_since(NOW, now)
         .edited(|spec| spec.allowed_source_ranges = vec!["198.51.100.0/25".into()]);
     let stored = edited.clone();
+    let original = DeviceLink::test()
+        .active_since(NOW, now)
+        .validate()
+        .unwrap();
+    let unchanged_deployment = render::render_deployment(&original, &ctx.proxy);
+    let revision = render::render(
+        &edited.validate().unwrap(),
+        at("2026-11-25T10:00:00Z"),
+        &ctx.proxy,
+    )
+    .links_revision();
     let mock = server.run(move |server| async move {
         server
+            .apply_config_map(Exists::Yes, |link| {
+                assert_eq!(link["allowedSourceRanges"], json!(["198.51.100.0/25"]));
+                assert_eq!(
+                    link["expiresAt"], "2026-11-25T10:00:00Z",
+                    "an ACL change does not restart the TTL"
+                );
+            })
+            .await
             .apply_service(
                 Exists::Yes,
                 LoadBalancer::Address("198.51.100.7"),
@@ -262,15 +298,19 @@ async fn acl_change_updates_the_children_in_place() {
                 },
             )
             .await
-            .apply_deployment(Exists::Yes, Proxy::Ready, |deployment| {
-                let args = proxy_args(deployment);
-                assert_eq!(flag_values(&args, "--allow"), ["198.51.100.0/25"]);
+            .apply_deployment(Exists::Yes, Proxy::Ready, move |deployment| {
                 assert_eq!(
-                    flag_value(&args, "--expires-at").as_deref(),
-                    Some("2026-11-25T10:00:00Z"),
-                    "an ACL change does not restart the TTL"
+                    deployment, &unchanged_deployment,
+                    "the pod template does not change: the proxy re-reads its links file, sessions stay"
                 );
             })
+            .await
+            // The running pod still has the old file: it is marked so its kubelet refreshes the
+            // volume now; a pod already marked with the new revision is left alone.
+            .mark_pods(
+                &[("proxy-abc", Some("0123456789abcdef")), ("proxy-new", Some(&revision))],
+                Some(&revision),
+            )
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Active));
@@ -294,9 +334,13 @@ async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
     let active = DeviceLink::test().active_since(NOW, one_hour_in);
     let mock = server.run(|server| async move {
         server
+            .apply_config_map(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
             .await
     });
     let action = reconcile(Arc::new(active.clone()), ctx)
@@ -315,6 +359,8 @@ async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
             .delete_service(Present::Yes)
             .await
             .delete_deployment(Present::Yes)
+            .await
+            .delete_config_map(Present::Yes)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Expired));
@@ -350,6 +396,8 @@ async fn expired_link_stays_closed_and_quiet() {
             .await
             .delete_deployment(Present::No)
             .await
+            .delete_config_map(Present::No)
+            .await
     });
     let action = reconcile(Arc::new(expired), ctx)
         .await
@@ -378,6 +426,8 @@ async fn invalid_spec_fails_naming_the_field_and_leaves_no_children() {
             .delete_service(Present::No)
             .await
             .delete_deployment(Present::No)
+            .await
+            .delete_config_map(Present::No)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Failed));
@@ -642,6 +692,15 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 (Method::GET, "/apis/apps/v1/deployments") => {
                     reply(send, StatusCode::OK, list("DeploymentList", vec![]))
                 }
+                (Method::PATCH, "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh") => {
+                    let mut config_map = body.clone();
+                    config_map["metadata"]["uid"] = json!("cm-uid-17");
+                    reply(send, StatusCode::OK, config_map);
+                }
+                // No proxy pod has started in this scenario: nothing to mark.
+                (Method::GET, "/api/v1/namespaces/plant-a/pods") => {
+                    reply(send, StatusCode::OK, list("PodList", vec![]))
+                }
                 (Method::PATCH, "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh") => {
                     let mut service = body.clone();
                     service["metadata"]["uid"] = json!("svc-uid-17");
@@ -819,20 +878,19 @@ async fn ttl_and_device_changes_update_the_children_in_place() {
     let stored = edited.clone();
     let mock = server.run(move |server| async move {
         server
-            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
-            .await
-            .apply_deployment(Exists::Yes, Proxy::Ready, |deployment| {
-                let args = proxy_args(deployment);
+            .apply_config_map(Exists::Yes, |link| {
+                assert_eq!(link["device"], "10.20.30.41:22");
                 assert_eq!(
-                    flag_value(&args, "--device").as_deref(),
-                    Some("10.20.30.41:22")
-                );
-                assert_eq!(
-                    flag_value(&args, "--expires-at").as_deref(),
-                    Some("2026-11-25T11:00:00Z"),
+                    link["expiresAt"], "2026-11-25T11:00:00Z",
                     "3h from the same enable"
                 );
             })
+            .await
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.expires_at, Some(Time(at("2026-11-25T11:00:00Z"))));
