@@ -33,6 +33,7 @@ use crate::{
     reload::ConfigFile,
     session::Sessions,
     table::{LinkState, LinkTable},
+    xdp::XdpPlane,
 };
 
 /// Longest a reader may wait for events in one request.
@@ -47,6 +48,7 @@ pub struct Control {
     pub events: Arc<EventLog>,
     pub metrics: Arc<Metrics>,
     pub data_plane: DataPlane,
+    pub xdp: Option<Arc<XdpPlane>>,
     pub config_file: Option<Arc<ConfigFile>>,
 }
 
@@ -167,8 +169,8 @@ async fn links(State(control): State<Control>) -> Json<LinksBody> {
                 active_sessions: stats.as_ref().map_or(0, |stats| stats.active()),
                 bytes_to_device: bytes[0],
                 bytes_from_device: bytes[1],
-                xdp_drops: match (plane, link.xdp_slot) {
-                    (Some(plane), Some(slot)) => plane.xdp_drops(slot),
+                xdp_drops: match (&control.xdp, link.xdp_slot) {
+                    (Some(xdp), Some(slot)) => xdp.drops(slot),
                     _ => 0,
                 },
             }

@@ -1,5 +1,5 @@
-//! The data plane, chosen once at start for every link: the eBPF splice (with the XDP ACL) or
-//! the userspace copy, and why.
+//! The data planes, chosen once at start for every link: the eBPF splice or the userspace copy
+//! to carry the bytes, and, apart from it, the XDP ACL on the clients' interface; and why.
 
 use std::sync::Arc;
 
@@ -8,8 +8,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::{DataPlaneChoice, ProcessConfig},
+    errors::causes,
     kernel::KernelPlane,
     splice::SpliceWatcher,
+    xdp::XdpPlane,
 };
 
 /// The path bytes take, chosen once at start.
@@ -67,11 +69,37 @@ impl DataPlane {
                     warn!(
                         data_plane = "userspace",
                         "data plane: userspace copy, because the eBPF splice is unavailable: {}",
-                        crate::errors::causes(&err)
+                        causes(&err)
                     );
                     Ok(Self::Userspace)
                 }
             },
+        }
+    }
+}
+
+/// The XDP ACL on `--xdp-interface`, for either data plane: it drops disallowed sources on the
+/// wire, and every link still checks its ranges at accept, so running without it never opens
+/// the door. With `--data-plane ebpf` a failure to load or attach it stops the proxy (everything
+/// eBPF was asked for); otherwise it is logged and the proxy runs without it.
+pub fn choose_xdp(config: &ProcessConfig) -> anyhow::Result<Option<Arc<XdpPlane>>> {
+    let Some(interface) = &config.xdp_interface else {
+        warn!(
+            "no --xdp-interface: disallowed sources are refused at accept only, not dropped on the wire"
+        );
+        return Ok(None);
+    };
+    match XdpPlane::attached(interface, config.xdp_mode) {
+        Ok(plane) => Ok(Some(Arc::new(plane))),
+        Err(err) if config.data_plane == DataPlaneChoice::Ebpf => Err(anyhow::Error::new(err)
+            .context("--data-plane ebpf: the XDP ACL cannot start; use --data-plane auto to run without it")),
+        Err(err) => {
+            warn!(
+                xdp_attached = false,
+                "XDP ACL not attached, the data plane is unaffected and every link still refuses disallowed sources at accept: {}",
+                causes(&anyhow::Error::new(err))
+            );
+            Ok(None)
         }
     }
 }

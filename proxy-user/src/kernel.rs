@@ -1,26 +1,24 @@
-//! The eBPF data plane's kernel side: loading the programs, attaching the XDP ACL and the splice
-//! verdict, and the map operations a connection needs (insert, arm, read counters, remove).
-//! Nothing is pinned: dropping [`KernelPlane`] detaches and unloads everything.
+//! The eBPF splice's kernel side: loading the verdict program and attaching it to the socket
+//! hash, and the map operations a connection needs (insert, arm, read counters, remove); plus
+//! what loading the kernel object takes, shared with the XDP program (`xdp`). Nothing is
+//! pinned: dropping [`KernelPlane`] detaches and unloads everything.
 
 use std::{os::fd::AsRawFd, sync::Mutex};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
-    programs::{ProgramError, SkSkb, Xdp, XdpMode},
+    programs::{ProgramError, SkSkb},
 };
 use devicelink_proxy_common::{
-    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink, XdpVerdict,
+    Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::{
-    config::{ProcessConfig, XdpModeChoice},
-    xdp_acl::{LinkAcl, XdpAcl},
-};
+use crate::config::{ProcessConfig, XdpModeChoice};
 
 /// The kernel programs, built by `build.rs` from `proxy-ebpf/`.
-static KERNEL_OBJECT: &[u8] =
+pub(crate) static KERNEL_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devicelink-proxy"));
 
 /// The oldest kernel whose sockmap handles FIN, wake-ups after copy and backlog rescheduling
@@ -53,6 +51,10 @@ pub enum KernelError {
         "program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)"
     )]
     MissingProgram(&'static str),
+    #[error(
+        "--xdp-interface {interface}: link type {link_type} is not Ethernet; the XDP ACL parses Ethernet frames, so attach it to the interface clients arrive on with Ethernet framing (a veth or NIC), or leave --xdp-interface out and the ACL is enforced at accept"
+    )]
+    NotEthernet { interface: String, link_type: u32 },
     #[error("attaching the XDP ACL to {interface} in {mode:?} mode failed; {hint}; cause")]
     XdpAttach {
         interface: String,
@@ -68,7 +70,6 @@ pub enum KernelError {
 pub struct KernelCounters {
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
-    pub xdp: [u64; XdpVerdict::COUNT as usize],
     pub end_of_stream_skbs: u64,
     pub unlinked_skbs: u64,
     pub held_skbs: u64,
@@ -88,20 +89,16 @@ pub struct KernelPlane {
     notices: Mutex<Option<RingBuf<MapData>>>,
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
-    xdp_verdicts: PerCpuArray<MapData, u64>,
-    /// The links' ports and ranges, changed while the program runs.
-    acl: Mutex<XdpAcl>,
-    xdp_interface: Option<String>,
     /// Owns the programs and their attachments; declared last so that it is dropped after the
     /// maps above (drop order is declaration order).
     _ebpf: Ebpf,
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
-fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+pub(crate) fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
     move |source| KernelError::Program { name, source }
 }
 
@@ -167,49 +164,17 @@ impl KernelPlane {
             }
             other => other?,
         };
-        let acl: &mut Xdp = program(&mut ebpf, "source_acl")?;
-        acl.load().map_err(prog_err("source_acl"))?;
-
         let sockets: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_SOCKETS")?;
         let links: HashMap<MapData, u64, SpliceLink> = take(&mut ebpf, "SPLICE_LINKS")?;
         let credits: HashMap<MapData, u64, SpliceCredit> = take(&mut ebpf, "SPLICE_CREDITS")?;
         let notices: RingBuf<MapData> = take(&mut ebpf, "SPLICE_NOTICES")?;
         let splice_bytes: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_BYTES")?;
         let splice_events: PerCpuArray<MapData, u64> = take(&mut ebpf, "SPLICE_EVENTS")?;
-        let xdp_verdicts: PerCpuArray<MapData, u64> = take(&mut ebpf, "XDP_VERDICTS")?;
-        let acl = XdpAcl::new(
-            take(&mut ebpf, "ACL_V4")?,
-            take(&mut ebpf, "ACL_V6")?,
-            take(&mut ebpf, "LINK_PORTS")?,
-            take(&mut ebpf, "XDP_LINK_DROPS")?,
-        );
 
         let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
         verdict
             .attach(sockets.fd())
             .map_err(prog_err("splice_verdict"))?;
-
-        let xdp_interface = match &config.xdp_interface {
-            Some(interface) => {
-                attach_xdp(&mut ebpf, interface, config.xdp_mode)?;
-                info!(%interface, mode = ?config.xdp_mode, "XDP source ACL attached");
-                if interface == "lo" {
-                    // Measured on 6.18: generic XDP copies every cloned or non-linear skb, and on
-                    // loopback both of the proxy's connections cross it (splice 9-13 -> 2 Gbit/s).
-                    warn!(
-                        %interface,
-                        "XDP on loopback copies every packet on it, the device's too: expect the splice at a fraction of its speed; the accept-time ACL applies without --xdp-interface"
-                    );
-                }
-                Some(interface.clone())
-            }
-            None => {
-                warn!(
-                    "no --xdp-interface: disallowed sources are refused at accept only, not dropped on the wire"
-                );
-                None
-            }
-        };
 
         // Loading read the kernel's BTF (megabytes, twice: here and in aya); glibc keeps what
         // was freed on its heap, which showed as ~13 MiB more resident memory for good.
@@ -225,40 +190,8 @@ impl KernelPlane {
             notices: Mutex::new(Some(notices)),
             splice_bytes,
             splice_events,
-            xdp_verdicts,
-            acl: Mutex::new(acl),
-            xdp_interface,
             _ebpf: ebpf,
         })
-    }
-
-    /// Makes the XDP ACL hold exactly `links` (see [`XdpAcl::apply`]).
-    pub fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), KernelError> {
-        self.acl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(links)
-            .map_err(map_err("ACL"))
-    }
-
-    /// Source prefixes in the XDP ACL now, over every link.
-    pub fn xdp_acl_entries(&self) -> u64 {
-        self.acl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .prefixes() as u64
-    }
-
-    /// Packets XDP dropped for the link in `slot` since it got the slot.
-    pub fn xdp_drops(&self, slot: u32) -> u64 {
-        self.acl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drops(slot)
-    }
-
-    pub fn xdp_interface(&self) -> Option<&str> {
-        self.xdp_interface.as_deref()
     }
 
     /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and
@@ -342,14 +275,9 @@ impl KernelPlane {
                 .map(|values| values.iter().sum())
                 .unwrap_or(0)
         };
-        let mut xdp = [0; XdpVerdict::COUNT as usize];
-        for (index, slot) in xdp.iter_mut().enumerate() {
-            *slot = sum(&self.xdp_verdicts, index as u32);
-        }
         KernelCounters {
             bytes_to_device: sum(&self.splice_bytes, Direction::ToDevice as u32),
             bytes_from_device: sum(&self.splice_bytes, Direction::FromDevice as u32),
-            xdp,
             end_of_stream_skbs: sum(&self.splice_events, SpliceCounter::EndOfStream as u32),
             unlinked_skbs: sum(&self.splice_events, SpliceCounter::Unlinked as u32),
             held_skbs: sum(&self.splice_events, SpliceCounter::Held as u32),
@@ -367,76 +295,6 @@ impl KernelPlane {
 }
 
 /// Opens the kernel object for `config` and loads the splice verdict program.
-/// The XDP ACL program alone: loaded, never attached, judging hand-built frames through
-/// `BPF_PROG_TEST_RUN`. How the ACL is tested on crafted packets (truncated headers, VLAN tags,
-/// IPv6 extension headers, fragments) with no interface and no traffic.
-pub struct DetachedAcl {
-    acl: XdpAcl,
-    verdicts: PerCpuArray<MapData, u64>,
-    /// Owns the program; declared last so the maps above are dropped first.
-    ebpf: Ebpf,
-}
-
-impl DetachedAcl {
-    pub fn load() -> Result<Self, KernelError> {
-        raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .override_global("SPLICE_QUEUE_LIMIT", &(64u64 << 20), true)
-            .override_global("SKB_CB_OFFSET", &0u32, true)
-            .load(KERNEL_OBJECT)
-            .map_err(KernelError::Load)?;
-        let program: &mut Xdp = program(&mut ebpf, "source_acl")?;
-        program.load().map_err(prog_err("source_acl"))?;
-        let acl = XdpAcl::new(
-            take(&mut ebpf, "ACL_V4")?,
-            take(&mut ebpf, "ACL_V6")?,
-            take(&mut ebpf, "LINK_PORTS")?,
-            take(&mut ebpf, "XDP_LINK_DROPS")?,
-        );
-        let verdicts = take(&mut ebpf, "XDP_VERDICTS")?;
-        Ok(Self {
-            acl,
-            verdicts,
-            ebpf,
-        })
-    }
-
-    pub fn set_link_acls(&mut self, links: &[LinkAcl]) -> Result<(), KernelError> {
-        self.acl.apply(links).map_err(map_err("ACL"))
-    }
-
-    /// The program's action for `frame` (an Ethernet frame): `XDP_PASS` (2) or `XDP_DROP` (1).
-    pub fn judge(&mut self, frame: &[u8]) -> Result<u32, KernelError> {
-        use aya::programs::{TestRun as _, TestRunOptions};
-        let program: &mut Xdp = program(&mut self.ebpf, "source_acl")?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err("source_acl"))?;
-        Ok(result.return_value)
-    }
-
-    /// Packets counted with `verdict` so far.
-    pub fn verdicts(&self, verdict: XdpVerdict) -> u64 {
-        self.verdicts
-            .get(&(verdict as u32), 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0)
-    }
-
-    pub fn drops(&self, slot: u32) -> u64 {
-        self.acl.drops(slot)
-    }
-
-    pub fn prefixes(&self) -> usize {
-        self.acl.prefixes()
-    }
-}
-
 fn load_object(
     config: &ProcessConfig,
     capacity: u32,
@@ -462,7 +320,10 @@ fn load_object(
     Ok(ebpf)
 }
 
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+pub(crate) fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, KernelError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -472,7 +333,7 @@ where
         .map_err(prog_err(name))
 }
 
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
+pub(crate) fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -480,54 +341,8 @@ where
     M::try_from(map).map_err(map_err(name))
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(), KernelError> {
-    let program: &mut Xdp = program(ebpf, "source_acl")?;
-    let flags = match mode {
-        XdpModeChoice::Skb => XdpMode::Skb,
-        XdpModeChoice::Native => XdpMode::Driver,
-    };
-    program
-        .attach(interface, flags)
-        .map_err(|source| KernelError::XdpAttach {
-            interface: interface.to_string(),
-            mode,
-            hint: xdp_attach_hint(interface, mode, &source),
-            source: Box::new(source),
-        })?;
-    Ok(())
-}
-
-/// What to do about a failed XDP attach, from its cause: the generic advice sent people after
-/// the wrong fix when the interface already carried a program (another proxy's, say).
-fn xdp_attach_hint(interface: &str, mode: XdpModeChoice, err: &ProgramError) -> String {
-    let errno = match err {
-        ProgramError::UnknownInterface { .. } => {
-            return format!(
-                "--xdp-interface: no interface {interface} in this network namespace (`ip link` lists them)"
-            );
-        }
-        ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
-            io_error.raw_os_error()
-        }
-        _ => None,
-    };
-    match (errno, mode) {
-        (Some(libc::EBUSY | libc::EEXIST), _) => format!(
-            "another XDP program is already attached to {interface} (`ip link show {interface}` \
-             names it; another devicelink-proxy?): an interface carries one, so detach it or give \
-             this proxy its own --xdp-interface"
-        ),
-        (_, XdpModeChoice::Native) => {
-            "the driver may lack native XDP: try --xdp-mode skb".to_string()
-        }
-        (_, XdpModeChoice::Skb) => {
-            "check the interface exists in this network namespace and is up".to_string()
-        }
-    }
-}
-
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; harmless elsewhere.
-fn raise_memlock_limit() {
+pub(crate) fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -540,7 +355,7 @@ fn raise_memlock_limit() {
 
 /// Forwards the kernel programs' aya-log records to `tracing`. The logger owns the log ring
 /// buffer: it must live as long as the programs, or later loads fail.
-fn start_kernel_log(ebpf: &mut Ebpf) {
+pub(crate) fn start_kernel_log(ebpf: &mut Ebpf) {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => logger,
         Err(err) => {
@@ -577,29 +392,5 @@ mod tests {
         assert_eq!(parse_release("garbage"), None);
         assert!(Some((6, 3)) < Some(MIN_KERNEL));
         assert!(Some((6, 18)) >= Some(MIN_KERNEL));
-    }
-
-    #[test]
-    fn xdp_attach_hints_follow_the_cause() {
-        let syscall = |errno| {
-            ProgramError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_link_create",
-                io_error: std::io::Error::from_raw_os_error(errno),
-            })
-        };
-        let busy = xdp_attach_hint("eth0", XdpModeChoice::Skb, &syscall(libc::EBUSY));
-        assert!(busy.contains("already attached to eth0"), "{busy}");
-        let exists = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EEXIST));
-        assert!(exists.contains("already attached"), "{exists}");
-        let native = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EOPNOTSUPP));
-        assert!(native.contains("--xdp-mode skb"), "{native}");
-        let missing = ProgramError::UnknownInterface {
-            name: "eth9".into(),
-        };
-        let missing = xdp_attach_hint("eth9", XdpModeChoice::Skb, &missing);
-        assert!(
-            missing.starts_with("--xdp-interface: no interface eth9"),
-            "{missing}"
-        );
     }
 }

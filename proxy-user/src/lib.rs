@@ -29,6 +29,7 @@ pub mod session;
 mod sockopt;
 mod splice;
 pub mod table;
+pub mod xdp;
 pub mod xdp_acl;
 
 pub use errors::causes;

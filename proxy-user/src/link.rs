@@ -17,7 +17,7 @@ pub use accept::{RunningLink, start};
 
 use crate::{
     acl::SourceAcl, config::DeviceAddr, dataplane::DataPlane, events::EventLog, metrics::Metrics,
-    session::Sessions,
+    session::Sessions, xdp::XdpPlane,
 };
 
 /// The proxy's default limit of connections per link.
@@ -69,6 +69,8 @@ pub type SharedSettings = Arc<RwLock<Arc<LinkSettings>>>;
 /// are recorded.
 pub struct Carrier {
     pub data_plane: DataPlane,
+    /// The XDP ACL, when attached; the links' ranges are kept in it.
+    pub xdp: Option<Arc<XdpPlane>>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
     pub events: Arc<EventLog>,

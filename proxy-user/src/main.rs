@@ -12,7 +12,7 @@ use devicelink_proxy::{
     causes,
     config::{self, Args, Config, LogFormat},
     control::{self, Control},
-    dataplane::DataPlane,
+    dataplane::{self, DataPlane},
     events::EventLog,
     link::{Carrier, Link},
     links_file, listen,
@@ -123,13 +123,15 @@ async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
 
     let process = config.process();
     let data_plane = DataPlane::choose(&process)?;
+    let xdp = dataplane::choose_xdp(&process)?;
     let kernel = match &data_plane {
         DataPlane::Kernel { plane, .. } => Some(Arc::clone(plane)),
         DataPlane::Userspace => None,
     };
-    metrics.set_data_plane(data_plane.mode(), kernel);
+    metrics.set_data_plane(data_plane.mode(), kernel, xdp.clone());
     let carrier = Arc::new(Carrier {
         data_plane: data_plane.clone(),
+        xdp: xdp.clone(),
         metrics: Arc::clone(&metrics),
         sessions: Arc::clone(&sessions),
         events: Arc::clone(&events),
@@ -195,6 +197,7 @@ async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
             events: Arc::clone(&events),
             metrics: Arc::clone(&metrics),
             data_plane: data_plane.clone(),
+            xdp: xdp.clone(),
             config_file: config_file.clone(),
         };
         tokio::spawn(control::serve(listener, path, control, shutdown.clone()));
@@ -231,7 +234,8 @@ async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
     let [to_device, from_device] = metrics.bytes();
     info!(to_device, from_device, "stopped; detaching kernel programs");
     shutdown.cancel();
-    // Dropping the last handle on the kernel plane detaches XDP and the verdict program.
+    // Dropping the last handles on the planes detaches XDP and the verdict program.
     drop(data_plane);
+    drop(xdp);
     Ok(())
 }

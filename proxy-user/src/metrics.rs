@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{kernel::KernelPlane, session::Sessions};
+use crate::{kernel::KernelPlane, session::Sessions, xdp::XdpPlane};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
 pub const RESULTS: [&str; 10] = [
@@ -132,6 +132,7 @@ fn result_index(result: &str) -> usize {
 struct DataPlaneInfo {
     mode: &'static str,
     kernel: Option<Arc<KernelPlane>>,
+    xdp: Option<Arc<XdpPlane>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,8 +142,13 @@ pub enum Path {
 }
 
 impl Metrics {
-    pub fn set_data_plane(&self, mode: &'static str, kernel: Option<Arc<KernelPlane>>) {
-        let _ = self.data_plane.set(DataPlaneInfo { mode, kernel });
+    pub fn set_data_plane(
+        &self,
+        mode: &'static str,
+        kernel: Option<Arc<KernelPlane>>,
+        xdp: Option<Arc<XdpPlane>>,
+    ) {
+        let _ = self.data_plane.set(DataPlaneInfo { mode, kernel, xdp });
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -245,6 +251,10 @@ impl Metrics {
         self.data_plane.get().and_then(|info| info.kernel.as_ref())
     }
 
+    fn xdp(&self) -> Option<&Arc<XdpPlane>> {
+        self.data_plane.get().and_then(|info| info.xdp.as_ref())
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -333,9 +343,7 @@ impl Metrics {
             self.integrity_errors.load(Ordering::Relaxed)
         );
 
-        let kernel = self
-            .kernel()
-            .map(|k| (k.counters(), k.xdp_interface().is_some()));
+        let xdp = self.xdp();
         family(
             &mut out,
             "devicelink_xdp_attached",
@@ -345,7 +353,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "devicelink_xdp_attached {}",
-            u8::from(kernel.is_some_and(|(_, attached)| attached))
+            u8::from(xdp.is_some_and(|xdp| xdp.interface().is_some()))
         );
         family(
             &mut out,
@@ -356,7 +364,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "devicelink_xdp_acl_entries {}",
-            self.kernel().map_or(0, |kernel| kernel.xdp_acl_entries())
+            xdp.map_or(0, |xdp| xdp.prefixes())
         );
         family(
             &mut out,
@@ -364,7 +372,7 @@ impl Metrics {
             "counter",
             "Packets seen by the XDP source ACL, by verdict and reason.",
         );
-        let counters = kernel.map(|(c, _)| c).unwrap_or_default();
+        let verdicts = xdp.map(|xdp| xdp.verdicts()).unwrap_or_default();
         for (verdict, reason, slot) in [
             ("pass", "allowed", XdpVerdict::Pass),
             ("pass", "not_inspected", XdpVerdict::NotInspected),
@@ -374,9 +382,10 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "devicelink_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
-                counters.xdp[slot as usize]
+                verdicts[slot as usize]
             );
         }
+        let counters = self.kernel().map(|k| k.counters()).unwrap_or_default();
         family(
             &mut out,
             "devicelink_splice_skbs_total",
@@ -522,8 +531,8 @@ impl Metrics {
             "Packets from sources outside a link's ACL that XDP dropped before the stack saw them.",
         );
         for (name, stats) in &links {
-            let drops = match (kernel, stats.xdp_slot()) {
-                (Some(kernel), Some(slot)) => kernel.xdp_drops(slot),
+            let drops = match (self.xdp(), stats.xdp_slot()) {
+                (Some(xdp), Some(slot)) => xdp.drops(slot),
                 _ => 0,
             };
             let _ = writeln!(
@@ -657,7 +666,7 @@ mod tests {
     #[test]
     fn exposition_has_every_series_the_dashboards_use() {
         let metrics = Metrics::default();
-        metrics.set_data_plane("userspace", None);
+        metrics.set_data_plane("userspace", None, None);
         metrics.count_result("rejected_acl");
         metrics.add_bytes(Direction::ToDevice, 5);
         metrics.connection_opened();

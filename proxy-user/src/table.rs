@@ -339,7 +339,7 @@ impl Table {
 
     /// The XDP ACL holds exactly the active links' ports and ranges.
     fn update_xdp(&self) {
-        let DataPlane::Kernel { plane, .. } = &self.carrier.data_plane else {
+        let Some(xdp) = &self.carrier.xdp else {
             return;
         };
         let acls: Vec<LinkAcl> = self
@@ -354,7 +354,7 @@ impl Table {
                 })
             })
             .collect();
-        if let Err(err) = plane.set_link_acls(&acls) {
+        if let Err(err) = xdp.set_link_acls(&acls) {
             // The accept-time check still holds every link's ACL; only the early drop is off.
             error!(
                 "updating the XDP ACL failed: {}; disallowed sources are refused at accept until the next change",

@@ -585,12 +585,17 @@ fn falls_back_to_userspace_when_ebpf_cannot_load() {
         reason.contains("CAP_BPF"),
         "the line should name what is missing: {reason}"
     );
-    // One line, and nothing else blamed: missing privileges are not an overlap-cut problem.
+    // One line per plane, and nothing else blamed: missing privileges are not an overlap-cut
+    // problem. The XDP ACL is a plane of its own, and says it is off.
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(
         warnings.len(),
-        1,
-        "one warning, the fallback's: {warnings:#?}"
+        2,
+        "two warnings, the data plane's fallback and the XDP ACL's: {warnings:#?}"
+    );
+    assert!(
+        warnings[1].contains("XDP ACL not attached") && warnings[1].contains("CAP_BPF"),
+        "{warnings:#?}"
     );
     topology.client.run(|| {
         let mut stream = TcpStream::connect(front()).unwrap();
