@@ -98,7 +98,8 @@ pub async fn carry(
     );
     tokio::pin!(to_device, from_device);
 
-    let mut done = [false; 2];
+    let mut to_device_done = false;
+    let mut from_device_done = false;
     let idle_check = limits
         .idle_timeout
         .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
@@ -112,13 +113,13 @@ pub async fn carry(
             }
         };
         tokio::select! {
-            result = &mut to_device, if !done[0] => match result {
-                Ok(()) => done[0] = true,
+            result = &mut to_device, if !to_device_done => match result {
+                Ok(()) => to_device_done = true,
                 Err((side, err)) => break Outcome::Reset { side, error: err.to_string() },
             },
-            result = &mut from_device, if !done[1] => match result {
-                Ok(()) => done[1] = true,
-                Err((side, err)) => break Outcome::Reset { side: flip(side), error: err.to_string() },
+            result = &mut from_device, if !from_device_done => match result {
+                Ok(()) => from_device_done = true,
+                Err((side, err)) => break Outcome::Reset { side, error: err.to_string() },
             },
             () = tick => {
                 let bytes = activity.load(Ordering::Relaxed);
@@ -132,7 +133,7 @@ pub async fn carry(
             }
             () = cancel.cancelled() => break Outcome::Cancelled,
         }
-        if done == [true, true] {
+        if to_device_done && from_device_done {
             break Outcome::Completed;
         }
     };
@@ -140,15 +141,6 @@ pub async fn carry(
         reset_on_close(fds);
     }
     outcome
-}
-
-/// `pump` names sides as seen from the client -> device direction; the other direction swaps.
-fn flip(side: &'static str) -> &'static str {
-    match side {
-        "client" => "device",
-        "device" => "client",
-        other => other,
-    }
 }
 
 /// Both sockets send RST instead of FIN when the halves are dropped.
@@ -159,8 +151,7 @@ fn reset_on_close(fds: [RawFd; 2]) {
 }
 
 /// Copies one direction until EOF, then shuts the target's write side. An error names the side
-/// it came from: "client" for the read side, "device" for the write side (as seen from the
-/// client -> device direction).
+/// it came from: the one `from` reads ("client" for client to device) or the one `to` writes.
 async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
@@ -168,14 +159,18 @@ async fn pump(
     activity: &AtomicU64,
     metrics: &ConnectionCounters,
 ) -> Result<(), (&'static str, io::Error)> {
+    let (source, target) = match direction {
+        Direction::ToDevice => ("client", "device"),
+        Direction::FromDevice => ("device", "client"),
+    };
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
-        let n = from.read(&mut buf).await.map_err(|e| ("client", e))?;
+        let n = from.read(&mut buf).await.map_err(|e| (source, e))?;
         if n == 0 {
-            to.shutdown().await.map_err(|e| ("device", e))?;
+            to.shutdown().await.map_err(|e| (target, e))?;
             return Ok(());
         }
-        to.write_all(&buf[..n]).await.map_err(|e| ("device", e))?;
+        to.write_all(&buf[..n]).await.map_err(|e| (target, e))?;
         activity.fetch_add(n as u64, Ordering::Relaxed);
         metrics.add_bytes(direction, n as u64);
     }

@@ -4,9 +4,9 @@
 //! ACK a reader's `recvmsg` would send when it empties the queue never comes; TCP falls back to
 //! delayed ACKs, in ping-pong mode once the socket also sends (a VNC viewer's requests). A
 //! device that sends bursts (VNC or RDP frames) under BBR then holds back its next bytes until a
-//! late ACK arrives: 60-90 ms stalls on many frames here. Capping the delay
-//! (`TCP_DELACK_MAX_US`, 8 ms at the least) did not remove them; quick-ACK mode, which only a
-//! route's `quickack` metric turns on for good, did (docs/vnc-splice-notes.md, stop 14). The
+//! late ACK arrives: stalls of tens of milliseconds on many frames. Capping the delay
+//! (`TCP_DELACK_MAX_US`, 8 ms at the least) does not remove them; quick-ACK mode, which only a
+//! route's `quickack` metric turns on for good, does (docs/vnc-splice-notes.md). The
 //! proxy's device connections are the only ones its pod makes to the device, so a host route
 //! for the device's address, copied from the route the kernel picks for it now plus that
 //! metric, changes nothing else. The proxy adds it only if no route for exactly that address
@@ -22,37 +22,36 @@ use std::{
 
 use tracing::{info, warn};
 
-const NLMSG_HDR_LEN: usize = 16;
+use libc::{
+    RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_UNSPEC, RTA_DST, RTA_GATEWAY,
+    RTA_METRICS, RTA_OIF, RTA_PREFSRC, RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_F_FIB_MATCH,
+    RTM_GETROUTE, RTM_NEWROUTE, RTN_UNICAST,
+};
+
+const NLMSG_HDR_LEN: usize = size_of::<libc::nlmsghdr>();
+/// `struct rtmsg` (family, dst_len, src_len, tos, table, protocol, scope, type, flags): libc
+/// does not define it.
 const RTMSG_LEN: usize = 12;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PREFSRC: u16 = 7;
-const RTA_METRICS: u16 = 8;
-const RTA_TABLE: u16 = 15;
-const RTA_VIA: u16 = 18;
+
+// libc types these as `c_int`; in a netlink header they are 16-bit fields.
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
+const NLM_F_REPLACE: u16 = libc::NLM_F_REPLACE as u16;
+const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
+const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
+
+/// The route metric that turns quick-ACK mode on (`RTAX_QUICKACK` in `linux/rtnetlink.h`): libc
+/// does not define the `RTAX_*` metrics.
 const RTAX_QUICKACK: u16 = 15;
-const RTN_UNICAST: u8 = 1;
-const NLM_F_REPLACE: u16 = 0x100;
-const RTM_F_FIB_MATCH: u32 = 0x2000;
+/// A next hop on the link even if no route makes it reachable (`RTNH_F_ONLINK` in
+/// `linux/rtnetlink.h`): libc does not define the `RTNH_F_*` flags.
 const RTNH_F_ONLINK: u32 = 4;
 /// The protocol the proxy's routes are marked with (`ip route` shows `proto 201`), so that a
 /// route left by a proxy that was killed (a container restart keeps the pod's namespace) is
 /// told from an administrator's and taken over. Unassigned in iproute2's `rt_protos`.
 const RTPROT_DEVICELINK: u8 = 201;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_LINK: u8 = 253;
-const RT_SCOPE_NOWHERE: u8 = 255;
-const RT_TABLE_UNSPEC: u8 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -158,7 +157,8 @@ struct Netlink {
 
 impl Netlink {
     fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned at once.
+        // SAFETY: socket(2) takes no pointers; its only effect is a new fd, checked below and
+        // owned right after.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
@@ -169,7 +169,7 @@ impl Netlink {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        // SAFETY: `fd` was just returned by socket(2) and is open; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Replies to a request that never comes back must not hang the proxy's start.
         crate::sockopt::set_receive_timeout(&fd, std::time::Duration::from_secs(2))?;
@@ -177,7 +177,8 @@ impl Netlink {
     }
 
     fn send(&self, message: &[u8]) -> io::Result<()> {
-        // SAFETY: valid fd and buffer; the kernel is the default destination of a netlink socket.
+        // SAFETY: the fd is open while `self` is; the kernel reads at most `message.len()` bytes
+        // from the live slice `message` (a netlink socket sends to the kernel by default).
         let sent = unsafe {
             libc::send(
                 self.fd.as_raw_fd(),
@@ -194,7 +195,8 @@ impl Netlink {
 
     fn receive(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; 32 << 10];
-        // SAFETY: valid fd; `buf` has room for its length.
+        // SAFETY: the fd is open while `self` is; the kernel writes at most `buf.len()` bytes into
+        // `buf`, which is initialised and that long.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());

@@ -17,7 +17,9 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 fn set<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed.
+    // SAFETY: the kernel reads `size_of::<T>()` bytes from `value`, a live reference for the
+    // whole call; the fd comes from a socket the caller borrows, and a bad one only makes the
+    // call fail.
     check(unsafe {
         libc::setsockopt(
             fd,
@@ -37,9 +39,12 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
 fn get<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
     let mut value = MaybeUninit::<T>::zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;
-    // SAFETY: the buffer is `len` bytes and zero-initialised, so a short answer leaves zeros.
+    // SAFETY: the kernel writes at most `len` bytes, the size of `value`, which lives for the
+    // whole call; the fd comes from a socket the caller borrows, and a bad one only makes the
+    // call fail.
     check(unsafe { libc::getsockopt(fd, level, name, value.as_mut_ptr().cast(), &mut len) })?;
-    // SAFETY: zero-initialised plain-old-data, possibly partly filled by the kernel.
+    // SAFETY: `T` is only ever a C integer or a libc struct of integers (this function is
+    // private), for which all-zero bytes, and any bytes the kernel wrote over them, are valid.
     Ok(unsafe { value.assume_init() })
 }
 
@@ -115,7 +120,8 @@ pub fn take_error(sock: &impl AsRawFd) -> io::Result<Option<io::Error>> {
 /// Bytes in the send queue not yet acknowledged by the peer (sent or not).
 pub fn unacked_outq(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut value: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int.
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one c_int through the pointer, which points
+    // at the live `value`.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut value) })?;
     Ok(u64::try_from(value).unwrap_or(0))
 }
@@ -163,7 +169,8 @@ pub fn poll_state(sock: &impl AsRawFd) -> io::Result<PollState> {
         events: libc::POLLRDHUP,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
+    // SAFETY: the pointer is to one live pollfd and nfds is 1, so the kernel touches only
+    // `pfd`; the zero timeout never blocks.
     check(unsafe { libc::poll(&mut pfd, 1, 0) })?;
     Ok(PollState {
         read_closed: pfd.revents & libc::POLLRDHUP != 0,
@@ -184,6 +191,7 @@ pub fn set_keepalive(sock: &impl AsRawFd, idle: Duration) -> io::Result<()> {
 }
 
 pub fn shutdown_write(sock: &impl AsRawFd) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid fd.
+    // SAFETY: shutdown takes no pointers; the fd comes from a socket the caller borrows, and a
+    // bad one only makes the call fail.
     check(unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) }).map(drop)
 }

@@ -1,0 +1,225 @@
+//! One connection's life on the kernel path: it enters the splice (or is handed back to the
+//! userspace copy), is watched until both directions ended, one side failed, it idled out or
+//! was cancelled, and leaves the maps again.
+
+use std::time::Duration;
+
+use tokio::{net::TcpStream, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    direction::{BOTH, PerDirection},
+    enter::{EnterError, enter},
+    finish::{FinState, pass_on_fin},
+    hold::Holds,
+    integrity::IntegrityChecks,
+    pace::Pacer,
+    socket::Sockets,
+    watcher::SpliceWatcher,
+};
+use crate::{
+    copy::{CarryLimits, Outcome},
+    kernel::KernelPlane,
+    session::ConnectionCounters,
+    sockopt,
+};
+
+/// What becomes of a connection offered to the kernel path.
+pub enum Spliced {
+    /// Carried to the end in the kernel.
+    Done(Outcome),
+    /// Could not enter the kernel path (for example the client already sent its FIN: a socket
+    /// that is no longer ESTABLISHED cannot enter a sockmap); carry it in user space from here.
+    /// No byte was lost or reordered: the kernel forwarded nothing.
+    Fallback {
+        client: TcpStream,
+        device: TcpStream,
+        reason: String,
+    },
+}
+
+/// Carries one connection in the kernel, or hands it back for the userspace path.
+pub async fn carry(
+    plane: &KernelPlane,
+    watcher: &SpliceWatcher,
+    client: TcpStream,
+    device: TcpStream,
+    limits: &CarryLimits,
+    metrics: &ConnectionCounters,
+    cancel: &CancellationToken,
+) -> Spliced {
+    // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
+    let (client, device) = match (client.into_std(), device.into_std()) {
+        (Ok(client), Ok(device)) => (client, device),
+        (Err(err), _) | (_, Err(err)) => return Spliced::Done(Outcome::from_io(err)),
+    };
+    let mut sockets = match enter(
+        plane,
+        client,
+        device,
+        limits.splice_sndbuf,
+        limits.splice_max_queued,
+    ) {
+        Ok(sockets) => sockets,
+        Err(EnterError::Refused {
+            client,
+            device,
+            reason,
+        }) => {
+            return match (TcpStream::from_std(client), TcpStream::from_std(device)) {
+                (Ok(client), Ok(device)) => Spliced::Fallback {
+                    client,
+                    device,
+                    reason,
+                },
+                (Err(err), _) | (_, Err(err)) => Spliced::Done(Outcome::from_io(err)),
+            };
+        }
+        Err(EnterError::Io(err)) => return Spliced::Done(Outcome::from_io(err)),
+    };
+    metrics.spliced(sockets.client.cookie, sockets.device.cookie);
+    let outcome = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
+    // The kernel's counts go with the link entries below: keep them for the session's record.
+    // Each socket's count is what it redirected: client to device first.
+    metrics.splice_ended(
+        sockets
+            .both()
+            .map(|socket| plane.link_bytes(socket.cookie).0),
+    );
+    for socket in sockets.both() {
+        // Closing the socket (below) takes it out of the hash.
+        plane.unlink(socket.cookie, socket.credit_written);
+    }
+    if matches!(outcome, Outcome::Reset { .. }) {
+        // Pass the reset on: closing with a zero linger sends RST to whichever side is still up.
+        for socket in sockets.both() {
+            let _ = sockopt::set_linger_reset(&socket.stream);
+        }
+    }
+    Spliced::Done(outcome)
+}
+
+/// The connection's life once in the splice: forward held bytes, pace senders, pass FINs on,
+/// and end at an error, idleness or cancellation. Sleeps between looks until a wake-up from the
+/// watcher or the earliest time something is due.
+async fn watch(
+    plane: &KernelPlane,
+    watcher: &SpliceWatcher,
+    sockets: &mut Sockets,
+    limits: &CarryLimits,
+    metrics: &ConnectionCounters,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let registration = match watcher.register(sockets) {
+        Ok(registration) => registration,
+        Err(err) => return Outcome::from_io(err),
+    };
+
+    // Set once the direction's FIN is passed on.
+    let mut finished = PerDirection::<bool>::default();
+    let mut last_bytes = u64::MAX;
+    let mut last_activity = Instant::now();
+    let idle_check = limits
+        .idle_timeout
+        .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
+    let mut drain_wait = Duration::from_millis(1);
+    let mut holds = Holds::new(Instant::now());
+    let mut pacer = Pacer::default();
+    let mut integrity = IntegrityChecks::new(Instant::now());
+    loop {
+        let now = Instant::now();
+        let drain_wake = match holds.forward(plane, sockets, limits, metrics, now) {
+            Ok(wake) => wake,
+            Err(err) => {
+                return Outcome::Reset {
+                    side: "proxy",
+                    error: format!("forwarding held bytes: {err}"),
+                };
+            }
+        };
+        let pace_wake = match pacer.look(plane, sockets, limits, &finished, now) {
+            Ok(wake) => wake,
+            Err(err) => return Outcome::from_io(err),
+        };
+        holds.advance_recheck(now);
+        if let Some(outcome) = integrity.check_if_due(plane, sockets, &finished, metrics, now) {
+            return outcome;
+        }
+        let mut draining = false;
+        for direction in BOTH {
+            match pass_on_fin(plane, sockets, direction, finished[direction], metrics) {
+                Ok(FinState::NotYet) => {}
+                Ok(FinState::Draining) => draining = true,
+                Ok(FinState::PassedOn) => {
+                    finished[direction] = true;
+                    drain_wait = Duration::from_millis(1);
+                }
+                Err(outcome) => return outcome,
+            }
+        }
+        if finished.all(|done| *done) {
+            holds.discard_all_forwarded(sockets);
+            return Outcome::Completed;
+        }
+
+        if let Some(idle) = limits.idle_timeout {
+            let bytes = sockets
+                .both()
+                .iter()
+                .map(|socket| plane.link_bytes(socket.cookie).0 + socket.user_read)
+                .sum();
+            if bytes != last_bytes {
+                last_bytes = bytes;
+                last_activity = now;
+            } else if now.duration_since(last_activity) >= idle {
+                return Outcome::IdleTimeout;
+            }
+        }
+        let mut wake_at = idle_check.map(|every| now + every);
+        let mut sooner = |at: Instant| wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+        if draining {
+            // Bytes are still on their way through a psock: look again shortly.
+            sooner(now + drain_wait);
+            drain_wait = (drain_wait * 2).min(Duration::from_millis(50));
+        }
+        if let Some(at) = holds.recheck_at() {
+            sooner(at);
+        }
+        if let Some(at) = drain_wake {
+            sooner(at);
+        }
+        // A paced direction looks every few milliseconds whether its receiver caught up (see
+        // the `pace` module). Until something else is due those looks do only that, two
+        // syscalls each, not the whole look above.
+        let mut pace_at = pace_wake;
+        loop {
+            let deadline = match (wake_at, pace_at) {
+                (Some(other), Some(pace)) => Some(other.min(pace)),
+                (other, pace) => other.or(pace),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = registration.notified() => break,
+                () = sleep => {}
+                () = cancel.cancelled() => return Outcome::Cancelled,
+            }
+            let now = Instant::now();
+            if pace_at.is_none() || wake_at.is_some_and(|at| now >= at) {
+                break;
+            }
+            pace_at = match pacer.look(plane, sockets, limits, &finished, now) {
+                Ok(wake) => wake,
+                Err(err) => return Outcome::from_io(err),
+            };
+            if pace_at.is_none() {
+                // Running at full speed again: a whole look moves everything else on.
+                break;
+            }
+        }
+    }
+}
