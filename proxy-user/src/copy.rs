@@ -56,6 +56,14 @@ impl Outcome {
         }
     }
 
+    /// Whether the connection was cut rather than ended by its peers: a reset passed on, or the
+    /// proxy closing it (shutdown, expiry, a source leaving the ACL, a close on request), when
+    /// bytes in flight may be discarded. Such a connection ends with RST on both sides, so
+    /// neither peer takes a truncated stream for a complete one.
+    pub fn aborts(&self) -> bool {
+        matches!(self, Self::Reset { .. } | Self::Cancelled)
+    }
+
     /// The `result` label of `devicelink_connections_total`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -137,7 +145,7 @@ pub async fn carry(
             break Outcome::Completed;
         }
     };
-    if matches!(outcome, Outcome::Reset { .. }) {
+    if outcome.aborts() {
         reset_on_close(fds);
     }
     outcome

@@ -304,6 +304,28 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Whether `stream` ends with a reset within `within` (not with a FIN: a connection the proxy
+/// cuts must not look complete to its peer).
+fn reset_within(stream: &mut TcpStream, within: Duration) -> Result<(), String> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("it ended with a FIN".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err("still open".into());
+            }
+            Err(e) => return Err(format!("ended with {e}")),
+        }
+        if Instant::now() > deadline {
+            return Err("still open".into());
+        }
+    }
+}
+
 /// A checksummed upload through `port` from `source` to a slow device, on its own thread; the
 /// handle says whether every byte arrived and the reply came back intact.
 fn slow_transfer(
@@ -495,10 +517,8 @@ fn live_changes_keep_the_sessions_they_should(data_plane: &str) {
         proxy.metric("devicelink_link_connections_total{link=\"b\",result=\"closed_by_proxy\"}");
     let changed_at = Instant::now();
     proxy.change(&[a4.clone(), b.clone()]);
-    assert!(
-        closed_within(&mut removed, Duration::from_secs(1)),
-        "the removed source's session ends within a second of the reload"
-    );
+    reset_within(&mut removed, Duration::from_secs(1))
+        .expect("the removed source's session is reset within a second of the reload");
     assert!(changed_at.elapsed() < Duration::from_secs(3));
     assert!(
         topology
@@ -722,7 +742,8 @@ fn the_control_socket_lists_and_closes_sessions() {
     );
     let id = session["id"].as_str().unwrap().to_string();
     assert_eq!(proxy.http("DELETE", &format!("/v1/sessions/{id}")).0, 204);
-    assert!(closed_within(&mut stream, Duration::from_secs(1)));
+    reset_within(&mut stream, Duration::from_secs(1))
+        .expect("a session closed on request is cut with a reset");
     assert_eq!(proxy.http("DELETE", "/v1/sessions/999999").0, 404);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -824,4 +845,35 @@ fn a_thousand_links_start_change_and_stop_ebpf() {
 #[test]
 fn a_thousand_links_start_change_and_stop_userspace() {
     a_thousand_links_start_change_and_stop("userspace");
+}
+
+fn a_shutdown_mid_transfer_is_a_reset(data_plane: &str) {
+    let topology = topology(&format!("rst-{data_plane}"));
+    let _device = peers::serve(&topology.device, device(7950), SLOW);
+    let proxy = LinksProxy::start(
+        &topology,
+        data_plane,
+        &[link("slow", 3950, 7950, &[host(CLIENT_V4)])],
+    );
+    let transfer = slow_transfer(&topology, CLIENT_V4, 3950, 9, SLOW_LEN);
+    thread::sleep(Duration::from_millis(700));
+    proxy.process.signal(libc::SIGTERM);
+    let err = transfer
+        .join()
+        .unwrap()
+        .expect_err("a transfer cut by the proxy's shutdown cannot complete");
+    assert!(
+        err.contains("reset") || err.contains("Connection reset"),
+        "the client sees a reset, not a truncated stream that looks complete: {err}"
+    );
+}
+
+#[test]
+fn a_shutdown_mid_transfer_is_a_reset_ebpf() {
+    a_shutdown_mid_transfer_is_a_reset("ebpf");
+}
+
+#[test]
+fn a_shutdown_mid_transfer_is_a_reset_userspace() {
+    a_shutdown_mid_transfer_is_a_reset("userspace");
 }

@@ -90,8 +90,9 @@ pub async fn carry(
         // Closing the socket (below) takes it out of the hash.
         plane.unlink(socket.cookie, socket.credit_written);
     }
-    if matches!(outcome, Outcome::Reset { .. }) {
-        // Pass the reset on: closing with a zero linger sends RST to whichever side is still up.
+    if outcome.aborts() {
+        // Pass the reset on, or cut a connection the proxy closes: closing with a zero linger
+        // sends RST to whichever side is still up.
         for socket in sockets.both() {
             let _ = sockopt::set_linger_reset(&socket.stream);
         }
