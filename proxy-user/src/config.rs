@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 use crate::{
     acl::SourceAcl,
-    link::{DEFAULT_MAX_CONNECTIONS, Link},
+    link::{DEFAULT_MAX_CONNECTIONS, Link, SourceLimits},
 };
 
 /// TCP paths from allowed clients to devices, spliced in the kernel: one link given by flags,
@@ -24,7 +24,7 @@ pub struct Args {
     /// allowedSourceRanges, expiresAt, maxConnections, idleTimeout, enabled}]`. Re-read when
     /// it changes (also when replaced by a rename) and on SIGHUP; a file that does not
     /// validate is refused whole and the running links stay as they were.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections_per_source"])]
     pub config: Option<PathBuf>,
 
     /// Serve the control API (links, sessions, events; closing a session) over HTTP on this
@@ -75,6 +75,16 @@ pub struct Args {
     /// One link: connections carried at once; more are refused at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub max_connections: u32,
+
+    /// One link: connections one source may hold open at once (an IPv4 address, an IPv6 /64);
+    /// more from it are refused. Default: a quarter of --max-connections, at least 1.
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_connections_per_source: Option<u32>,
+
+    /// One link: new connections one source may open per second, sustained (a burst of twice
+    /// as many passes); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::link::fairness::DEFAULT_PER_SECOND)]
+    pub connect_rate_per_source: u32,
 
     /// Give up connecting to the device after this long.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -171,6 +181,7 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: u32,
+    pub per_source: SourceLimits,
     pub connect_timeout: Duration,
     pub expires_at: Option<SystemTime>,
     pub splice_sndbuf: u32,
@@ -228,6 +239,12 @@ impl Config {
             metrics: args.metrics,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
+            per_source: SourceLimits {
+                max_open: args
+                    .max_connections_per_source
+                    .unwrap_or(SourceLimits::default_for(args.max_connections).max_open),
+                per_second: args.connect_rate_per_source,
+            },
             connect_timeout: args.connect_timeout,
             expires_at: args.expires_at,
             splice_sndbuf: args.splice_sndbuf,
@@ -266,6 +283,7 @@ impl Config {
             acl: self.acl.clone(),
             expires_at: self.expires_at,
             max_connections: self.max_connections,
+            per_source: self.per_source,
             idle_timeout: self.idle_timeout,
             enabled: true,
         })

@@ -6,6 +6,7 @@
 
 mod accept;
 mod device;
+pub mod fairness;
 
 use std::{
     net::SocketAddr,
@@ -14,6 +15,7 @@ use std::{
 };
 
 pub use accept::{RunningLink, start};
+pub use fairness::SourceLimits;
 
 use crate::{
     acl::SourceAcl, config::DeviceAddr, dataplane::DataPlane, events::EventLog, metrics::Metrics,
@@ -32,6 +34,8 @@ pub struct Link {
     pub acl: SourceAcl,
     pub expires_at: Option<SystemTime>,
     pub max_connections: u32,
+    /// What each source may open (see `fairness`).
+    pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
     pub enabled: bool,
 }
@@ -47,6 +51,7 @@ impl Link {
             device: self.device.clone(),
             acl: self.acl.clone(),
             max_connections: self.max_connections,
+            per_source: self.per_source,
             idle_timeout: self.idle_timeout,
         }
     }
@@ -59,6 +64,7 @@ pub struct LinkSettings {
     pub device: DeviceAddr,
     pub acl: SourceAcl,
     pub max_connections: u32,
+    pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
 }
 

@@ -21,6 +21,8 @@ struct LinkEntry {
     allowed_source_ranges: Vec<String>,
     expires_at: Option<String>,
     max_connections: Option<u32>,
+    max_connections_per_source: Option<u32>,
+    connect_rate_per_source: Option<u32>,
     idle_timeout: Option<String>,
     enabled: Option<bool>,
 }
@@ -70,15 +72,26 @@ pub fn parse(text: &str) -> Result<Vec<Link>, String> {
             ),
             None => None,
         };
+        let max_connections = entry
+            .max_connections
+            .unwrap_or(crate::link::DEFAULT_MAX_CONNECTIONS);
+        let default_share = crate::link::SourceLimits::default_for(max_connections);
+        let per_source = crate::link::SourceLimits {
+            max_open: entry
+                .max_connections_per_source
+                .unwrap_or(default_share.max_open),
+            per_second: entry
+                .connect_rate_per_source
+                .unwrap_or(default_share.per_second),
+        };
         links.push(Link {
             name: entry.name,
             listen,
             device,
             acl: SourceAcl::new(ranges),
             expires_at,
-            max_connections: entry
-                .max_connections
-                .unwrap_or(crate::link::DEFAULT_MAX_CONNECTIONS),
+            max_connections,
+            per_source,
             idle_timeout,
             enabled: entry.enabled.unwrap_or(true),
         });

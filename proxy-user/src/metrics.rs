@@ -22,13 +22,15 @@ use tracing::{debug, info};
 use crate::{kernel::KernelPlane, session::Sessions, xdp::XdpPlane};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
-pub const RESULTS: [&str; 10] = [
+pub const RESULTS: [&str; 12] = [
     "completed",
     "reset",
     "idle_timeout",
     "closed_by_proxy",
     "rejected_acl",
     "rejected_limit",
+    "rejected_source_limit",
+    "rejected_source_rate",
     "device_refused",
     "device_timeout",
     "device_unreachable",

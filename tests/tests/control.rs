@@ -412,7 +412,12 @@ fn max_connections_refuses_excess_promptly() {
         &topology,
         front(),
         ProxyOptions {
-            extra: extra(&["--max-connections", "2"]),
+            extra: extra(&[
+                "--max-connections",
+                "2",
+                "--max-connections-per-source",
+                "2",
+            ]),
             ..Default::default()
         },
     );

@@ -325,7 +325,15 @@ fn bytes_before_device_connects_are_kept_userspace() {
 /// the reply direction.
 fn concurrent(mode: &str, extra: &[&str]) {
     raise_fd_limit();
-    let mut flags = vec!["--max-connections", "1000"];
+    // One client stands for 500: it may hold every slot and open them all at once.
+    let mut flags = vec![
+        "--max-connections",
+        "1000",
+        "--max-connections-per-source",
+        "1000",
+        "--connect-rate-per-source",
+        "0",
+    ];
     flags.extend_from_slice(extra);
     let (topology, _server, proxy) = setup(
         &format!("conc{mode}{}", extra.len()),

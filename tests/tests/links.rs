@@ -877,3 +877,59 @@ fn a_shutdown_mid_transfer_is_a_reset_ebpf() {
 fn a_shutdown_mid_transfer_is_a_reset_userspace() {
     a_shutdown_mid_transfer_is_a_reset("userspace");
 }
+
+/// One allowed source cannot take a link from the others: past its share of open connections
+/// or its rate of new ones it is refused (and counted by reason), while another source still
+/// gets in.
+#[test]
+fn one_source_cannot_take_every_slot() {
+    let topology = topology("fairness");
+    let _echo = peers::serve(&topology.device, device(7960), Behavior::Echo);
+    let both = vec![host(CLIENT_V4), host(OTHER_CLIENT_V4)];
+    let mut shares = link("shares", 3960, 7960, &both);
+    shares["maxConnections"] = json!(8);
+    shares["maxConnectionsPerSource"] = json!(2);
+    shares["connectRatePerSource"] = json!(0);
+    let mut rate = link("rate", 3961, 7960, &both);
+    rate["connectRatePerSource"] = json!(2);
+    let proxy = LinksProxy::start(&topology, "ebpf", &[shares, rate]);
+
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            topology
+                .client
+                .run(|| echo_from(CLIENT_V4, 3960))
+                .expect("within its share")
+        })
+        .collect();
+    assert!(
+        topology.client.run(|| echo_from(CLIENT_V4, 3960)).is_err(),
+        "a third connection from the same source is refused"
+    );
+    topology
+        .client
+        .run(|| echo_from(OTHER_CLIENT_V4, 3960))
+        .expect("another source still gets in");
+    assert_eq!(
+        proxy.metric(
+            "devicelink_link_connections_total{link=\"shares\",result=\"rejected_source_limit\"}"
+        ),
+        1.0
+    );
+    drop(held);
+
+    // A burst of twice the rate (4) passes, the rest of a quick series is refused.
+    let results: Vec<bool> = (0..8)
+        .map(|_| topology.client.run(|| echo_from(CLIENT_V4, 3961).is_ok()))
+        .collect();
+    let carried = results.iter().filter(|ok| **ok).count();
+    assert!(
+        (4..=6).contains(&carried),
+        "the burst passes, the rest waits for the rate: {results:?}"
+    );
+    assert!(
+        proxy.metric(
+            "devicelink_link_connections_total{link=\"rate\",result=\"rejected_source_rate\"}"
+        ) >= 2.0
+    );
+}

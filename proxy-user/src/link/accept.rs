@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::{
     Carrier, Link, LinkSettings, SharedSettings, close_reason,
     device::{self, Refusal, RefusalLog, suppressed_note},
+    fairness::{OverShare, SourceShares},
 };
 use crate::{
     copy::{self, CarryLimits},
@@ -49,6 +50,7 @@ struct LinkShared {
     stats: Arc<LinkStats>,
     carrier: Arc<Carrier>,
     refusals: RefusalLog,
+    shares: SourceShares,
 }
 
 impl LinkShared {
@@ -71,6 +73,7 @@ pub fn start(link: &Link, carrier: &Arc<Carrier>) -> anyhow::Result<RunningLink>
         stats: Arc::clone(&stats),
         carrier: Arc::clone(carrier),
         refusals: RefusalLog::default(),
+        shares: SourceShares::default(),
     });
     let stop = CancellationToken::new();
     let (closed_tx, listener_closed) = oneshot::channel();
@@ -172,6 +175,26 @@ fn admit(
                 settings.max_connections
             ),
         );
+        return;
+    }
+    if let Err(over) = shared.shares.admit(peer.ip(), settings.per_source) {
+        let (refusal, why) = match over {
+            OverShare::Open => (
+                Refusal::SourceLimit,
+                format!(
+                    "this source already holds its share of {} of the link's connections",
+                    settings.per_source.max_open
+                ),
+            ),
+            OverShare::Rate => (
+                Refusal::SourceRate,
+                format!(
+                    "this source opens connections faster than {} a second",
+                    settings.per_source.per_second
+                ),
+            ),
+        };
+        refuse(shared, client, peer, refusal, &why);
         return;
     }
     let carrier = &shared.carrier;
@@ -316,4 +339,5 @@ fn finish(shared: &LinkShared, settings: &LinkSettings, session: &Session, resul
             .reason(reason),
     );
     carrier.sessions.remove(session.id);
+    shared.shares.release(session.client.ip());
 }

@@ -18,6 +18,10 @@ use crate::config::DeviceAddr;
 pub enum Refusal {
     SourceNotAllowed,
     TooManyConnections,
+    /// The source already holds its share of the link's connections.
+    SourceLimit,
+    /// The source opens connections faster than its rate.
+    SourceRate,
     DeviceRefused,
     DeviceTimeout,
     DeviceUnreachable,
@@ -29,6 +33,8 @@ impl Refusal {
         match self {
             Self::SourceNotAllowed => "rejected_acl",
             Self::TooManyConnections => "rejected_limit",
+            Self::SourceLimit => "rejected_source_limit",
+            Self::SourceRate => "rejected_source_rate",
             Self::DeviceRefused => "device_refused",
             Self::DeviceTimeout => "device_timeout",
             Self::DeviceUnreachable => "device_unreachable",

@@ -131,8 +131,18 @@ pub fn start(
         Contender::Direct => unreachable!("handled above"),
         Contender::DevicelinkEbpf | Contender::DevicelinkUserspace => {
             let ebpf = contender == Contender::DevicelinkEbpf;
-            // Room for the idle-connection measure (1,000 by default) with a margin.
-            let mut extra = vec!["--max-connections".to_string(), "4096".to_string()];
+            // Room for the idle-connection measure (1,000 by default) with a margin; the bench's
+            // one client stands for many, so it may hold every slot and connect at full speed.
+            let mut extra = [
+                "--max-connections",
+                "4096",
+                "--max-connections-per-source",
+                "4096",
+                "--connect-rate-per-source",
+                "0",
+            ]
+            .map(String::from)
+            .to_vec();
             extra.extend_from_slice(devicelink_flags);
             let proxy = Proxy::start(
                 topology,
