@@ -199,11 +199,12 @@ fn half_close_many(mode: &str, banner: Option<usize>) {
         Some(banner) => Behavior::SpeakFirst { banner },
         None => Behavior::SinkThenReply,
     };
+    // One client stands for 300, opening them as fast as it can.
     let (topology, _server, proxy) = setup(
         &format!("hc{mode}{}", banner.is_some() as u8),
         mode,
         behavior,
-        &[],
+        &["--connect-rate-per-source", "0"],
     );
     const CONNECTIONS: u64 = 300;
     const SIZES: [u64; 8] = [0, 1, 2, 1000, 65_535, 65_536, 300_000, 2_000_000];
