@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     // proxy-common change; its programs live in its binary, which cargo does not track there.
     println!("cargo:rerun-if-changed={}", kernel_crate.display());
     build_kernel_object(&kernel_crate).context(
-        "building the kernel programs failed; `cargo xtask setup` installs nightly's rust-src and bpf-linker",
+        "building the kernel programs failed (the nested build's output above says why; a missing nightly, rust-src or bpf-linker is installed by `cargo xtask setup`)",
     )
 }
 
