@@ -52,9 +52,11 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTIONS: u8 = 60;
-/// Extension headers walked before TCP; a packet with more passes to the stack, where the
-/// accept-time check still judges a connection. Real TCP traffic carries none or one.
-const MAX_EXTENSION_HEADERS: usize = 4;
+/// Extension headers walked before TCP: each of the four kinds once, plus a second
+/// destination-options header (allowed before a routing header) and one to spare. A packet
+/// with more passes as not inspected (the verifier needs a bound, and such a chain is no real
+/// client's); the accept-time check still judges the connection it might open.
+const MAX_EXTENSION_HEADERS: usize = 6;
 
 /// What a packet is, as far as the ACL cares.
 enum Verdict {
@@ -127,7 +129,11 @@ fn classify_v4(ctx: &XdpContext, ip: usize) -> Verdict {
     }
     // Fragments after the first carry no TCP header and cannot be judged by port; without the
     // first one (which is judged and dropped for a disallowed source) they never reach a
-    // socket, and the stack discards them when reassembly times out.
+    // socket, and the stack discards them when reassembly times out. Remembering dropped
+    // first fragments (by source and IP ID) would need a map sized against a flood, and a later
+    // fragment cannot rewrite the judged ports: a first fragment holds at least 8 bytes of TCP
+    // (every fragment but the last carries a multiple of 8), and the stack discards a datagram
+    // whose fragments overlap.
     if frag & 0x1fff != 0 {
         return Verdict::Skip(XdpVerdict::NotInspected);
     }
@@ -188,12 +194,16 @@ fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
                 next_header = next;
                 offset += 8;
             }
+            // UDP, ICMPv6, ESP, AH and the rest: not TCP, or TCP that the stack reaches only
+            // through an IPsec state it authenticated.
             _ => return Verdict::Skip(XdpVerdict::NotInspected),
         }
     }
     if next_header != IPPROTO_TCP {
         return Verdict::Skip(XdpVerdict::NotInspected);
     }
+    // A first fragment cut before the ports passes as malformed: the stack drops an IPv6 first
+    // fragment that lacks the whole TCP header (RFC 7112) before any reassembly.
     let Some(port) = read_array::<2>(ctx, offset + 2) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };

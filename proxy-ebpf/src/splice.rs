@@ -74,7 +74,7 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
     }
     // SAFETY: the helper only reads the socket the skb belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let Some(link) = SPLICE_LINKS.get_ptr_mut(&cookie) else {
+    let Some(link) = SPLICE_LINKS.get_ptr_mut(cookie) else {
         // Being torn down: keep the bytes on this socket rather than drop them.
         count(SpliceCounter::Unlinked);
         return Ok(sk_action::SK_PASS);
@@ -90,7 +90,7 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
         }
     };
     // SAFETY: plain value read; user space replaces the entry whole.
-    let credit = unsafe { SPLICE_CREDITS.get(&cookie) }
+    let credit = unsafe { SPLICE_CREDITS.get(cookie) }
         .copied()
         .unwrap_or_else(|| {
             // SAFETY: a read-only global, set before load.

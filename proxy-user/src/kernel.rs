@@ -312,7 +312,6 @@ fn load_object(
         .override_global("SKB_CB_OFFSET", &skb_cb_offset, true)
         .load(KERNEL_OBJECT)
         .map_err(KernelError::Load)?;
-    start_kernel_log(&mut ebpf);
     // Load every program before taking any map out of `ebpf`: a taken map that is dropped
     // closes its fd, and a program loaded afterwards would reference a dead fd.
     let verdict: &mut SkSkb = program(&mut ebpf, "splice_verdict")?;
@@ -351,34 +350,6 @@ pub(crate) fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         debug!(err = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
     }
-}
-
-/// Forwards the kernel programs' aya-log records to `tracing`. The logger owns the log ring
-/// buffer: it must live as long as the programs, or later loads fail.
-pub(crate) fn start_kernel_log(ebpf: &mut Ebpf) {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
-        Err(err) => {
-            debug!(%err, "kernel programs carry no log map");
-            return;
-        }
-    };
-    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns the logger.
-    let Ok(mut logger) = (unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    }) else {
-        warn!("cannot poll the kernel log ring buffer; kernel log records are not shown");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = logger.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 #[cfg(test)]

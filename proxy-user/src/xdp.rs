@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::XdpModeChoice,
-    kernel::{KERNEL_OBJECT, KernelError, map_err, prog_err, program, raise_memlock_limit, take},
-    xdp_acl::{LinkAcl, XdpAcl},
+    kernel::{KERNEL_OBJECT, KernelError, prog_err, program, raise_memlock_limit, take},
+    xdp_acl::{AclError, KernelEntries, LinkAcl, XdpAcl},
 };
 
 /// Link types (`/sys/class/net/<if>/type`) whose frames start with an Ethernet header, which
@@ -90,12 +90,19 @@ impl XdpPlane {
     }
 
     /// Makes the ACL hold exactly `links` (see [`XdpAcl::apply`]).
-    pub fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), KernelError> {
+    pub fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), AclError> {
         self.acl
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .apply(links)
-            .map_err(map_err("ACL"))
+    }
+
+    /// Entries the ACL maps hold, read back from the kernel.
+    pub fn kernel_entries(&self) -> Result<KernelEntries, AclError> {
+        self.acl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kernel_entries()
     }
 
     /// Packets dropped for the link in `slot` since it got the slot.

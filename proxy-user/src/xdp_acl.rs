@@ -5,10 +5,31 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key};
-use devicelink_proxy_common::{AclKeyV4, AclKeyV6, PORT_BITS};
+use devicelink_proxy_common::{AclKeyV4, AclKeyV6, MAX_LINKS, PORT_BITS};
 use ipnet::IpNet;
 
 use crate::acl::ipv4_view;
+
+/// Why the ACL maps could not be made to hold a set of links.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    #[error("link slot {slot} is out of range: the XDP maps hold slots 0..{MAX_LINKS}")]
+    SlotOutOfRange { slot: u32 },
+    #[error(
+        "port {port} is given to the links in slots {first} and {second}: the XDP ACL judges a packet by its destination port, so each link needs a port of its own"
+    )]
+    PortShared { port: u16, first: u32, second: u32 },
+    #[error("XDP map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> AclError {
+    move |source| AclError::Map { map, source }
+}
 
 /// One link as the XDP ACL sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +50,20 @@ pub struct AclEntries {
 }
 
 impl AclEntries {
-    /// The entries for `links`. Pure.
-    pub fn of(links: &[LinkAcl]) -> Self {
+    /// The entries for `links`, or why the maps cannot hold them. Pure.
+    pub fn of(links: &[LinkAcl]) -> Result<Self, AclError> {
         let mut entries = Self::default();
         for link in links {
-            entries.ports.insert(link.port, link.slot);
+            if link.slot >= MAX_LINKS {
+                return Err(AclError::SlotOutOfRange { slot: link.slot });
+            }
+            if let Some(first) = entries.ports.insert(link.port, link.slot) {
+                return Err(AclError::PortShared {
+                    port: link.port,
+                    first,
+                    second: link.slot,
+                });
+            }
             let port = link.port.to_be_bytes();
             for range in &link.ranges {
                 match ipv4_view(*range) {
@@ -55,7 +85,7 @@ impl AclEntries {
                 }
             }
         }
-        entries
+        Ok(entries)
     }
 
     /// Trie entries over both families.
@@ -93,17 +123,21 @@ impl XdpAcl {
     /// only once its ranges are in); stale ports go before stale ranges (a port stops being
     /// judged before its ranges leave). On an error the maps hold a mix of old and new that
     /// still only lets in sources some version allowed; the next apply finishes the job.
-    pub fn apply(&mut self, links: &[LinkAcl]) -> Result<(), MapError> {
-        let wanted = AclEntries::of(links);
+    pub fn apply(&mut self, links: &[LinkAcl]) -> Result<(), AclError> {
+        let wanted = AclEntries::of(links)?;
         for (&(len, data), &slot) in &wanted.v4 {
             if self.installed.v4.get(&(len, data)) != Some(&slot) {
-                self.v4.insert(&Key::new(len, data), slot, 0)?;
+                self.v4
+                    .insert(&Key::new(len, data), slot, 0)
+                    .map_err(map_err("ACL_V4"))?;
                 self.installed.v4.insert((len, data), slot);
             }
         }
         for (&(len, data), &slot) in &wanted.v6 {
             if self.installed.v6.get(&(len, data)) != Some(&slot) {
-                self.v6.insert(&Key::new(len, data), slot, 0)?;
+                self.v6
+                    .insert(&Key::new(len, data), slot, 0)
+                    .map_err(map_err("ACL_V6"))?;
                 self.installed.v6.insert((len, data), slot);
             }
         }
@@ -111,9 +145,11 @@ impl XdpAcl {
             if self.installed.ports.get(&port) != Some(&slot) {
                 // A slot new to this port starts its drop count at zero (slots are reused).
                 if !self.installed.ports.values().any(|&s| s == slot) {
-                    self.reset_drops(slot)?;
+                    self.reset_drops(slot).map_err(map_err("XDP_LINK_DROPS"))?;
                 }
-                self.ports.insert(port, slot, 0)?;
+                self.ports
+                    .insert(port, slot, 0)
+                    .map_err(map_err("LINK_PORTS"))?;
                 self.installed.ports.insert(port, slot);
             }
         }
@@ -125,7 +161,7 @@ impl XdpAcl {
             .copied()
             .collect();
         for port in stale_ports {
-            self.ports.remove(&port)?;
+            self.ports.remove(&port).map_err(map_err("LINK_PORTS"))?;
             self.installed.ports.remove(&port);
         }
         let stale_v4: Vec<(u32, AclKeyV4)> = self
@@ -136,7 +172,9 @@ impl XdpAcl {
             .copied()
             .collect();
         for (len, data) in stale_v4 {
-            self.v4.remove(&Key::new(len, data))?;
+            self.v4
+                .remove(&Key::new(len, data))
+                .map_err(map_err("ACL_V4"))?;
             self.installed.v4.remove(&(len, data));
         }
         let stale_v6: Vec<(u32, AclKeyV6)> = self
@@ -147,7 +185,9 @@ impl XdpAcl {
             .copied()
             .collect();
         for (len, data) in stale_v6 {
-            self.v6.remove(&Key::new(len, data))?;
+            self.v6
+                .remove(&Key::new(len, data))
+                .map_err(map_err("ACL_V6"))?;
             self.installed.v6.remove(&(len, data));
         }
         Ok(())
@@ -181,6 +221,28 @@ impl XdpAcl {
     pub fn prefixes(&self) -> usize {
         self.installed.prefixes()
     }
+
+    /// Entries the kernel's maps hold, read back from them: what the bookkeeping above
+    /// claims, checked.
+    pub fn kernel_entries(&self) -> Result<KernelEntries, AclError> {
+        Ok(KernelEntries {
+            v4: count(self.v4.keys()).map_err(map_err("ACL_V4"))?,
+            v6: count(self.v6.keys()).map_err(map_err("ACL_V6"))?,
+            ports: count(self.ports.keys()).map_err(map_err("LINK_PORTS"))?,
+        })
+    }
+}
+
+/// How many entries each ACL map holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelEntries {
+    pub v4: usize,
+    pub v6: usize,
+    pub ports: usize,
+}
+
+fn count<K>(mut keys: impl Iterator<Item = Result<K, MapError>>) -> Result<usize, MapError> {
+    keys.try_fold(0, |n, key| key.map(|_| n + 1))
 }
 
 #[cfg(test)]
@@ -204,7 +266,8 @@ mod tests {
                 port: 5900,
                 ranges: vec![net("203.0.113.7/32")],
             },
-        ]);
+        ])
+        .unwrap();
         assert_eq!(entries.ports, BTreeMap::from([(2222, 3), (5900, 4)]));
         let [hi, lo] = 2222u16.to_be_bytes();
         assert_eq!(
@@ -223,8 +286,33 @@ mod tests {
             slot: 0,
             port: 22,
             ranges: vec![net("::ffff:10.1.0.0/112")],
-        }]);
+        }])
+        .unwrap();
         assert_eq!(entries.v4.len(), 1, "{entries:?}");
         assert!(entries.v6.is_empty());
+    }
+
+    #[test]
+    fn a_port_given_to_two_links_or_a_slot_past_the_maps_is_refused() {
+        let link = |slot, port| LinkAcl {
+            slot,
+            port,
+            ranges: vec![net("203.0.113.0/24")],
+        };
+        let err = AclEntries::of(&[link(0, 22), link(1, 22)]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AclError::PortShared {
+                    port: 22,
+                    first: 0,
+                    second: 1
+                }
+            ),
+            "{err}"
+        );
+        let err = AclEntries::of(&[link(MAX_LINKS, 22)]).unwrap_err();
+        assert!(matches!(err, AclError::SlotOutOfRange { .. }), "{err}");
+        assert!(AclEntries::of(&[link(MAX_LINKS - 1, 22)]).is_ok());
     }
 }

@@ -4,7 +4,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use devicelink_proxy::{xdp::XdpPlane, xdp_acl::LinkAcl};
+use devicelink_proxy::{
+    xdp::XdpPlane,
+    xdp_acl::{KernelEntries, LinkAcl},
+};
 use devicelink_proxy_common::XdpVerdict;
 
 const XDP_DROP: u32 = 1;
@@ -302,6 +305,86 @@ fn ipv6_extension_headers_are_walked_to_tcp() {
         "a later fragment passes",
     );
     assert_eq!(acl.drops(3), 2);
+    assert_eq!(acl.verdicts()[XdpVerdict::DropSource as usize], 2);
+    assert_eq!(acl.verdicts()[XdpVerdict::Pass as usize], 1);
+    assert_eq!(acl.verdicts()[XdpVerdict::NotInspected as usize], 1);
+}
+
+#[test]
+fn a_syn_behind_a_long_chain_of_extension_headers_is_still_judged() {
+    let acl = acl(&[(5, SSH_PORT, &["2001:db8::/32"])]);
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const DEST_OPTIONS: u8 = 60;
+    let chain = |src: &str| {
+        // Hop-by-hop (16 bytes), destination options, routing (type 0, no segments left),
+        // destination options, a first fragment: five headers, then the SYN.
+        let mut rest = vec![DEST_OPTIONS, 1, 1, 12];
+        rest.extend_from_slice(&[0u8; 12]);
+        rest.extend_from_slice(&[ROUTING, 0, 1, 4, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[DEST_OPTIONS, 0, 0, 0, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[FRAGMENT, 0, 1, 4, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[TCP, 0, 0x00, 0x01, 0, 0, 0, 9]);
+        rest.extend(tcp_syn(SSH_PORT));
+        let mut frame = ethernet(ETH_P_IPV6);
+        frame.extend(ipv6(src.parse().unwrap(), HOP_BY_HOP, &rest));
+        frame
+    };
+    assert_action(
+        &acl,
+        &chain("2001:db9::1"),
+        XDP_DROP,
+        "a disallowed SYN five extension headers deep",
+    );
+    assert_action(&acl, &chain("2001:db8::1"), XDP_PASS, "an allowed one");
+    assert_eq!(acl.drops(5), 1);
+}
+
+#[test]
+fn six_extension_headers_are_walked_and_a_longer_chain_is_not_inspected() {
+    let acl = acl(&[(6, SSH_PORT, &["2001:db8::/32"])]);
+    const DEST_OPTIONS: u8 = 60;
+    let behind = |headers: usize| {
+        let mut rest = Vec::new();
+        for i in 0..headers {
+            let next = if i + 1 == headers { TCP } else { DEST_OPTIONS };
+            rest.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        rest.extend(tcp_syn(SSH_PORT));
+        let mut frame = ethernet(ETH_P_IPV6);
+        frame.extend(ipv6("2001:db9::1".parse().unwrap(), DEST_OPTIONS, &rest));
+        frame
+    };
+    assert_action(
+        &acl,
+        &behind(6),
+        XDP_DROP,
+        "a disallowed SYN six headers deep is judged",
+    );
+    assert_action(
+        &acl,
+        &behind(7),
+        XDP_PASS,
+        "past the bound the program gives up; the accept-time check judges the connection",
+    );
+    assert_eq!(acl.drops(6), 1);
+    assert_eq!(acl.verdicts()[XdpVerdict::NotInspected as usize], 1);
+}
+
+#[test]
+fn a_truncated_ipv6_first_fragment_passes_as_malformed() {
+    let acl = acl(&[(0, SSH_PORT, &["2001:db8::/32"])]);
+    const FRAGMENT: u8 = 44;
+    // A first fragment (offset 0, more to come) whose TCP header stops before the ports; the
+    // stack refuses a first fragment without its whole TCP header.
+    let mut rest = vec![TCP, 0, 0x00, 0x01, 0, 0, 0, 1];
+    rest.extend_from_slice(&tcp_syn(SSH_PORT)[..2]);
+    let mut frame = ethernet(ETH_P_IPV6);
+    frame.extend(ipv6("2001:db9::1".parse().unwrap(), FRAGMENT, &rest));
+    assert_action(&acl, &frame, XDP_PASS, "no port to judge");
+    assert_eq!(acl.verdicts()[XdpVerdict::Malformed as usize], 1);
+    assert_eq!(acl.drops(0), 0);
 }
 
 #[test]
@@ -334,6 +417,14 @@ fn changes_are_applied_as_a_diff_and_removal_empties_the_maps() {
         (1, VNC_PORT, &["198.51.100.0/24"]),
     ]);
     assert_eq!(acl.prefixes(), 3);
+    assert_eq!(
+        acl.kernel_entries().unwrap(),
+        KernelEntries {
+            v4: 2,
+            v6: 1,
+            ports: 2
+        }
+    );
     // The SSH link loses its IPv4 range; the VNC link is unchanged.
     acl.set_link_acls(&[
         LinkAcl {
@@ -361,12 +452,75 @@ fn changes_are_applied_as_a_diff_and_removal_empties_the_maps() {
         XDP_PASS,
         "the unchanged link still admits its range",
     );
+    assert_eq!(
+        acl.kernel_entries().unwrap(),
+        KernelEntries {
+            v4: 1,
+            v6: 1,
+            ports: 2
+        },
+        "the kernel's maps hold what the links ask for, the removed range gone"
+    );
     acl.set_link_acls(&[]).unwrap();
     assert_eq!(acl.prefixes(), 0, "no entry left behind");
+    assert_eq!(
+        acl.kernel_entries().unwrap(),
+        KernelEntries::default(),
+        "the kernel's maps are empty again"
+    );
     assert_action(
         &acl,
         &v4_syn("203.0.113.9", SSH_PORT),
         XDP_PASS,
         "with no link on the port, nothing is judged",
+    );
+}
+
+#[test]
+fn a_slot_given_to_a_new_link_starts_its_drop_count_at_zero() {
+    let acl = acl(&[(4, SSH_PORT, &["203.0.113.0/24"])]);
+    assert_action(
+        &acl,
+        &v4_syn("198.51.100.9", SSH_PORT),
+        XDP_DROP,
+        "outside the first link's range",
+    );
+    assert_eq!(acl.drops(4), 1);
+    acl.set_link_acls(&[]).unwrap();
+    acl.set_link_acls(&[LinkAcl {
+        slot: 4,
+        port: VNC_PORT,
+        ranges: vec!["203.0.113.0/24".parse().unwrap()],
+    }])
+    .unwrap();
+    assert_eq!(
+        acl.drops(4),
+        0,
+        "the slot's new link must not inherit the old one's drops"
+    );
+}
+
+#[test]
+fn a_port_shared_by_two_links_is_refused_and_the_maps_keep_what_they_held() {
+    let acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
+    let shared = [
+        LinkAcl {
+            slot: 0,
+            port: SSH_PORT,
+            ranges: vec!["203.0.113.0/24".parse().unwrap()],
+        },
+        LinkAcl {
+            slot: 1,
+            port: SSH_PORT,
+            ranges: vec!["0.0.0.0/0".parse().unwrap()],
+        },
+    ];
+    let err = acl.set_link_acls(&shared).unwrap_err();
+    assert!(err.to_string().contains("port 2222"), "{err}");
+    assert_action(
+        &acl,
+        &v4_syn("198.51.100.9", SSH_PORT),
+        XDP_DROP,
+        "the refused set must not have opened the port to everyone",
     );
 }
