@@ -17,7 +17,7 @@ use super::{
     },
 };
 use crate::{
-    controller::Clock,
+    clock::Clock,
     render::{LINK_LABEL, PROXY_METRICS_PORT},
     resource::{DeviceLink, Phase, format_duration, format_instant},
 };
