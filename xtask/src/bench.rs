@@ -6,6 +6,7 @@
 
 mod contenders;
 mod density;
+mod environment;
 mod iperf;
 mod kind;
 mod machine;
@@ -22,9 +23,6 @@ use anyhow::Context as _;
 use contenders::Contender;
 use devicelink_testbed::{Topology, rfb::xvnc::Xvnc};
 use report::{Measure, Sample};
-
-/// The demo saves what its VNC viewer saw with this.
-pub use vnc::save_frame_png;
 
 /// Groups of measures that share a device server and one start of the contender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -106,13 +104,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return kind::run(
             args.repetitions,
             args.throughput_seconds,
-            &crate::workspace_root().join(&args.out_dir),
+            &crate::workspace::root().join(&args.out_dir),
         );
     }
     let started = Instant::now();
     traffic::raise_fd_limit();
     // SAFETY: set before any thread of ours starts; the test bed's Proxy reads it.
-    unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", crate::proxy_binary()) };
+    unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", crate::workspace::proxy_binary()) };
 
     let topology = Topology::new("bench").context("building the bench topology")?;
     traffic::tune_namespaces(&topology)?;
@@ -162,7 +160,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             if let Err(e) = density::measure_round(
                 &topology,
-                &crate::proxy_binary(),
+                &crate::workspace::proxy_binary(),
                 &args.devicelink_flag,
                 args.throughput_seconds,
                 &mut density,
@@ -189,7 +187,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Contender::Haproxy.label(),
         Contender::Socat.label(),
     );
-    let machine = machine_description();
+    let machine = environment::machine_description();
     let mut notes = bench.notes.clone();
     notes.push(format!(
         "devicelink at {}. {} rounds; iperf3 {} s per run; setup {} s with {} clients; {} round trips; {} idle \
@@ -197,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
          kworkers) and every process of the bench (iperf3 on both ends, so direct is its floor) \
          while the transfers ran; other processes on the machine are subtracted. \
          Took {:.0} s.",
-        source_revision(),
+        environment::source_revision(),
         args.repetitions,
         args.throughput_seconds,
         args.setup_seconds,
@@ -226,7 +224,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("\n{markdown}");
 
-    let out_dir = crate::workspace_root().join(&args.out_dir);
+    let out_dir = crate::workspace::root().join(&args.out_dir);
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("latest.md"), &markdown)?;
     let json = serde_json::json!({
@@ -511,65 +509,4 @@ impl Bench<'_> {
         }
         Ok(())
     }
-}
-
-/// The commit the measured proxy was built from, and whether the tree had changes on top.
-fn source_revision() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(crate::workspace_root())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    match (commit.is_empty(), dirty) {
-        (true, _) => "an unknown commit".into(),
-        (false, false) => format!("commit {commit}"),
-        (false, true) => format!("commit {commit} with uncommitted changes"),
-    }
-}
-
-/// Kernel, CPU, cores, memory and peer versions: the README shows the table with these.
-fn machine_description() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / f64::from(1u32 << 20));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let version = |cmd: &str, arg: &str| -> String {
-        let out = std::process::Command::new(cmd).arg(arg).output();
-        let text = out
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default();
-        text.lines().next().unwrap_or("?").trim().to_string()
-    };
-    format!(
-        "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; {}; {}; {}",
-        kernel.trim(),
-        version("haproxy", "-v"),
-        version("nginx", "-v"),
-        version("socat", "-V").replace(
-            "socat by Gerhard Rieger and contributors - see www.dest-unreach.org",
-            "socat"
-        ),
-        version("iperf3", "--version"),
-    )
 }

@@ -14,6 +14,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, bail};
 
 use super::{
+    environment,
     iperf::{self, Flow},
     report::{self, Sample},
 };
@@ -261,7 +262,7 @@ fn run_step(step: &Step) -> anyhow::Result<String> {
     let (program, args) = step.argv.split_first().context("empty step")?;
     let output = Command::new(program)
         .args(args)
-        .current_dir(crate::workspace_root())
+        .current_dir(crate::workspace::root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("starting {program}"))?;
@@ -344,7 +345,10 @@ pub fn run(repetitions: u32, seconds: u64, out_dir: &Path) -> anyhow::Result<()>
         &summaries,
         &[],
         &[],
-        &format!("kind cluster {CLUSTER} on {}", super::machine_description()),
+        &format!(
+            "kind cluster {CLUSTER} on {}",
+            environment::machine_description()
+        ),
         &[],
     );
     println!("\n{markdown}");
