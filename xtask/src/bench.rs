@@ -4,13 +4,17 @@
 //! machine spreads over all of them instead of one; the report gives medians and min–max.
 //! `--kind` runs the throughput measurement in a kind cluster instead (see `bench/kind.rs`).
 
+mod chart;
 mod contenders;
 mod density;
 mod environment;
+mod goals;
 mod iperf;
 mod kind;
 mod machine;
-mod report;
+mod measure;
+mod summary;
+mod table;
 mod traffic;
 mod vnc;
 
@@ -22,7 +26,7 @@ use std::{
 use anyhow::Context as _;
 use contenders::Contender;
 use devicelink_testbed::{Topology, rfb::xvnc::Xvnc};
-use report::{Measure, Sample};
+use measure::{Measure, Sample};
 
 /// Groups of measures that share a device server and one start of the contender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,7 +62,7 @@ pub struct BenchArgs {
     /// Length of each iperf3 run (whole seconds).
     #[arg(long, default_value_t = 2)]
     throughput_seconds: u64,
-    /// Length of the connection setup measure (the figure is 10).
+    /// Length of the connection setup measure, in seconds.
     #[arg(long, default_value_t = 1.5)]
     setup_seconds: f64,
     /// Clients connecting at once during the setup measure.
@@ -179,8 +183,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|c| c.label().to_string())
         .collect();
     let sweep_rows: Vec<String> = args.sndbuf_sizes.iter().map(|s| sweep_row(s)).collect();
-    let summaries = report::summarize(&bench.samples);
-    let verdicts = report::verdicts(
+    let summaries = summary::summarize(&bench.samples);
+    let verdicts = goals::judge(
         &summaries,
         Contender::DevicelinkEbpf.label(),
         Contender::DevicelinkUserspace.label(),
@@ -211,7 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|r| summaries.iter().any(|s| &s.row == *r))
         .cloned()
         .collect();
-    let mut markdown = report::markdown(
+    let mut markdown = table::markdown(
         &rows,
         &summaries,
         &present_sweep,
@@ -233,7 +237,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "sweep_rows": present_sweep,
         "samples": bench.samples,
         "summaries": summaries,
-        "targets": verdicts,
+        "performance_goals": verdicts,
         "notes": notes,
         "density": density,
     });
@@ -242,7 +246,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     let chart = out_dir.join("latest.png");
-    report::chart(
+    chart::chart(
         &chart,
         &rows,
         &present_sweep,

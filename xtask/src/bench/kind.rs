@@ -16,7 +16,8 @@ use anyhow::{Context as _, bail};
 use super::{
     environment,
     iperf::{self, Flow},
-    report::{self, Sample},
+    measure::Sample,
+    summary, table,
 };
 
 pub const CLUSTER: &str = "devicelink-bench";
@@ -339,8 +340,8 @@ pub fn run(repetitions: u32, seconds: u64, out_dir: &Path) -> anyhow::Result<()>
     let _ = std::fs::remove_file(&manifest_path);
     let samples = result?;
     let rows: Vec<String> = targets().iter().map(|(l, _, _)| l.to_string()).collect();
-    let summaries = report::summarize(&samples);
-    let markdown = report::markdown(
+    let summaries = summary::summarize(&samples);
+    let markdown = table::markdown(
         &rows,
         &summaries,
         &[],
