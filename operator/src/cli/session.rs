@@ -10,10 +10,11 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
-    CliError, Command, OpenArgs, OutputFormat,
+    args::{Command, OpenArgs},
+    error::CliError,
     output::{
-        ConditionLine, EventLine, LinkSummary, StatusReport, list_table, opened_text, render,
-        status_text, summarize, time_left,
+        ConditionLine, EventLine, LinkSummary, OutputFormat, StatusReport, list_table, opened_text,
+        render, status_text, summarize, time_left,
     },
 };
 use crate::{
