@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::{
     Error, Result,
+    clock::{Clock, until},
     lifecycle::{self, Desired, Observed},
     metrics::Metrics,
     render::{
@@ -40,27 +41,6 @@ use crate::{
     },
     resource::{DeviceLink, DeviceLinkStatus, ValidLink, child_name},
 };
-
-/// Where reconciles get the time: the system clock, or a fixed instant in tests.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    System,
-    Fixed(Timestamp),
-}
-
-impl Clock {
-    /// Whole seconds: status times are stored to the second (metav1.Time), so a status
-    /// computed from a finer clock would never compare equal to what was read back, and
-    /// every reconcile would patch it again.
-    pub fn now(self) -> Timestamp {
-        match self {
-            Clock::System => {
-                Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range")
-            }
-            Clock::Fixed(at) => at,
-        }
-    }
-}
 
 /// What every reconcile shares.
 #[derive(Clone)]
@@ -136,11 +116,6 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
         Desired::Open { expires_at, .. } => Action::requeue(until(now, expires_at)),
         _ => Action::await_change(),
     })
-}
-
-/// Time left until `at`: the requeue that closes the link exactly on time.
-pub fn until(now: Timestamp, at: Timestamp) -> Duration {
-    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
 /// Retries failed reconciles after a pause, counting the failure by kind.

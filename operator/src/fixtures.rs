@@ -29,7 +29,8 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    controller::{Clock, Context},
+    clock::Clock,
+    controller::Context,
     metrics::Metrics,
     render::{LINKS_FILE, LINKS_REVISION_ANNOTATION, ProxyImage},
     resource::{DeviceLink, DeviceLinkStatus, Phase},
@@ -47,7 +48,7 @@ pub fn at(text: &str) -> Timestamp {
 }
 
 impl DeviceLink {
-    /// The example as the API server stores it: SSH to 10.20.30.40, a 2h TTL.
+    /// The README's example as the API server stores it: SSH to 10.20.30.40, a 2h TTL.
     pub fn test() -> Self {
         serde_json::from_value(json!({
             "apiVersion": "devicelink.io/v1alpha1",

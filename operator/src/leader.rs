@@ -17,7 +17,7 @@ use k8s_openapi::{
 use kube::{Api, Client, api::PostParams};
 use tracing::{info, warn};
 
-use crate::{Error, Result, controller::Clock, metrics::Metrics};
+use crate::{Error, Result, clock::Clock, metrics::Metrics};
 
 /// What to do with the Lease as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

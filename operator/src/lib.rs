@@ -3,6 +3,7 @@
 //! (`devicelink-operator`, `devicelink`, `kubectl-devicelink`) are thin.
 
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod endpoints;
 pub mod leader;

@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{Checksum, Netns, Pattern, receive_all, send_pattern};
+use crate::{
+    netns::Netns,
+    pattern::{Checksum, Pattern, receive_all, send_pattern},
+};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Behavior {
@@ -132,7 +135,8 @@ fn handle(mut stream: TcpStream, behavior: Behavior, received: &AtomicU64) -> st
                 l_onoff: 1,
                 l_linger: 0,
             };
-            // SAFETY: valid fd and option struct.
+            // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `linger`, which lives on
+            // this stack frame; the descriptor is the open stream's.
             unsafe {
                 libc::setsockopt(
                     std::os::fd::AsRawFd::as_raw_fd(&stream),

@@ -335,7 +335,7 @@ mod tests {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let ns = crate::Netns::create(&name).expect("a throwaway network namespace");
+        let ns = crate::netns::Netns::create(&name).expect("a throwaway network namespace");
         ns.run(f)
     }
 

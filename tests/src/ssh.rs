@@ -11,7 +11,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{Netns, Process, sh};
+use crate::{
+    netns::Netns,
+    pattern::send_pattern,
+    process::{Process, sh},
+};
 
 /// `sshd` running in a namespace, with a client key it accepts.
 pub struct SshDevice {
@@ -163,6 +167,6 @@ pub fn sha256(path: &Path) -> anyhow::Result<String> {
 /// A file of `len` pseudo-random bytes.
 pub fn random_file(path: &Path, len: u64) -> anyhow::Result<()> {
     let mut file = fs::File::create(path)?;
-    crate::send_pattern(&mut file, len, len)?;
+    send_pattern(&mut file, len, len)?;
     Ok(())
 }

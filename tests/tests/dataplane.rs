@@ -399,8 +399,8 @@ fn five_hundred_concurrent_connections_userspace() {
 /// its CPU time barely moves, while the userspace mode's carries every byte. (Socket reads do not
 /// show in /proc/<pid>/io, so CPU time is the outside witness.)
 ///
-/// The CPU bound here is a tenth of the userspace mode's, not the 5%: that one is a
-/// benchmark target (`cargo xtask bench`, medians of interleaved runs). CPU time is charged in
+/// The CPU bound here is a tenth of the userspace mode's, not the 5% performance goal: that one
+/// is judged by the benchmark (`cargo xtask bench`, medians of interleaved runs). CPU time is charged in
 /// whole scheduler ticks (4 ms here) to whatever runs when a tick lands, including network
 /// softirq work that happens to run in the proxy's context, so on a busy machine a tighter bound
 /// in a single run would be a timing assertion. Seen on an idle machine: 10-20 ms against
@@ -620,7 +620,8 @@ fn paced_sender_gets_its_window_back_ebpf() {
 }
 
 fn raise_fd_limit() {
-    // SAFETY: plain rlimit calls.
+    // SAFETY: an all-zero rlimit is valid (plain integers); getrlimit and setrlimit only read or
+    // write that struct, which lives on this stack frame for the calls.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);

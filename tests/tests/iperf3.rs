@@ -76,7 +76,7 @@ fn iperf3_through(mode: &str) {
                 .as_f64()
                 .unwrap_or(0.0);
             if received == 0.0 && attempt < 3 {
-                // Seen once with --bidir through the userspace copy (stop 9): iperf3 3.12
+                // Seen once with --bidir through the userspace copy: iperf3 3.12
                 // reported no bytes for the forward stream of a run that otherwise ended
                 // cleanly. Tried again, up to three runs in all.
                 eprintln!("iperf3 {extra:?}: a run reported 0 bytes received; trying again");

@@ -1,4 +1,4 @@
-//! VNC and RDP through devicelink-proxy, with the real servers and clients from Debian (issue 7).
+//! VNC and RDP through devicelink-proxy, with the real servers and clients from Debian.
 //!
 //! VNC's server speaks first and then streams ~8 MB framebuffer updates; RDP's client speaks
 //! first and wraps everything in TLS. Both run in the eBPF and the userspace data plane, and a

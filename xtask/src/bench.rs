@@ -4,12 +4,17 @@
 //! machine spreads over all of them instead of one; the report gives medians and min–max.
 //! `--kind` runs the throughput measurement in a kind cluster instead (see `bench/kind.rs`).
 
+mod chart;
 mod contenders;
 mod density;
+mod environment;
+mod goals;
 mod iperf;
 mod kind;
 mod machine;
-mod report;
+mod measure;
+mod summary;
+mod table;
 mod traffic;
 mod vnc;
 
@@ -21,10 +26,7 @@ use std::{
 use anyhow::Context as _;
 use contenders::Contender;
 use devicelink_testbed::{Topology, rfb::xvnc::Xvnc};
-use report::{Measure, Sample};
-
-/// The demo saves what its VNC viewer saw with this.
-pub use vnc::save_frame_png;
+use measure::{Measure, Sample};
 
 /// Groups of measures that share a device server and one start of the contender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,7 +62,7 @@ pub struct BenchArgs {
     /// Length of each iperf3 run (whole seconds).
     #[arg(long, default_value_t = 2)]
     throughput_seconds: u64,
-    /// Length of the connection setup measure (the issue's figure is 10).
+    /// Length of the connection setup measure, in seconds.
     #[arg(long, default_value_t = 1.5)]
     setup_seconds: f64,
     /// Clients connecting at once during the setup measure.
@@ -106,13 +108,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return kind::run(
             args.repetitions,
             args.throughput_seconds,
-            &crate::workspace_root().join(&args.out_dir),
+            &crate::workspace::root().join(&args.out_dir),
         );
     }
     let started = Instant::now();
     traffic::raise_fd_limit();
     // SAFETY: set before any thread of ours starts; the test bed's Proxy reads it.
-    unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", crate::proxy_binary()) };
+    unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", crate::workspace::proxy_binary()) };
 
     let topology = Topology::new("bench").context("building the bench topology")?;
     traffic::tune_namespaces(&topology)?;
@@ -162,7 +164,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             if let Err(e) = density::measure_round(
                 &topology,
-                &crate::proxy_binary(),
+                &crate::workspace::proxy_binary(),
                 &args.devicelink_flag,
                 args.throughput_seconds,
                 &mut density,
@@ -181,15 +183,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|c| c.label().to_string())
         .collect();
     let sweep_rows: Vec<String> = args.sndbuf_sizes.iter().map(|s| sweep_row(s)).collect();
-    let summaries = report::summarize(&bench.samples);
-    let verdicts = report::verdicts(
+    let summaries = summary::summarize(&bench.samples);
+    let verdicts = goals::judge(
         &summaries,
         Contender::DevicelinkEbpf.label(),
         Contender::DevicelinkUserspace.label(),
         Contender::Haproxy.label(),
         Contender::Socat.label(),
     );
-    let machine = machine_description();
+    let machine = environment::machine_description();
     let mut notes = bench.notes.clone();
     notes.push(format!(
         "devicelink at {}. {} rounds; iperf3 {} s per run; setup {} s with {} clients; {} round trips; {} idle \
@@ -197,7 +199,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
          kworkers) and every process of the bench (iperf3 on both ends, so direct is its floor) \
          while the transfers ran; other processes on the machine are subtracted. \
          Took {:.0} s.",
-        source_revision(),
+        environment::source_revision(),
         args.repetitions,
         args.throughput_seconds,
         args.setup_seconds,
@@ -213,7 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|r| summaries.iter().any(|s| &s.row == *r))
         .cloned()
         .collect();
-    let mut markdown = report::markdown(
+    let mut markdown = table::markdown(
         &rows,
         &summaries,
         &present_sweep,
@@ -226,7 +228,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("\n{markdown}");
 
-    let out_dir = crate::workspace_root().join(&args.out_dir);
+    let out_dir = crate::workspace::root().join(&args.out_dir);
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("latest.md"), &markdown)?;
     let json = serde_json::json!({
@@ -235,7 +237,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "sweep_rows": present_sweep,
         "samples": bench.samples,
         "summaries": summaries,
-        "targets": verdicts,
+        "performance_goals": verdicts,
         "notes": notes,
         "density": density,
     });
@@ -244,7 +246,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     let chart = out_dir.join("latest.png");
-    report::chart(
+    chart::chart(
         &chart,
         &rows,
         &present_sweep,
@@ -511,65 +513,4 @@ impl Bench<'_> {
         }
         Ok(())
     }
-}
-
-/// The commit the measured proxy was built from, and whether the tree had changes on top.
-fn source_revision() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(crate::workspace_root())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    match (commit.is_empty(), dirty) {
-        (true, _) => "an unknown commit".into(),
-        (false, false) => format!("commit {commit}"),
-        (false, true) => format!("commit {commit} with uncommitted changes"),
-    }
-}
-
-/// Kernel, CPU, cores, memory and peer versions: the README shows the table with these.
-fn machine_description() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / f64::from(1u32 << 20));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let version = |cmd: &str, arg: &str| -> String {
-        let out = std::process::Command::new(cmd).arg(arg).output();
-        let text = out
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default();
-        text.lines().next().unwrap_or("?").trim().to_string()
-    };
-    format!(
-        "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; {}; {}; {}",
-        kernel.trim(),
-        version("haproxy", "-v"),
-        version("nginx", "-v"),
-        version("socat", "-V").replace(
-            "socat by Gerhard Rieger and contributors - see www.dest-unreach.org",
-            "socat"
-        ),
-        version("iperf3", "--version"),
-    )
 }

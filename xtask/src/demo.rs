@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: three network namespaces (client, proxy, device), a real OpenSSH server
 //! as the device, `devicelink-proxy` in eBPF mode between them; a real SSH session and an scp
-//! through the splice, an ACL drop from a disallowed source, and what the proxy counted.
+//! through the splice, an ACL drop from a disallowed source, and what the proxy counted. With
+//! `--vnc`: a VNC device's screen fetched through the splice and saved as a PNG.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -11,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use devicelink_testbed::{
     DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_V4, Proxy, ProxyOptions, Topology, connect_from,
+    rfb::Frame,
     ssh::{SshDevice, random_file, sha256},
 };
 
@@ -167,7 +169,7 @@ pub fn run_vnc(proxy_binary: &Path, png: &Path) -> anyhow::Result<()> {
         frame.distinct_colours(),
         took
     );
-    crate::bench::save_frame_png(&frame, png)?;
+    save_frame_png(&frame, png)?;
     println!("   saved what the viewer saw: {}", png.display());
     println!(
         "   spliced in the kernel: {} connection(s), {} bytes from the device",
@@ -180,4 +182,53 @@ pub fn run_vnc(proxy_binary: &Path, png: &Path) -> anyhow::Result<()> {
 
 fn step(what: &str) {
     println!("\n== {what}");
+}
+
+/// Saves what a VNC viewer received as an 8-bit RGB PNG (the README's picture of the device's
+/// screen arriving through devicelink).
+fn save_frame_png(frame: &Frame, path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        u32::from(frame.width),
+        u32::from(frame.height),
+    );
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Best);
+    let mut writer = encoder.write_header()?;
+    writer
+        .write_image_data(&frame.to_rgb())
+        .with_context(|| format!("writing {}", path.display()))?;
+    writer.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_png_decodes_to_the_frame_colours() {
+        let frame = Frame {
+            width: 2,
+            height: 1,
+            // B, G, R, pad: red then blue.
+            pixels: vec![0, 0, 255, 0, 255, 0, 0, 0],
+        };
+        let path = std::env::temp_dir().join(format!("demo-frame-{}.png", std::process::id()));
+        save_frame_png(&frame, &path).unwrap();
+        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!((info.width, info.height), (2, 1));
+        assert_eq!(
+            &pixels[..6],
+            &[255, 0, 0, 0, 0, 255],
+            "red then blue, as RGB"
+        );
+    }
 }

@@ -25,7 +25,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("/usr/bin/setpriv", "util-linux"),
     ("/usr/bin/python3", "python3"),
-    // VNC and RDP peers (issue 7): TigerVNC's Xvnc, xsetroot, xrdp, FreeRDP under Xvfb.
+    // VNC and RDP peers: TigerVNC's Xvnc, xsetroot, xrdp, FreeRDP under Xvfb.
     ("/usr/bin/Xtigervnc", "tigervnc-standalone-server"),
     ("/usr/bin/xsetroot", "x11-xserver-utils"),
     ("/usr/sbin/xrdp", "xrdp"),

@@ -9,7 +9,7 @@ use hyper::body::Bytes;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use ipnet::IpNet;
 
-use super::CliError;
+use super::error::CliError;
 
 fn failed(url: &str, why: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!(

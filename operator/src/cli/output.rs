@@ -3,8 +3,18 @@
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
-use super::OutputFormat;
 use crate::resource::{DeviceLink, format_instant};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns and sentences, for people.
+    Table,
+    /// JSON, for scripts.
+    Json,
+    /// YAML, for scripts.
+    Yaml,
+}
 
 /// One link as scripts see it (`-o json|yaml`) and tables show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,14 +10,15 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
-    CliError, Command, OpenArgs, OutputFormat,
+    args::{Command, OpenArgs},
+    error::CliError,
     output::{
-        ConditionLine, EventLine, LinkSummary, StatusReport, list_table, opened_text, render,
-        status_text, summarize, time_left,
+        ConditionLine, EventLine, LinkSummary, OutputFormat, StatusReport, list_table, opened_text,
+        render, status_text, summarize, time_left,
     },
 };
 use crate::{
-    controller::Clock,
+    clock::Clock,
     render::{LINK_LABEL, PROXY_METRICS_PORT},
     resource::{DeviceLink, Phase, format_duration, format_instant},
 };

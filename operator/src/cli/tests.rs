@@ -9,7 +9,7 @@ use kube::{Client, client::Body};
 use serde_json::{Value, json};
 
 use super::{Cli, CliError, Command, Exit, OutputFormat, Session, session::Progress};
-use crate::controller::Clock;
+use crate::clock::Clock;
 
 const NOW: &str = "2026-11-25T09:00:00Z";
 

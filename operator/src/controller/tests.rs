@@ -7,9 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::json;
 
-use super::{error_policy, reconcile, until};
+use super::{error_policy, reconcile};
 use crate::{
     Error,
+    clock::{Clock, until},
     controller::Context,
     fixtures::*,
     leader::LeaderElection,
@@ -19,12 +20,6 @@ use crate::{
 };
 
 const NOW: &str = "2026-11-25T08:00:00Z";
-
-#[test]
-fn system_clock_reads_whole_seconds_as_status_times_are_stored() {
-    let now = crate::controller::Clock::System.now();
-    assert_eq!(now.subsec_nanosecond(), 0);
-}
 
 #[tokio::test]
 async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
@@ -527,8 +522,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_stops_re
         lease_duration,
     );
     let t0 = at(NOW);
-    first.clock = crate::controller::Clock::Fixed(t0);
-    second.clock = crate::controller::Clock::Fixed(t0);
+    first.clock = Clock::Fixed(t0);
+    second.clock = Clock::Fixed(t0);
 
     assert!(
         first.try_acquire_or_renew().await.expect("create"),
@@ -541,8 +536,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_stops_re
     assert_eq!(store.holder().as_deref(), Some("replica-a"));
 
     let t10 = t0.checked_add(Duration::from_secs(10)).unwrap();
-    first.clock = crate::controller::Clock::Fixed(t10);
-    second.clock = crate::controller::Clock::Fixed(t10);
+    first.clock = Clock::Fixed(t10);
+    second.clock = Clock::Fixed(t10);
     assert!(
         first.try_acquire_or_renew().await.expect("renew"),
         "the leader renews"
@@ -555,13 +550,13 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_stops_re
     // The first replica stops renewing (it hangs or its node dies); 15s after its last renewal
     // the second takes over, and the first, when it comes back, finds it no longer leads.
     let t25 = t10.checked_add(lease_duration).unwrap();
-    second.clock = crate::controller::Clock::Fixed(t25);
+    second.clock = Clock::Fixed(t25);
     assert!(
         second.try_acquire_or_renew().await.expect("take over"),
         "a lapsed Lease is taken over"
     );
     assert_eq!(store.holder().as_deref(), Some("replica-b"));
-    first.clock = crate::controller::Clock::Fixed(t25);
+    first.clock = Clock::Fixed(t25);
     assert!(
         !first.try_acquire_or_renew().await.expect("read"),
         "the old leader steps down"
@@ -579,9 +574,9 @@ async fn racing_replicas_cannot_both_take_a_lapsed_lease() {
         "replica-gone",
         lease_duration,
     );
-    gone.clock = crate::controller::Clock::Fixed(at(NOW));
+    gone.clock = Clock::Fixed(at(NOW));
     assert!(gone.try_acquire_or_renew().await.unwrap());
-    let later = crate::controller::Clock::Fixed(at("2026-11-25T08:01:00Z"));
+    let later = Clock::Fixed(at("2026-11-25T08:01:00Z"));
     let mut a = LeaderElection::new(
         store.client(),
         "devicelink-system",
@@ -821,8 +816,8 @@ async fn a_stopping_leader_releases_the_lease_so_the_other_replica_takes_over_at
         "replica-b",
         lease_duration,
     );
-    first.clock = crate::controller::Clock::Fixed(at(NOW));
-    second.clock = crate::controller::Clock::Fixed(at("2026-11-25T08:00:01Z"));
+    first.clock = Clock::Fixed(at(NOW));
+    second.clock = Clock::Fixed(at("2026-11-25T08:00:01Z"));
     assert!(first.try_acquire_or_renew().await.unwrap());
     second
         .release()
@@ -855,10 +850,10 @@ async fn a_leader_that_finds_another_holder_steps_down() {
         "replica-b",
         lease_duration,
     );
-    first.clock = crate::controller::Clock::Fixed(at(NOW));
+    first.clock = Clock::Fixed(at(NOW));
     assert!(first.try_acquire_or_renew().await.unwrap());
     // The first replica was paused past its lease; the second took over meanwhile.
-    second.clock = crate::controller::Clock::Fixed(at("2026-11-25T08:00:20Z"));
+    second.clock = Clock::Fixed(at("2026-11-25T08:00:20Z"));
     assert!(second.try_acquire_or_renew().await.unwrap());
     let metrics = Metrics::default();
     metrics.leader.set(1);

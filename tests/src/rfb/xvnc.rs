@@ -12,7 +12,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{Netns, Pattern, Process, sh};
+use crate::{
+    netns::Netns,
+    pattern::Pattern,
+    process::{Process, sh},
+};
 
 /// Screen size of the device: what VNC users of panels and HMIs run.
 pub const WIDTH: u16 = 1920;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use devicelink_testbed::{Process, Topology, sh};
 
-use super::report::Measure;
+use super::measure::Measure;
 
 pub const PORT: u16 = 5201;
 

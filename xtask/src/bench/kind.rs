@@ -14,8 +14,10 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, bail};
 
 use super::{
+    environment,
     iperf::{self, Flow},
-    report::{self, Sample},
+    measure::Sample,
+    summary, table,
 };
 
 pub const CLUSTER: &str = "devicelink-bench";
@@ -261,7 +263,7 @@ fn run_step(step: &Step) -> anyhow::Result<String> {
     let (program, args) = step.argv.split_first().context("empty step")?;
     let output = Command::new(program)
         .args(args)
-        .current_dir(crate::workspace_root())
+        .current_dir(crate::workspace::root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("starting {program}"))?;
@@ -338,13 +340,16 @@ pub fn run(repetitions: u32, seconds: u64, out_dir: &Path) -> anyhow::Result<()>
     let _ = std::fs::remove_file(&manifest_path);
     let samples = result?;
     let rows: Vec<String> = targets().iter().map(|(l, _, _)| l.to_string()).collect();
-    let summaries = report::summarize(&samples);
-    let markdown = report::markdown(
+    let summaries = summary::summarize(&samples);
+    let markdown = table::markdown(
         &rows,
         &summaries,
         &[],
         &[],
-        &format!("kind cluster {CLUSTER} on {}", super::machine_description()),
+        &format!(
+            "kind cluster {CLUSTER} on {}",
+            environment::machine_description()
+        ),
         &[],
     );
     println!("\n{markdown}");

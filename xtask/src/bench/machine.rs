@@ -96,7 +96,7 @@ fn cpu_with_children(fields: &[&str]) -> f64 {
         .iter()
         .filter_map(|v| v.parse::<u64>().ok())
         .sum();
-    // SAFETY: plain libc query.
+    // SAFETY: sysconf takes no pointers and only reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / per_second
 }
@@ -116,6 +116,7 @@ mod tests {
         let fields = stat_fields(stat).unwrap();
         assert_eq!(fields[0], "S");
         assert!(is_kernel_thread(1234, &fields), "parent 2 is kthreadd");
+        // SAFETY: sysconf takes no pointers and only reads a system constant.
         let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(cpu_with_children(&fields), 100.0 / ticks_per_second);
     }

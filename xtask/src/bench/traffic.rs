@@ -49,7 +49,8 @@ impl EchoServer {
 impl Drop for EchoServer {
     fn drop(&mut self) {
         // Shutting a listening socket down wakes the blocked accept with an error.
-        // SAFETY: plain syscall on a socket we own.
+        // SAFETY: shutdown takes no pointers, and the descriptor is the listener's, open for as
+        // long as `self` holds it.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
@@ -192,7 +193,8 @@ pub fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls with a valid struct.
+    // SAFETY: getrlimit and setrlimit only read or write the `rlimit` structs they are given,
+    // which live on this stack frame for the whole call.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         let wanted = libc::rlimit {

@@ -1,9 +1,8 @@
 //! Full-frame VNC updates per second (1920x1080, raw, non-incremental requests) through a
-//! contender, with one viewer and with several at once; and saving a frame as a PNG.
+//! contender, with one viewer and with several at once.
 
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
@@ -76,53 +75,4 @@ pub fn reference_frame(topology: &Topology) -> anyhow::Result<Frame> {
         let mut viewer = RfbClient::connect(device, Duration::from_secs(10))?;
         Ok(viewer.full_frame()?.clone())
     })
-}
-
-/// Saves what a VNC viewer received as an 8-bit RGB PNG (the README's picture of the device's
-/// screen arriving through devicelink).
-pub fn save_frame_png(frame: &Frame, path: &Path) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(
-        std::io::BufWriter::new(file),
-        u32::from(frame.width),
-        u32::from(frame.height),
-    );
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Best);
-    let mut writer = encoder.write_header()?;
-    writer
-        .write_image_data(&frame.to_rgb())
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer.finish()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn saved_png_decodes_to_the_frame_colours() {
-        let frame = Frame {
-            width: 2,
-            height: 1,
-            // B, G, R, pad: red then blue.
-            pixels: vec![0, 0, 255, 0, 255, 0, 0, 0],
-        };
-        let path = std::env::temp_dir().join(format!("bench-frame-{}.png", std::process::id()));
-        save_frame_png(&frame, &path).unwrap();
-        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
-        let mut reader = decoder.read_info().unwrap();
-        let mut pixels = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut pixels).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!((info.width, info.height), (2, 1));
-        assert_eq!(
-            &pixels[..6],
-            &[255, 0, 0, 0, 0, 255],
-            "red then blue, as RGB"
-        );
-    }
 }
