@@ -68,9 +68,10 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
-    /// One link: close a connection that carried no byte either way for this long (e.g. 15m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    /// One link: close a connection that carried no byte either way for this long (e.g. 15m),
+    /// or `never`. A forgotten session should not hold a slot and a path to the device for good.
+    #[arg(long, value_name = "DURATION|never", default_value = "1h", value_parser = parse_idle_timeout)]
+    pub idle_timeout: IdleTimeout,
 
     /// One link: connections carried at once; more are refused at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
@@ -120,6 +121,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// `--idle-timeout`: a duration, or `never` (`None`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct IdleTimeout(pub Option<Duration>);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
@@ -202,7 +207,7 @@ pub enum ConfigError {
     #[error("--connect-timeout must be more than 0 (e.g. 5s)")]
     ZeroConnectTimeout,
     #[error(
-        "--idle-timeout must be more than 0 (e.g. 15m); leave it out to never close idle connections"
+        "--idle-timeout must be more than 0 (e.g. 15m); give `never` to never close idle connections"
     )]
     ZeroIdleTimeout,
 }
@@ -223,7 +228,7 @@ impl Config {
         if args.connect_timeout.is_zero() {
             return Err(ConfigError::ZeroConnectTimeout);
         }
-        if args.idle_timeout.is_some_and(|idle| idle.is_zero()) {
+        if args.idle_timeout.0.is_some_and(|idle| idle.is_zero()) {
             return Err(ConfigError::ZeroIdleTimeout);
         }
         Ok(Self {
@@ -237,7 +242,7 @@ impl Config {
             xdp_interface: args.xdp_interface,
             xdp_mode: args.xdp_mode,
             metrics: args.metrics,
-            idle_timeout: args.idle_timeout,
+            idle_timeout: args.idle_timeout.0,
             max_connections: args.max_connections,
             per_source: SourceLimits {
                 max_open: args
@@ -302,6 +307,13 @@ pub struct ProcessConfig {
     pub device_quickack: bool,
     /// Capacity of the splice's socket map.
     pub max_spliced_sockets: u32,
+}
+
+fn parse_idle_timeout(value: &str) -> Result<IdleTimeout, String> {
+    if value == "never" {
+        return Ok(IdleTimeout(None));
+    }
+    parse_duration(value).map(|idle| IdleTimeout(Some(idle)))
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
@@ -542,6 +554,15 @@ mod tests {
         let args = parse(&["--idle-timeout", "0s"]).unwrap();
         let err = Config::from_args(args, SystemTime::now()).unwrap_err();
         assert_eq!(err, ConfigError::ZeroIdleTimeout);
+    }
+
+    #[test]
+    fn idle_connections_close_after_an_hour_unless_told_otherwise() {
+        let config = Config::from_args(parse(&[]).unwrap(), SystemTime::now()).unwrap();
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(3600)));
+        let never = parse(&["--idle-timeout", "never"]).unwrap();
+        let config = Config::from_args(never, SystemTime::now()).unwrap();
+        assert_eq!(config.idle_timeout, None);
     }
 
     #[test]

@@ -25,6 +25,10 @@ use crate::{
 /// The proxy's default limit of connections per link.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 
+/// How long a connection may carry nothing before it is closed, unless the link says otherwise:
+/// a forgotten session should not hold a slot and a path to the device for good.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A link as the configuration asks for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {

@@ -65,12 +65,13 @@ pub fn parse(text: &str) -> Result<Vec<Link>, String> {
             ),
             None => None,
         };
-        let idle_timeout = match entry.idle_timeout {
+        let idle_timeout = match entry.idle_timeout.as_deref() {
+            Some("never") => None,
             Some(text) => Some(
-                humantime::parse_duration(&text)
+                humantime::parse_duration(text)
                     .map_err(|err| format!("{at}.idleTimeout: {err}"))?,
             ),
-            None => None,
+            None => Some(crate::link::DEFAULT_IDLE_TIMEOUT),
         };
         let max_connections = entry
             .max_connections
