@@ -1,10 +1,11 @@
 //! End-to-end on a real cluster (kind with cloud-provider-kind or MetalLB, say), run when
 //! `KUBECONFIG` points at one; without a reachable cluster it prints a SKIPPED banner (never a
-//! silent pass). See operator/README-section.md for how to prepare the images.
+//! silent pass). See docs/operations.md for how to prepare the images.
 //!
 //! It installs the CRD, RBAC and a two-replica operator from deploy/, runs a test device (the
 //! Kubernetes e2e image agnhost, answering TCP with its pod name), and walks a link through its
-//! life: create, endpoint appearing, a connection through it, ACL change, disable, re-enable,
+//! life: create, endpoint appearing, a connection through it, an ACL change that keeps the proxy
+//! pod, disable, re-enable,
 //! expiry on time, an invalid spec, deletion, and a leader failover.
 //!
 //! Settings (environment):
