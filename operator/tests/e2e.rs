@@ -5,8 +5,7 @@
 //! It installs the CRD, RBAC and a two-replica operator from deploy/, runs a test device (the
 //! Kubernetes e2e image agnhost, answering TCP with its pod name), and walks a link through its
 //! life: create, endpoint appearing, a connection through it, an ACL change that keeps the proxy
-//! pod, disable, re-enable,
-//! expiry on time, an invalid spec, deletion, and a leader failover.
+//! pod, disable, re-enable, expiry on time, an invalid spec, deletion, and a leader failover.
 //!
 //! Settings (environment):
 //! - `DEVICELINK_E2E_OPERATOR_IMAGE` (default devicelink-operator:0.1.0) and
