@@ -176,13 +176,7 @@ impl KernelPlane {
             .attach(sockets.fd())
             .map_err(prog_err("splice_verdict"))?;
 
-        // Loading read the kernel's BTF (megabytes, twice: here and in aya); glibc keeps what
-        // was freed on its heap, which showed as ~13 MiB more resident memory for good.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free heap memory to the system.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        return_freed_heap();
         Ok(Self {
             sockets: Mutex::new(sockets),
             links: Mutex::new(links),
@@ -338,6 +332,17 @@ where
 {
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     M::try_from(map).map_err(map_err(name))
+}
+
+/// Loading the object reads the kernel's BTF (megabytes, twice: ours and aya's); glibc keeps
+/// what was freed on its heap, which showed as ~13 MiB more resident memory for good per load.
+pub(crate) fn return_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands free heap pages back to the system; it touches no memory
+    // that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; harmless elsewhere.

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 
 use crate::{
     config::XdpModeChoice,
-    kernel::{KERNEL_OBJECT, KernelError, prog_err, program, raise_memlock_limit, take},
+    kernel::{
+        KERNEL_OBJECT, KernelError, prog_err, program, raise_memlock_limit, return_freed_heap, take,
+    },
     xdp_acl::{AclError, KernelEntries, LinkAcl, XdpAcl},
 };
 
@@ -55,6 +57,7 @@ impl XdpPlane {
             take(&mut ebpf, "XDP_LINK_DROPS")?,
         );
         let verdicts = take(&mut ebpf, "XDP_VERDICTS")?;
+        return_freed_heap();
         Ok(Self {
             acl: Mutex::new(acl),
             verdicts,
