@@ -337,7 +337,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_integrity_errors_total",
             "counter",
-            "Spliced connections reset because the kernel sent a peer more bytes than it received from the other (a kernel sockmap fault seen under heavy traffic both ways; see the README). Reset rather than let a corrupted stream through.",
+            "Spliced connections reset because the kernel sent a peer more bytes than it received from the other (a kernel sockmap fault seen under heavy traffic both ways; see docs/data-plane.md). Reset rather than let a corrupted stream through.",
         );
         let _ = writeln!(
             out,

@@ -6,7 +6,7 @@
 //! device that sends bursts (VNC or RDP frames) under BBR then holds back its next bytes until a
 //! late ACK arrives: stalls of tens of milliseconds on many frames. Capping the delay
 //! (`TCP_DELACK_MAX_US`, 8 ms at the least) does not remove them; quick-ACK mode, which only a
-//! route's `quickack` metric turns on for good, does (docs/vnc-splice-notes.md). The
+//! route's `quickack` metric turns on for good, does (docs/data-plane.md). The
 //! proxy's device connections are the only ones its pod makes to the device, so a host route
 //! for the device's address, copied from the route the kernel picks for it now plus that
 //! metric, changes nothing else. The proxy adds it only if no route for exactly that address

@@ -36,7 +36,7 @@ fn iperf3_through(mode: &str) {
         &["-P", "8", "--bidir"][..],
     ] {
         // A run may be reset by the splice's integrity check (a kernel fault under
-        // retransmissions with traffic both ways, see the README); that is counted, and the
+        // retransmissions with traffic both ways, see docs/data-plane.md); that is counted, and the
         // run is tried again. Any other failure fails the test.
         for attempt in 1..=3 {
             let errors_before = proxy.metric("devicelink_splice_integrity_errors_total");

@@ -44,7 +44,7 @@ enum Task {
         #[arg(long, default_value = "docs/demo-vnc.png")]
         png: PathBuf,
     },
-    /// Measure devicelink against direct and its peers (see the README).
+    /// Measure devicelink against direct and its peers (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
 

@@ -136,7 +136,7 @@ fn prepare(socket: &mut SplicedSocket, sndbuf: u32, max_queued: u32) -> io::Resu
     sockopt::set_rcvbuf(&socket.stream, hold_rcvbuf(max_queued))?;
     sockopt::set_rcvlowat(&socket.stream, i32::MAX)?;
     // Without a deep send buffer the psock backlog meets EAGAIN and retries a jiffy later, which
-    // caps a bulk stream (see the README's `--splice-sndbuf` sweep).
+    // caps a bulk stream (see the `--splice-sndbuf` sweep in docs/benchmarks.md).
     if let Err(err) = sockopt::force_sndbuf(&socket.stream, sndbuf) {
         debug!(%err, "SO_SNDBUFFORCE refused; keeping the default send buffer");
     }
