@@ -609,6 +609,73 @@ mod tests {
         }
     }
 
+    /// Values at the edges of what a DeviceLink accepts render into a links file that the
+    /// proxy's own checks (devicelink-spec's `parse_links_file`) read back as the same link.
+    #[test]
+    fn edge_values_a_devicelink_accepts_render_into_a_links_file_the_proxy_reads_back() {
+        let longest_name = format!(
+            "p{}",
+            "-7".repeat(crate::resource::MAX_LINK_NAME_LEN / 2 - 1)
+        );
+        let every_range: Vec<String> = (0..64).map(|i| format!("10.{i}.0.0/16")).collect();
+        let cases = [
+            (
+                "pump-17-ssh".to_owned(),
+                "device: {host: 10.20.30.40, port: 1}, allowedSourceRanges: [0.0.0.0/0, '::/0'], ttl: 1s, idleTimeout: 1s, maxConnections: 1".to_owned(),
+            ),
+            (
+                longest_name,
+                "device: {host: '[FD00::2]', port: 65535}, port: 1, allowedSourceRanges: [203.0.113.7/32, '2001:db8::7/128'], expiresAt: '9999-12-31T23:59:59Z', idleTimeout: 36500d, maxConnections: 4096, dataPlane: userspace".to_owned(),
+            ),
+            (
+                "p".to_owned(),
+                format!(
+                    "device: {{host: Pump-17.Plant-A.Internal, port: 5900}}, allowedSourceRanges: [{}], ttl: 36500d, idleTimeout: 1d2h3m4s",
+                    every_range.join(", ")
+                ),
+            ),
+            (
+                "rdp".to_owned(),
+                "device: {host: '2001:db8::7', port: 3389}, allowedSourceRanges: [198.51.100.0/24], expiresAt: '2026-11-25T12:00:00.5+02:00', dataPlane: ebpf".to_owned(),
+            ),
+        ];
+        let enabled_at: Timestamp = "2026-11-25T08:00:00Z".parse().unwrap();
+        for (name, spec) in cases {
+            let yaml = format!(
+                "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLink\nmetadata: {{name: {name}, namespace: plant-a}}\nspec: {{{spec}}}\n"
+            );
+            let resource: crate::resource::DeviceLink =
+                serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            let valid = resource
+                .validate()
+                .unwrap_or_else(|e| panic!("the resource accepts {spec}: {e}"));
+            let expires_at = valid.lifetime.expires_at(enabled_at);
+            let text = render_links_file(&valid, expires_at);
+            let read = devicelink_spec::parse_links_file(&text).unwrap_or_else(|e| {
+                panic!("the proxy refuses what the operator rendered for {spec}: {e}\n{text}")
+            });
+            assert_eq!(read.len(), 1, "{text}");
+            let proxy = &read[0];
+            assert_eq!(proxy.name, valid.name);
+            assert_eq!(proxy.listen.port(), PROXY_LISTEN_PORT);
+            assert_eq!(proxy.device, valid.device, "{spec}");
+            assert_eq!(proxy.allowed_source_ranges, valid.allowed_source_ranges);
+            assert_eq!(
+                proxy.expires_at.map(devicelink_spec::format_instant),
+                Some(format_instant(expires_at)),
+                "{spec}"
+            );
+            assert_eq!(proxy.max_connections, valid.max_connections);
+            assert_eq!(proxy.idle_timeout, valid.idle_timeout, "{spec}");
+            assert!(proxy.enabled, "an enabled link is rendered open");
+            assert_eq!(
+                proxy_args(&valid)[..2],
+                ["--config".to_owned(), format!("{LINKS_DIR}/{LINKS_FILE}")],
+                "the proxy reads the link from that file"
+            );
+        }
+    }
+
     #[test]
     fn ipv6_device_is_bracketed_in_the_links_file() {
         let mut link = link();

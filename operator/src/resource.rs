@@ -1,12 +1,19 @@
 //! The `DeviceLink` custom resource: its wire types (which generate the CRD schema) and the
-//! validation that turns a spec into a [`ValidLink`]. Pure: no I/O, no clock of its own.
+//! validation that turns a spec into a [`ValidLink`]. Pure: no I/O, no clock of its own. The
+//! values the proxy reads too (device, ranges, durations, instants, limits) are checked by
+//! `devicelink_spec`, the proxy's own checks, so that what validates here runs there.
 //!
 //! Fields arrive as loosely typed as the schema allows (ports as integers, ranges, durations and
 //! instants as strings) so that a bad value still deserializes and can be reported in the
 //! object's status, naming the field and the fix, instead of breaking the watch.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, time::Duration};
 
+pub use devicelink_spec::{DeviceAddress as DeviceAddr, format_duration, parse_duration};
+use devicelink_spec::{
+    MAX_CONNECTIONS, parse_instant, parse_source_ranges, validate_device, validate_max_connections,
+    validate_port,
+};
 use ipnet::IpNet;
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -90,7 +97,7 @@ pub struct DeviceLinkSpec {
 
     /// Connections carried at once; more are refused. The proxy's default (1024) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS))]
     pub max_connections: Option<i64>,
 
     /// Which data plane carries the bytes: eBPF splice when possible (`auto`), only eBPF, or
@@ -204,23 +211,7 @@ impl fmt::Display for Phase {
 }
 
 /// A spec that cannot be carried out: which field, what is wrong, and what to write instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}; {fix}")]
-pub struct InvalidSpec {
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl InvalidSpec {
-    fn new(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-}
+pub type InvalidSpec = devicelink_spec::SpecError;
 
 /// How a link's end is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,23 +228,6 @@ impl Lifetime {
         match self {
             Lifetime::Ttl(ttl) => enabled_at.checked_add(ttl).unwrap_or(Timestamp::MAX),
             Lifetime::Until(at) => at,
-        }
-    }
-}
-
-/// The device as the proxy's `--device` flag wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for DeviceAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
         }
     }
 }
@@ -295,33 +269,17 @@ impl DeviceLink {
         let namespace = self.namespace().unwrap_or_else(|| "default".to_owned());
         let spec = &self.spec;
 
-        let device_port = validate_port("spec.device.port", spec.device.port)?;
-        let device = DeviceAddr {
-            host: validate_host(&spec.device.host)?,
-            port: device_port,
-        };
+        let device = validate_device("spec.device", &spec.device.host, spec.device.port)?;
         let port = match spec.port {
             Some(port) => validate_port("spec.port", port)?,
-            None => device_port,
+            None => device.port,
         };
-
-        if spec.allowed_source_ranges.is_empty() {
-            return Err(InvalidSpec::new(
-                "spec.allowedSourceRanges",
-                "is empty, so nobody could connect",
-                "list at least one source block, e.g. [203.0.113.0/24] (your office's public range)",
-            ));
-        }
-        let allowed_source_ranges = spec
-            .allowed_source_ranges
-            .iter()
-            .enumerate()
-            .map(|(index, range)| validate_cidr(index, range))
-            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_source_ranges =
+            parse_source_ranges("spec.allowedSourceRanges", &spec.allowed_source_ranges)?;
 
         let lifetime = match (&spec.ttl, &spec.expires_at) {
             (Some(ttl), None) => Lifetime::Ttl(parse_duration("spec.ttl", ttl)?),
-            (None, Some(at)) => Lifetime::Until(parse_instant("spec.expiresAt", at)?),
+            (None, Some(at)) => Lifetime::Until(parse_timestamp("spec.expiresAt", at)?),
             (Some(_), Some(_)) => {
                 return Err(InvalidSpec::new(
                     "spec.ttl/spec.expiresAt",
@@ -345,18 +303,7 @@ impl DeviceLink {
             .transpose()?;
         let max_connections = spec
             .max_connections
-            .map(|value| {
-                u32::try_from(value)
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        InvalidSpec::new(
-                            "spec.maxConnections",
-                            format!("{value} is out of range"),
-                            "use a number from 1 to 1000000, or leave it out for the proxy's default",
-                        )
-                    })
-            })
+            .map(|value| validate_max_connections("spec.maxConnections", value))
             .transpose()?;
 
         Ok(ValidLink {
@@ -395,151 +342,18 @@ fn validate_name(name: &str) -> Result<(), InvalidSpec> {
     }
 }
 
-fn validate_port(field: &str, port: i64) -> Result<u16, InvalidSpec> {
-    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
-        InvalidSpec::new(
-            field,
-            format!("{port} is not a TCP port"),
-            "use a port from 1 to 65535",
-        )
-    })
-}
-
-fn validate_host(host: &str) -> Result<String, InvalidSpec> {
-    let host = host.trim();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() {
-        return Ok(bare.to_owned());
-    }
-    let dns_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if dns_ok {
-        Ok(host.to_ascii_lowercase())
-    } else {
-        let hint = if host.contains(':') {
-            " (put the port in spec.device.port, not in the host)"
-        } else {
-            ""
-        };
-        Err(InvalidSpec::new(
-            "spec.device.host",
-            format!("{host:?} is neither an IP address nor a DNS name{hint}"),
-            "write the device's address as the cluster's pods reach it, e.g. 10.20.30.40 or pump-17.plant-a.internal",
-        ))
-    }
-}
-
-fn validate_cidr(index: usize, range: &str) -> Result<IpNet, InvalidSpec> {
-    let field = format!("spec.allowedSourceRanges[{index}]");
-    let range = range.trim();
-    if let Ok(addr) = range.parse::<IpAddr>() {
-        let bits = if addr.is_ipv4() { 32 } else { 128 };
-        return Err(InvalidSpec::new(
-            field,
-            format!("{range:?} is an address, not a CIDR block"),
-            format!("write {range}/{bits} to allow that one address"),
-        ));
-    }
-    let net: IpNet = range.parse().map_err(|_| {
-        InvalidSpec::new(
-            field.clone(),
-            format!("{range:?} is not a CIDR block"),
-            "write an address block such as 203.0.113.0/24 or 2001:db8::/32",
-        )
-    })?;
-    if net.trunc() != net {
-        return Err(InvalidSpec::new(
-            field,
-            format!(
-                "{range:?} has bits set past its /{} prefix",
-                net.prefix_len()
-            ),
-            format!("did you mean {}?", net.trunc()),
-        ));
-    }
-    Ok(net)
-}
-
-/// Durations as the schema's pattern allows: digits and a unit (s, m, h, d), repeated,
-/// e.g. `2h`, `90m`, `1h30m`. Zero is rejected: a link or an idle timer of nothing is a mistake.
-pub fn parse_duration(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
-    let invalid = || {
-        InvalidSpec::new(
-            field,
-            format!("{value:?} is not a duration"),
-            "write digits and a unit (s, m, h, d), e.g. 2h, 90m or 1h30m",
-        )
-    };
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in value.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(invalid()),
-        };
-        let amount: u64 = digits.parse().map_err(|_| invalid())?;
-        total = amount
-            .checked_mul(unit)
-            .and_then(|seconds| total.checked_add(seconds))
-            .ok_or_else(invalid)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || value.trim().is_empty() {
-        return Err(invalid());
-    }
-    if total == 0 {
-        return Err(InvalidSpec::new(
-            field,
-            format!("{value:?} is zero"),
-            "give a positive duration, e.g. 2h",
-        ));
-    }
-    Ok(Duration::from_secs(total))
-}
-
-/// Formats a duration in the grammar [`parse_duration`] reads (and the proxy's humantime does).
-pub fn format_duration(duration: Duration) -> String {
-    let mut seconds = duration.as_secs();
-    if seconds == 0 {
-        return "0s".to_owned();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if seconds >= size {
-            out.push_str(&format!("{}{unit}", seconds / size));
-            seconds %= size;
-        }
-    }
-    out
-}
-
-fn parse_instant(field: &str, value: &str) -> Result<Timestamp, InvalidSpec> {
-    value.trim().parse::<Timestamp>().map_err(|_| {
-        InvalidSpec::new(
-            field,
-            format!("{value:?} is not an RFC 3339 instant"),
-            "write a UTC time such as 2026-11-25T10:00:00Z",
-        )
-    })
+/// An RFC 3339 instant as the proxy reads it, on the operator's clock type. The last day of
+/// year 9999 is past jiff's range (it keeps room for any offset): such an instant becomes the
+/// latest one jiff has, as a TTL too long for the clock does in [`Lifetime::expires_at`].
+fn parse_timestamp(field: &str, value: &str) -> Result<Timestamp, InvalidSpec> {
+    let at = parse_instant(field, value)?;
+    Ok(Timestamp::try_from(at).unwrap_or(Timestamp::MAX))
 }
 
 /// RFC 3339 in UTC to the second, as the proxy's `--expires-at` and kubectl show it.
 pub fn format_instant(at: Timestamp) -> String {
-    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let to_the_second = Timestamp::from_second(at.as_second()).unwrap_or(at);
+    devicelink_spec::format_instant(to_the_second.into())
 }
 
 #[cfg(test)]
@@ -563,8 +377,8 @@ mod tests {
     }
 
     #[test]
-    fn issue_example_is_valid_with_defaults_filled_in() {
-        let valid = link(GOOD).validate().expect("the issue's example is valid");
+    fn a_minimal_link_is_valid_with_defaults_filled_in() {
+        let valid = link(GOOD).validate().expect("the minimal link is valid");
         assert!(valid.enabled, "enabled defaults to true");
         assert_eq!(valid.port, 22, "port defaults to device.port");
         assert_eq!(valid.device.to_string(), "10.20.30.40:22");
@@ -736,6 +550,55 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn max_connections_is_bounded_by_what_the_proxy_carries() {
+        let most = link(&format!("{GOOD}  maxConnections: {MAX_CONNECTIONS}\n"))
+            .validate()
+            .expect("the proxy's limit itself is valid");
+        assert_eq!(most.max_connections, Some(MAX_CONNECTIONS));
+        for value in [0, i64::from(MAX_CONNECTIONS) + 1, 1_000_000] {
+            let err = error_of(&format!("{GOOD}  maxConnections: {value}\n"));
+            assert_eq!(err.field, "spec.maxConnections");
+            assert!(err.fix.contains("at most 4096"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_is_refused_with_its_ipv4_form() {
+        let err = error_of(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: ['::ffff:203.0.113.0/120']\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.allowedSourceRanges[0]");
+        assert!(err.fix.contains("203.0.113.0/24"), "{err}");
+    }
+
+    #[test]
+    fn expires_at_may_carry_an_offset() {
+        let valid = link(
+            "  device: {host: 10.20.30.40, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  expiresAt: '2026-11-25T12:00:00+02:00'\n",
+        )
+        .validate()
+        .expect("an RFC 3339 offset is valid");
+        assert_eq!(
+            valid.lifetime,
+            Lifetime::Until("2026-11-25T10:00:00Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_device_host_that_looks_like_a_bad_ipv4_address_is_refused() {
+        let err = error_of(
+            "  device: {host: 10.20.30.300, port: 22}\n  allowedSourceRanges: [203.0.113.0/24]\n  ttl: 2h\n",
+        );
+        assert_eq!(err.field, "spec.device.host");
+    }
+
+    #[test]
+    fn instants_are_shown_to_the_second() {
+        let at: Timestamp = "2026-11-25T10:00:00.75Z".parse().unwrap();
+        assert_eq!(format_instant(at), "2026-11-25T10:00:00Z");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Command-line flags turned into a validated [`Config`]. Pure: no sockets, no kernel. Every
-//! error names the flag it is about and says what would be accepted.
+//! error names the flag it is about and says what would be accepted. What a DeviceLink or a
+//! links file can say too (addresses, ranges, durations, instants, limits, names) is checked by
+//! `devicelink_spec`, so a value means the same and a mistake reads the same wherever it is
+//! written; clap names the flag.
 
 use std::{
     net::SocketAddr,
@@ -8,6 +11,8 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
+pub use devicelink_spec::DeviceAddress as DeviceAddr;
+use devicelink_spec::SpecError;
 use ipnet::IpNet;
 
 use crate::{
@@ -41,12 +46,14 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_device, required_unless_present = "config")]
     pub device: Option<DeviceAddr>,
 
-    /// One link: its name in metrics, logs and the control API.
-    #[arg(long, value_name = "NAME", default_value = "link")]
+    /// One link: its name in metrics, logs and the control API (lowercase letters, digits and
+    /// '-', at most 63).
+    #[arg(long, value_name = "NAME", default_value = "link", value_parser = parse_name)]
     pub name: String,
 
-    /// One link: source prefix allowed to connect (repeatable; IPv4 or IPv6). None means
-    /// nobody gets in; `--allow 0.0.0.0/0 --allow ::/0` opens the link to everyone.
+    /// One link: source prefix allowed to connect (repeatable; IPv4 or IPv6; a bare address
+    /// means that host). None means nobody gets in; `--allow 0.0.0.0/0 --allow ::/0` opens
+    /// the link to everyone.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 
@@ -73,13 +80,13 @@ pub struct Args {
     #[arg(long, value_name = "DURATION|never", default_value = "1h", value_parser = parse_idle_timeout)]
     pub idle_timeout: IdleTimeout,
 
-    /// One link: connections carried at once; more are refused at once.
+    /// One link: connections carried at once (at most 4096); more are refused at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub max_connections: u32,
 
     /// One link: connections one source may hold open at once (an IPv4 address, an IPv6 /64);
     /// more from it are refused. Default: a quarter of --max-connections, at least 1.
-    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections_per_source)]
     pub max_connections_per_source: Option<u32>,
 
     /// One link: new connections one source may open per second, sustained (a burst of twice
@@ -87,7 +94,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = crate::link::fairness::DEFAULT_PER_SECOND)]
     pub connect_rate_per_source: u32,
 
-    /// Give up connecting to the device after this long.
+    /// Give up connecting to the device after this long (digits and a unit: s, m, h, d).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
@@ -154,23 +161,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where the device is: kept as given so that a DNS name is resolved at each connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for DeviceAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
 /// Everything the proxy needs, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -204,12 +194,6 @@ pub enum ConfigError {
         now: String,
         example: String,
     },
-    #[error("--connect-timeout must be more than 0 (e.g. 5s)")]
-    ZeroConnectTimeout,
-    #[error(
-        "--idle-timeout must be more than 0 (e.g. 15m); give `never` to never close idle connections"
-    )]
-    ZeroIdleTimeout,
 }
 
 impl Config {
@@ -224,12 +208,6 @@ impl Config {
                 example: humantime::format_rfc3339_seconds(now + Duration::from_secs(7200))
                     .to_string(),
             });
-        }
-        if args.connect_timeout.is_zero() {
-            return Err(ConfigError::ZeroConnectTimeout);
-        }
-        if args.idle_timeout.0.is_some_and(|idle| idle.is_zero()) {
-            return Err(ConfigError::ZeroIdleTimeout);
         }
         Ok(Self {
             config_file: args.config,
@@ -309,6 +287,19 @@ pub struct ProcessConfig {
     pub max_spliced_sockets: u32,
 }
 
+// The splice map holds two sockets per connection: one link at the most connections the
+// shared spec allows must fit in it.
+const _: () = assert!(
+    2 * devicelink_spec::MAX_CONNECTIONS <= devicelink_proxy_common::MAX_SPLICED_SOCKETS,
+    "the splice map must hold MAX_CONNECTIONS connections"
+);
+
+/// A value checked by the shared spec, said without the field: clap prefixes the flag and
+/// the value (`invalid value '10.0.0.0/33' for '--allow <CIDR>': ...`).
+fn flag_value<T>(checked: Result<T, SpecError>) -> Result<T, String> {
+    checked.map_err(|err| err.reason())
+}
+
 fn parse_idle_timeout(value: &str) -> Result<IdleTimeout, String> {
     if value == "never" {
         return Ok(IdleTimeout(None));
@@ -317,85 +308,45 @@ fn parse_idle_timeout(value: &str) -> Result<IdleTimeout, String> {
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = value
-        .parse()
-        .map_err(|_| "expected ADDR:PORT, e.g. 0.0.0.0:2222 or [::]:2222".to_string())?;
-    if addr.port() == 0 {
-        return Err(
-            "port 0 is not a port clients can reach; give 1-65535, e.g. 0.0.0.0:2222".into(),
-        );
-    }
-    Ok(addr)
+    flag_value(devicelink_spec::parse_listen("--listen", value))
 }
 
 fn parse_device(value: &str) -> Result<DeviceAddr, String> {
-    let hint = "expected HOST:PORT, e.g. 10.0.0.2:22, [fd00::2]:22 or pump-17.plant:22";
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (host, port) = rest.split_once("]:").ok_or_else(|| hint.to_string())?;
-        host.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| format!("{host:?} is not an IPv6 address; {hint}"))?;
-        (host, port)
-    } else {
-        let (host, port) = value.rsplit_once(':').ok_or_else(|| hint.to_string())?;
-        if host.contains(':') {
-            return Err(format!("IPv6 addresses need brackets; {hint}"));
-        }
-        (host, port)
-    };
-    if host.is_empty() {
-        return Err(format!("the host is empty; {hint}"));
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port {port:?} is not a number from 1 to 65535; {hint}"))?;
-    if port == 0 {
-        return Err(format!(
-            "port 0 is not a port a device listens on; give 1-65535; {hint}"
-        ));
-    }
-    Ok(DeviceAddr {
-        host: host.to_string(),
-        port,
-    })
+    flag_value(devicelink_spec::parse_device_address("--device", value))
 }
 
+fn parse_name(value: &str) -> Result<String, String> {
+    flag_value(devicelink_spec::validate_link_name("--name", value).map(|()| value.to_owned()))
+}
+
+/// A typed flag may give a bare address for that host; otherwise a range as a DeviceLink or
+/// a links file writes it.
 fn parse_cidr(value: &str) -> Result<IpNet, String> {
-    let net = value
-        .parse::<IpNet>()
-        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            "expected an address prefix, e.g. 192.0.2.0/24, 2001:db8::/32 or 203.0.113.7"
-                .to_string()
-        })?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{net} has host bits set past the prefix length; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
+    flag_value(devicelink_spec::parse_source_host_or_range(
+        "--allow", value,
+    ))
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value)
-        .map_err(|err| format!("{err}; expected a duration such as 5s, 15m or 2h"))
+    flag_value(devicelink_spec::parse_duration("duration", value))
 }
 
 fn parse_instant(value: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339(value)
-        .map_err(|err| format!("{err}; expected an RFC 3339 UTC time such as 2026-11-25T10:00:00Z"))
+    flag_value(devicelink_spec::parse_instant("--expires-at", value))
 }
 
 fn parse_max_connections(value: &str) -> Result<u32, String> {
-    match value.parse::<u32>() {
-        Ok(0) => Err("0 would refuse everyone; give at least 1".into()),
-        Ok(n) if n > devicelink_proxy_common::MAX_SPLICED_SOCKETS / 2 => Err(format!(
-            "at most {} connections per proxy (the splice map's size)",
-            devicelink_proxy_common::MAX_SPLICED_SOCKETS / 2
-        )),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a whole number of connections, e.g. 64".into()),
-    }
+    flag_value(devicelink_spec::parse_max_connections(
+        "--max-connections",
+        value,
+    ))
+}
+
+fn parse_max_connections_per_source(value: &str) -> Result<u32, String> {
+    flag_value(devicelink_spec::parse_max_connections(
+        "--max-connections-per-source",
+        value,
+    ))
 }
 
 fn parse_bytes(value: &str) -> Result<u32, String> {
@@ -457,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_parses() {
+    fn a_full_command_line_parses_into_its_limits_and_acl() {
         let args = parse(&[
             "--allow",
             "192.0.2.0/24",
@@ -498,8 +449,14 @@ mod tests {
 
     #[test]
     fn a_bare_address_is_a_host_prefix() {
-        let args = parse(&["--allow", "203.0.113.7"]).unwrap();
-        assert_eq!(args.allow, vec!["203.0.113.7/32".parse::<IpNet>().unwrap()]);
+        let args = parse(&["--allow", "203.0.113.7", "--allow", "2001:db8::7"]).unwrap();
+        assert_eq!(
+            args.allow,
+            vec![
+                "203.0.113.7/32".parse::<IpNet>().unwrap(),
+                "2001:db8::7/128".parse::<IpNet>().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -551,9 +508,52 @@ mod tests {
         assert!(text.contains("--expires-at"), "{text}");
         let text = error_text(&["--idle-timeout", "soon"]);
         assert!(text.contains("--idle-timeout"), "{text}");
-        let args = parse(&["--idle-timeout", "0s"]).unwrap();
-        let err = Config::from_args(args, SystemTime::now()).unwrap_err();
-        assert_eq!(err, ConfigError::ZeroIdleTimeout);
+        for zero in [["--idle-timeout", "0s"], ["--connect-timeout", "0m"]] {
+            let text = error_text(&zero);
+            assert!(text.contains(zero[0]) && text.contains("is zero"), "{text}");
+        }
+    }
+
+    #[test]
+    fn durations_are_what_a_devicelink_takes() {
+        let args = parse(&["--idle-timeout", "1h30m", "--connect-timeout", "2s"]).unwrap();
+        assert_eq!(
+            args.idle_timeout,
+            IdleTimeout(Some(Duration::from_secs(5400)))
+        );
+        assert_eq!(args.connect_timeout, Duration::from_secs(2));
+        for other_grammar in ["500ms", "1 hour", "2hours", "1w"] {
+            let text = error_text(&["--idle-timeout", other_grammar]);
+            assert!(text.contains("write digits and a unit"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_flag_error_is_the_shared_error_with_the_flag_named() {
+        let text = error_text(&["--allow", "10.1.2.3/8"]);
+        let shared =
+            devicelink_spec::parse_source_range("spec.allowedSourceRanges[0]", "10.1.2.3/8")
+                .unwrap_err()
+                .reason();
+        assert!(
+            text.contains(&format!("'--allow <CIDR>': {shared}")),
+            "{text}"
+        );
+        let text = error_text(&["--allow", "::ffff:203.0.113.0/120"]);
+        assert!(text.contains("203.0.113.0/24"), "{text}");
+    }
+
+    #[test]
+    fn the_link_name_is_a_dns_label() {
+        assert_eq!(
+            parse(&["--name", "pump-17-ssh"]).unwrap().name,
+            "pump-17-ssh"
+        );
+        let text = error_text(&["--name", "Pump_17"]);
+        assert!(
+            text.contains("--name") && text.contains("lowercase"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -569,6 +569,17 @@ mod tests {
     fn max_connections_bounds() {
         assert!(error_text(&["--max-connections", "0"]).contains("--max-connections"));
         assert!(error_text(&["--max-connections", "999999"]).contains("at most"));
+        assert_eq!(
+            parse(&["--max-connections", "4096"])
+                .unwrap()
+                .max_connections,
+            4096
+        );
+        assert!(error_text(&["--max-connections", "4097"]).contains("at most 4096"));
+        assert!(
+            error_text(&["--max-connections-per-source", "0"])
+                .contains("--max-connections-per-source")
+        );
     }
 
     #[test]
