@@ -30,7 +30,8 @@ pub enum KernelError {
     #[error("kernel {found} is older than {}.{}, whose sockmap fixes the splice relies on", MIN_KERNEL.0, MIN_KERNEL.1)]
     TooOld { found: String },
     #[error(
-        "loading the eBPF object failed (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root)"
+        "loading the eBPF object failed (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root; {})",
+        missing_capabilities()
     )]
     Load(#[source] aya::EbpfError),
     #[error("program {name}")]
@@ -354,6 +355,33 @@ pub(crate) fn raise_memlock_limit() {
     // SAFETY: valid rlimit pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         debug!(err = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Which of the data plane's capabilities this process lacks, read from `CapEff` in
+/// /proc/self/status, so that a container short of one says which.
+fn missing_capabilities() -> String {
+    const NEEDED: [(&str, u32); 3] = [("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38), ("CAP_BPF", 39)];
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        });
+    let Some(effective) = effective else {
+        return "effective capabilities unknown".to_owned();
+    };
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(_, bit)| effective & (1 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        "all three held: a seccomp profile that denies bpf() is the likely cause".to_owned()
+    } else {
+        format!("missing: {}", missing.join(", "))
     }
 }
 
