@@ -31,10 +31,6 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/xrdp", "xrdp"),
     ("/usr/bin/xfreerdp", "freerdp2-x11"),
     ("/usr/bin/Xvfb", "xvfb"),
-    // Container images built and run without a Docker daemon.
-    ("/usr/bin/podman", "podman"),
-    ("/usr/bin/buildah", "buildah"),
-    ("/usr/sbin/runc", "runc"),
     // The benchmark chart's labels.
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
