@@ -2,7 +2,13 @@
 //! Service and a Deployment of `devicelink-proxy` pods. Pure, and shared by the controller and
 //! `devicelink-operator render`, so what is reviewed is what is applied.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use devicelink_spec::LinkSpec;
 
 use k8s_openapi::{
     api::{
@@ -22,7 +28,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use crate::resource::{GROUP, ValidLink, format_duration, format_instant};
+use crate::resource::{GROUP, ValidLink};
 
 /// The one field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "devicelink-operator";
@@ -114,29 +120,31 @@ pub fn render(link: &ValidLink, expires_at: Timestamp, proxy: &ProxyImage) -> Ch
     }
 }
 
-/// The proxy's links file for this link: one link listening on [`PROXY_LISTEN_PORT`], in the
-/// proxy's `--config` format (JSON, which is YAML too).
+/// The proxy's links file for this link: one link listening on [`PROXY_LISTEN_PORT`], written
+/// by the same code the proxy's reader checks against (`devicelink_spec`).
 pub fn render_links_file(link: &ValidLink, expires_at: Timestamp) -> String {
-    let mut entry = serde_json::json!({
-        "name": link.name,
-        "listen": format!("[::]:{PROXY_LISTEN_PORT}"),
-        "device": link.device.to_string(),
-        "allowedSourceRanges": link
-            .allowed_source_ranges
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+    let spec = LinkSpec {
+        name: link.name.clone(),
+        listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, PROXY_LISTEN_PORT)),
+        device: link.device.clone(),
+        allowed_source_ranges: link.allowed_source_ranges.clone(),
         // The proxy closes the link at this instant by itself, even if the operator is down.
-        "expiresAt": format_instant(expires_at),
-    });
-    if let Some(max) = link.max_connections {
-        entry["maxConnections"] = serde_json::json!(max);
+        expires_at: Some(system_time(expires_at)),
+        max_connections: link.max_connections,
+        max_connections_per_source: link.max_connections_per_source,
+        connect_rate_per_source: link.connect_rate_per_source,
+        idle_timeout: link.idle_timeout,
+        enabled: true,
+    };
+    devicelink_spec::render_links_file(&[spec])
+}
+
+/// A Kubernetes timestamp as the links file's instant (whole seconds, as status times are).
+fn system_time(at: Timestamp) -> SystemTime {
+    match u64::try_from(at.as_second()) {
+        Ok(seconds) => UNIX_EPOCH + Duration::from_secs(seconds),
+        Err(_) => UNIX_EPOCH,
     }
-    if let Some(idle) = link.idle_timeout {
-        entry["idleTimeout"] = serde_json::json!(format_duration(idle));
-    }
-    let file = serde_json::json!({ "links": [entry] });
-    serde_json::to_string_pretty(&file).expect("a JSON value serializes")
 }
 
 pub fn render_config_map(link: &ValidLink, expires_at: Timestamp) -> ConfigMap {
@@ -380,10 +388,8 @@ fn proxy_security_context() -> SecurityContext {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::resource::{DataPlane, DeviceAddr, Lifetime};
+    use crate::resource::{DataPlane, DeviceAddr, Lifetime, format_instant};
 
     fn link() -> ValidLink {
         ValidLink {
@@ -403,6 +409,8 @@ mod tests {
             lifetime: Lifetime::Ttl(Duration::from_secs(7200)),
             idle_timeout: Some(Duration::from_secs(900)),
             max_connections: Some(16),
+            max_connections_per_source: None,
+            connect_rate_per_source: None,
             data_plane: DataPlane::Ebpf,
         }
     }
@@ -503,6 +511,19 @@ mod tests {
                 "maxConnections": 16,
                 "idleTimeout": "15m",
             }]})
+        );
+    }
+
+    #[test]
+    fn per_source_shares_reach_the_links_file() {
+        let mut link = link();
+        link.max_connections_per_source = Some(2);
+        link.connect_rate_per_source = Some(0);
+        let entry = &links_file(&link)["links"][0];
+        assert_eq!(entry["maxConnectionsPerSource"], 2);
+        assert_eq!(
+            entry["connectRatePerSource"], 0,
+            "0 means no limit, and is said"
         );
     }
 

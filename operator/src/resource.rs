@@ -11,8 +11,8 @@ use std::{fmt, time::Duration};
 
 pub use devicelink_spec::{DeviceAddress as DeviceAddr, format_duration, parse_duration};
 use devicelink_spec::{
-    MAX_CONNECTIONS, parse_instant, parse_source_ranges, validate_device, validate_max_connections,
-    validate_port,
+    MAX_CONNECT_RATE, MAX_CONNECTIONS, parse_instant, parse_source_ranges, validate_connect_rate,
+    validate_device, validate_max_connections, validate_port,
 };
 use ipnet::IpNet;
 use k8s_openapi::{
@@ -99,6 +99,18 @@ pub struct DeviceLinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_CONNECTIONS))]
     pub max_connections: Option<i64>,
+
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold open at once; more from
+    /// it are refused. A quarter of maxConnections (at least 1) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS))]
+    pub max_connections_per_source: Option<i64>,
+
+    /// New connections a second one source may open (a burst of twice as many passes); 0 for
+    /// no limit. 10 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_CONNECT_RATE))]
+    pub connect_rate_per_source: Option<i64>,
 
     /// Which data plane carries the bytes: eBPF splice when possible (`auto`), only eBPF, or
     /// only the userspace copy.
@@ -246,6 +258,8 @@ pub struct ValidLink {
     pub lifetime: Lifetime,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
+    pub connect_rate_per_source: Option<u32>,
     pub data_plane: DataPlane,
 }
 
@@ -305,6 +319,14 @@ impl DeviceLink {
             .max_connections
             .map(|value| validate_max_connections("spec.maxConnections", value))
             .transpose()?;
+        let max_connections_per_source = spec
+            .max_connections_per_source
+            .map(|value| validate_max_connections("spec.maxConnectionsPerSource", value))
+            .transpose()?;
+        let connect_rate_per_source = spec
+            .connect_rate_per_source
+            .map(|value| validate_connect_rate("spec.connectRatePerSource", value))
+            .transpose()?;
 
         Ok(ValidLink {
             name,
@@ -317,6 +339,8 @@ impl DeviceLink {
             lifetime,
             idle_timeout,
             max_connections,
+            max_connections_per_source,
+            connect_rate_per_source,
             data_plane: spec.data_plane,
         })
     }
@@ -550,6 +574,21 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn per_source_limits_name_their_field() {
+        let err = error_of(&format!("{GOOD}  maxConnectionsPerSource: 0\n"));
+        assert_eq!(err.field, "spec.maxConnectionsPerSource");
+        let err = error_of(&format!("{GOOD}  connectRatePerSource: -3\n"));
+        assert_eq!(err.field, "spec.connectRatePerSource");
+        let valid = link(&format!(
+            "{GOOD}  maxConnectionsPerSource: 4\n  connectRatePerSource: 0\n"
+        ))
+        .validate()
+        .unwrap();
+        assert_eq!(valid.max_connections_per_source, Some(4));
+        assert_eq!(valid.connect_rate_per_source, Some(0));
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub use endpoint::{
 };
 pub use error::SpecError;
 pub use instant::{format_instant, parse_instant};
-pub use limits::{MAX_CONNECTIONS, parse_max_connections, validate_max_connections};
+pub use limits::{
+    MAX_CONNECT_RATE, MAX_CONNECTIONS, parse_max_connections, validate_connect_rate,
+    validate_max_connections,
+};
 pub use links_file::{LinkEntry, LinkSpec, LinksFile, parse_links_file, render_links_file};
 pub use name::{MAX_LINK_NAME_LEN, validate_link_name};
 pub use source_range::{parse_source_host_or_range, parse_source_range, parse_source_ranges};

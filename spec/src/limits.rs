@@ -24,6 +24,25 @@ pub fn parse_max_connections(field: &str, text: &str) -> Result<u32, SpecError> 
     }
 }
 
+/// The most new connections a second a link may allow one source (`connectRatePerSource`);
+/// beyond this the limit would not limit anything a device could bear.
+pub const MAX_CONNECT_RATE: u32 = 10_000;
+
+/// A per-source connect rate (`connectRatePerSource`): new connections a second, 0 (no limit)
+/// to [`MAX_CONNECT_RATE`].
+pub fn validate_connect_rate(field: &str, value: i64) -> Result<u32, SpecError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|n| *n <= MAX_CONNECT_RATE)
+        .ok_or_else(|| {
+            SpecError::new(
+                field,
+                format!("{value} is not a number of connections a second from 0 to {MAX_CONNECT_RATE}"),
+                "use a whole number: 0 for no limit, e.g. 10 to let one source open 10 a second (a burst of twice as many passes), or leave it out for the default",
+            )
+        })
+}
+
 fn out_of_range(field: &str, shown: &str) -> SpecError {
     SpecError::new(
         field,
@@ -37,6 +56,15 @@ fn out_of_range(field: &str, shown: &str) -> SpecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_rates_are_0_to_the_maximum() {
+        assert_eq!(validate_connect_rate("f", 0), Ok(0));
+        assert_eq!(validate_connect_rate("f", 10), Ok(10));
+        let err = validate_connect_rate("spec.connectRatePerSource", -1).unwrap_err();
+        assert_eq!(err.field, "spec.connectRatePerSource");
+        assert!(validate_connect_rate("f", 10_001).is_err());
+    }
 
     #[test]
     fn limits_are_1_to_max_connections_in_both_forms() {

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     DeviceAddress, SpecError, format_duration, format_instant, parse_device_address,
-    parse_duration, parse_instant, parse_listen, parse_source_ranges, validate_link_name,
-    validate_max_connections,
+    parse_duration, parse_instant, parse_listen, parse_source_ranges, validate_connect_rate,
+    validate_link_name, validate_max_connections,
 };
 
 /// The file as written. Values are as loosely typed as the format allows (addresses, ranges,
@@ -103,15 +103,7 @@ impl LinkEntry {
         validate_link_name(&field("name"), &self.name)?;
         let rate = self
             .connect_rate_per_source
-            .map(|rate| {
-                u32::try_from(rate).map_err(|_| {
-                    SpecError::new(
-                        field("connectRatePerSource"),
-                        format!("{rate} is not a number of connections per second"),
-                        format!("use a whole number from 0 (no limit) to {}", u32::MAX),
-                    )
-                })
-            })
+            .map(|rate| validate_connect_rate(&field("connectRatePerSource"), rate))
             .transpose()?;
         Ok(LinkSpec {
             name: self.name.clone(),

@@ -93,8 +93,8 @@ pub struct OpenArgs {
     /// Close connections idle this long, e.g. 15m.
     #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
     pub idle_timeout: Option<Duration>,
-    /// Connections carried at once.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Connections carried at once (at most what the proxy carries, 4096).
+    #[arg(long, value_parser = parse_max_connections)]
     pub max_connections: Option<u32>,
     /// Data plane of the proxy: auto, ebpf or userspace.
     #[arg(long, value_parser = parse_data_plane)]
@@ -155,4 +155,9 @@ fn parse_data_plane(value: &str) -> Result<DataPlane, String> {
             "{other:?} is not a data plane; use auto, ebpf or userspace"
         )),
     }
+}
+
+/// `--max-connections`, checked as the DeviceLink and the proxy check it.
+fn parse_max_connections(value: &str) -> Result<u32, String> {
+    devicelink_spec::parse_max_connections("--max-connections", value).map_err(|err| err.reason())
 }
