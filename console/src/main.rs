@@ -1,0 +1,154 @@
+//! `devicelink-console`: serve the API, or manage API tokens.
+
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use devicelink_console::{
+    api::{self, AppState, auth::LocalTokens},
+    caller::Role,
+    local::{LocalBackend, LocalSettings, db},
+    metrics::Metrics,
+    serve, tokens,
+};
+use ipnet::IpNet;
+
+#[derive(Parser)]
+#[command(version, about = "devicelink's Web API for links")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its digest is stored.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum BackendKind {
+    Local,
+    Kubernetes,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of the database and the proxy's config file.
+    #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
+    data: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "local")]
+    backend: BackendKind,
+    /// Plain HTTP on a non-loopback address: tokens cross the network in clear.
+    #[arg(long)]
+    insecure_plain_http_on_any_address: bool,
+    /// Ports given to links created without one, e.g. 20000-20999.
+    #[arg(long, value_parser = parse_port_range)]
+    port_range: Option<RangeInclusive<u16>>,
+    /// Host name or address clients connect to, shown in endpoints and connect commands.
+    #[arg(long, default_value = "localhost")]
+    public_host: String,
+    /// Peers (CIDR) whose X-Forwarded-For names the caller, for "allow my address".
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<IpNet>,
+}
+
+fn parse_port_range(value: &str) -> Result<RangeInclusive<u16>, String> {
+    let (low, high) = value
+        .split_once('-')
+        .ok_or_else(|| format!("{value:?} is not a range; write LOW-HIGH, e.g. 20000-20999"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
+    };
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low > high {
+        return Err(format!(
+            "{value:?} runs backwards; write the lower port first"
+        ));
+    }
+    Ok(low..=high)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Token {
+            command: TokenCommand::Create { name, role, data },
+        } => {
+            let conn = db::open(&data)?;
+            let token = tokens::create(&conn, &name, role)?;
+            eprintln!("token {name:?} (role {role}) created; it is shown only this once:");
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve(args) => serve_api(args).await,
+    }
+}
+
+async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
+    serve::check_plain_http(args.listen, args.insecure_plain_http_on_any_address)?;
+    if args.backend == BackendKind::Kubernetes {
+        anyhow::bail!(
+            "--backend kubernetes is not available in this build yet; use --backend local"
+        );
+    }
+    let conn = db::open(&args.data)?;
+    let backend = LocalBackend::new(
+        conn,
+        LocalSettings {
+            port_range: args.port_range,
+            public_host: args.public_host,
+        },
+    );
+    let state = AppState {
+        authenticator: Arc::new(LocalTokens(backend.connection())),
+        backend: Arc::new(backend),
+        metrics: Arc::new(Metrics::default()),
+        trusted_proxies: Arc::new(args.trusted_proxies),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, data = %args.data.display(), "console serving");
+    serve::serve_plain(listener, api::router(state), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
