@@ -12,8 +12,12 @@ use crate::{model::Problem, validate::FieldError};
 pub enum ApiError {
     #[error("{0}")]
     InvalidField(#[from] FieldError),
-    #[error("request body: {0}")]
-    BadBody(String),
+    #[error("request: {detail}")]
+    BadBody {
+        status: StatusCode,
+        field: Option<String>,
+        detail: String,
+    },
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
     #[error("forbidden: {0}")]
@@ -44,7 +48,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BadBody { status, .. } => *status,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -67,11 +71,11 @@ impl ApiError {
                 Some(e.fix.clone()),
                 None,
             ),
-            Self::BadBody(why) => (
-                "bad-body",
-                "The request body is not a valid document",
-                why.clone(),
-                None,
+            Self::BadBody { field, detail, .. } => (
+                "bad-request",
+                "The request does not fit the API",
+                detail.clone(),
+                field.clone(),
                 Some("send JSON with the fields the OpenAPI document at /api/v1/openapi.json lists".to_owned()),
                 None,
             ),
@@ -141,7 +145,27 @@ impl ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        Self::BadBody(rejection.body_text())
+        Self::bad_request(rejection.status(), &rejection.body_text())
+    }
+}
+
+impl ApiError {
+    /// A refusal of axum's extractors, keeping their status (400 syntax, 415 media type, 422
+    /// wrong shape) and lifting out the field path serde names before the first ": ".
+    pub fn bad_request(status: StatusCode, text: &str) -> Self {
+        let reason = text
+            .split_once("target type: ")
+            .map_or(text, |(_, why)| why);
+        let field = reason
+            .split_once(": ")
+            .map(|(path, _)| path)
+            .filter(|path| !path.is_empty() && !path.contains(' '))
+            .map(str::to_owned);
+        Self::BadBody {
+            status,
+            field,
+            detail: text.to_owned(),
+        }
     }
 }
 

@@ -56,7 +56,7 @@ pub struct ApiQuery<T>(pub T);
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::BadBody(rejection.body_text())
+        Self::bad_request(rejection.status(), &rejection.body_text())
     }
 }
 
