@@ -22,7 +22,12 @@ pub struct Device {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkCreate {
     /// DNS-1035 label: lowercase letters, digits and '-', starting with a letter.
-    #[schema(min_length = 1, max_length = 52, example = "pump-17-ssh")]
+    #[schema(
+        min_length = 1,
+        max_length = 52,
+        pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        example = "pump-17-ssh"
+    )]
     pub name: String,
     pub device: Device,
     /// Public port; taken from the console's port range (or the device's port) when left out.

@@ -63,7 +63,7 @@ pub async fn all_events(
 }
 
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/links/{name}/events", tag = "events",
-    params(("namespace" = String, Path), ("name" = String, Path), EventParams),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), EventParams),
     responses((status = 200, body = EventList), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn link_events(

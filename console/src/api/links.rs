@@ -96,7 +96,7 @@ fn my_address(
 }
 
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/links", tag = "links",
-    params(("namespace" = String, Path), ListParams),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ListParams),
     responses((status = 200, body = LinkList), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list_links(
@@ -124,7 +124,7 @@ pub async fn list_links(
 }
 
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/links/{name}", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52)),
     responses((status = 200, body = Link, headers(("ETag" = String))), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get_link(
@@ -138,7 +138,7 @@ pub async fn get_link(
 }
 
 #[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/links", tag = "links",
-    params(("namespace" = String, Path)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52)),
     request_body = LinkCreate,
     responses((status = 201, body = Link, headers(("ETag" = String))), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -161,7 +161,7 @@ pub async fn create_link(
 }
 
 #[utoipa::path(patch, path = "/api/v1/namespaces/{namespace}/links/{name}", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52),
         ("If-Match" = Option<String>, Header, description = "The version (ETag) the change applies to; 409 if the link has changed since")),
     request_body = LinkPatch,
     responses((status = 200, body = Link, headers(("ETag" = String))), (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -185,7 +185,7 @@ pub async fn update_link(
 }
 
 #[utoipa::path(delete, path = "/api/v1/namespaces/{namespace}/links/{name}", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("If-Match" = Option<String>, Header)),
     responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn delete_link(
@@ -204,7 +204,7 @@ pub async fn delete_link(
 }
 
 #[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/links/{name}/enable", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("If-Match" = Option<String>, Header)),
     responses((status = 200, body = Link), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn enable_link(
@@ -223,7 +223,7 @@ pub async fn enable_link(
 }
 
 #[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/links/{name}/disable", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("If-Match" = Option<String>, Header)),
     responses((status = 200, body = Link), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn disable_link(
@@ -242,7 +242,7 @@ pub async fn disable_link(
 }
 
 #[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/links/{name}/extend", tag = "links",
-    params(("namespace" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("If-Match" = Option<String>, Header)),
     request_body = Extend,
     responses((status = 200, body = Link), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
