@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod model;
 pub mod problem;
 pub mod serve;
+pub mod tls;
 pub mod tokens;
 pub mod validate;

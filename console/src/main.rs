@@ -58,6 +58,12 @@ struct ServeArgs {
     listen: SocketAddr,
     #[arg(long, value_enum, default_value = "local")]
     backend: BackendKind,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Plain HTTP on a non-loopback address: tokens cross the network in clear.
     #[arg(long)]
     insecure_plain_http_on_any_address: bool,
@@ -117,7 +123,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
-    serve::check_plain_http(args.listen, args.insecure_plain_http_on_any_address)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(devicelink_console::tls::server_config(cert, key)?),
+        _ => {
+            serve::check_plain_http(args.listen, args.insecure_plain_http_on_any_address)?;
+            None
+        }
+    };
     if args.backend == BackendKind::Kubernetes {
         anyhow::bail!(
             "--backend kubernetes is not available in this build yet; use --backend local"
@@ -140,8 +152,15 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, data = %args.data.display(), "console serving");
-    serve::serve_plain(listener, api::router(state), shutdown_signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), data = %args.data.display(), "console serving");
+    let app = api::router(state);
+    match tls {
+        Some(config) => {
+            let listener = devicelink_console::tls::TlsListener::new(listener, config)?;
+            serve::serve_tls(listener, app, shutdown_signal()).await?;
+        }
+        None => serve::serve_plain(listener, app, shutdown_signal()).await?,
+    }
     Ok(())
 }
 

@@ -36,6 +36,19 @@ pub async fn serve_plain(
     .await
 }
 
+pub async fn serve_tls(
+    listener: crate::tls::TlsListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::tls::TlsPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

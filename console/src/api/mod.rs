@@ -70,12 +70,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(
+        let plain = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0);
+        let tls = || {
             parts
                 .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0),
-        ))
+                .get::<axum::extract::ConnectInfo<crate::tls::TlsPeer>>()
+                .map(|info| info.0.0)
+        };
+        Ok(Self(plain.or_else(tls)))
     }
 }
 
