@@ -9,6 +9,7 @@ pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod problem;
+pub mod proxy;
 pub mod serve;
 pub mod tls;
 pub mod tokens;
