@@ -7,8 +7,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use devicelink_console::{
     api::{self, AppState, auth::LocalTokens},
     caller::Role,
-    local::{LocalBackend, LocalSettings, db},
+    local::{
+        LocalBackend, LocalSettings, db,
+        proxy_sync::{self, ProxyCommand},
+    },
     metrics::Metrics,
+    proxy::{
+        config_file,
+        control::{ProxyControl, UnixControlClient},
+    },
     serve, tokens,
 };
 use ipnet::IpNet;
@@ -23,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -76,6 +83,22 @@ struct ServeArgs {
     /// Peers (CIDR) whose X-Forwarded-For names the caller, for "allow my address".
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<IpNet>,
+    /// The devicelink-proxy binary to supervise; by default the one beside this console's.
+    #[arg(long)]
+    proxy_binary: Option<PathBuf>,
+    /// Passed to the proxy: auto, ebpf or userspace.
+    #[arg(long)]
+    data_plane: Option<String>,
+    /// Passed to the proxy: the interface its XDP source filter attaches to.
+    #[arg(long)]
+    xdp_interface: Option<String>,
+    /// Passed to the proxy as --metrics: where it serves its own metrics.
+    #[arg(long)]
+    proxy_metrics: Option<String>,
+    /// Render the links file and talk to the control socket, but start no proxy (one runs
+    /// under another supervisor).
+    #[arg(long)]
+    without_proxy: bool,
 }
 
 fn parse_port_range(value: &str) -> Result<RangeInclusive<u16>, String> {
@@ -118,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve(args) => serve_api(args).await,
+        Command::Serve(args) => serve_api(*args).await,
     }
 }
 
@@ -136,13 +159,55 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let conn = db::open(&args.data)?;
+    let data = args.data.clone();
     let backend = LocalBackend::new(
         conn,
         LocalSettings {
             port_range: args.port_range,
             public_host: args.public_host,
+            ..LocalSettings::default()
         },
     );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let control_socket = data.join("proxy-control.sock");
+    let config = data.join(config_file::CONFIG_FILE);
+    let control: Arc<dyn ProxyControl> = Arc::new(UnixControlClient::new(&control_socket));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(proxy_sync::render_on_change(
+        backend.clone(),
+        config.clone(),
+        control.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(proxy_sync::poll_status(
+        backend.clone(),
+        control.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(proxy_sync::record_events(
+        backend.clone(),
+        control.clone(),
+        stopped.clone(),
+    ));
+    if !args.without_proxy {
+        let binary = match args.proxy_binary {
+            Some(binary) => binary,
+            None => std::env::current_exe()
+                .context("finding the console's own binary")?
+                .with_file_name("devicelink-proxy"),
+        };
+        tasks.spawn(proxy_sync::supervise(
+            ProxyCommand {
+                binary,
+                config,
+                control_socket,
+                data_plane: args.data_plane,
+                xdp_interface: args.xdp_interface,
+                metrics: args.proxy_metrics,
+            },
+            stopped.clone(),
+        ));
+    }
     let state = AppState {
         authenticator: Arc::new(LocalTokens(backend.connection())),
         backend: Arc::new(backend),
@@ -161,6 +226,9 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => serve::serve_plain(listener, app, shutdown_signal()).await?,
     }
+    // The API has drained: stop the proxy and the sync tasks.
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

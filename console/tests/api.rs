@@ -57,6 +57,7 @@ fn console_with(port_range: Option<std::ops::RangeInclusive<u16>>) -> Console {
         LocalSettings {
             port_range,
             public_host: "links.example.net".to_owned(),
+            ..LocalSettings::default()
         },
     );
     let state = AppState {

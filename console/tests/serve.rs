@@ -155,3 +155,105 @@ fn plain_http_off_loopback_is_refused_unless_called_insecure() {
         "{said}"
     );
 }
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_link_created_through_the_api_lands_in_the_proxys_links_file() {
+    let dir = Dir::new("render");
+    let admin = token(&dir.0, "ada", "admin");
+    let port = free_port();
+    let _console = Running(
+        Command::new(CONSOLE)
+            .args([
+                "serve",
+                "--without-proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data",
+            ])
+            .arg(&dir.0)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let body = r#"{"name":"pump-17-ssh","device":{"host":"10.20.30.40","port":22},"port":20022,"allowedSourceRanges":["203.0.113.0/24"],"ttl":"2h"}"#;
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {admin}"),
+        ])
+        .args(["-H", "Content-Type: application/json", "--data", body])
+        .arg(format!(
+            "http://127.0.0.1:{port}/api/v1/namespaces/plant-a/links"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    let file = dir.0.join("proxy-links.json");
+    wait_for("the links file to name the link", || {
+        std::fs::read_to_string(&file).is_ok_and(|text| text.contains("plant-a.pump-17-ssh"))
+    });
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"listen\": \"[::]:20022\""), "{text}");
+    assert!(text.contains("\"device\": \"10.20.30.40:22\""), "{text}");
+}
+
+#[test]
+fn the_supervised_proxy_is_started_with_its_config_and_socket_and_restarted_when_it_dies() {
+    let dir = Dir::new("supervise");
+    let starts = dir.0.join("starts");
+    let fake = dir.0.join("fake-proxy");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", starts.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let _console = Running(
+        Command::new(CONSOLE)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-plane",
+                "userspace",
+                "--proxy-binary",
+            ])
+            .arg(&fake)
+            .arg("--data")
+            .arg(&dir.0)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the proxy to be started twice", || {
+        std::fs::read_to_string(&starts).is_ok_and(|text| text.lines().count() >= 2)
+    });
+    let first = std::fs::read_to_string(&starts)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let data = dir.0.display();
+    assert_eq!(
+        first,
+        format!(
+            "--config {data}/proxy-links.json --control-socket {data}/proxy-control.sock --data-plane userspace"
+        )
+    );
+}

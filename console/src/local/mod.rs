@@ -3,6 +3,7 @@
 //! an event, so nothing is half-applied and no update is lost.
 
 pub mod db;
+pub mod proxy_sync;
 pub mod row;
 
 use std::{
@@ -23,6 +24,7 @@ use crate::{
     clock,
     model::{Event, EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState},
     problem::ApiError,
+    proxy::control::LinkReport,
     validate::{self, FieldError},
 };
 use row::{COLUMNS, LinkRow};
@@ -33,12 +35,26 @@ pub struct LocalBackend {
     settings: Arc<LocalSettings>,
 }
 
-#[derive(Debug, Clone)]
+/// What the proxy last reported, by its link name (`namespace.name`).
+pub type ProxyView = Arc<std::sync::RwLock<std::collections::HashMap<String, LinkReport>>>;
+
+#[derive(Debug, Clone, Default)]
 pub struct LocalSettings {
     /// Ports handed to links created without one; without a range they take the device's port.
     pub port_range: Option<RangeInclusive<u16>>,
     /// The host name or address clients connect to, shown in endpoints and connect commands.
     pub public_host: String,
+    /// Filled by the proxy sync; empty without a proxy.
+    pub proxy_view: ProxyView,
+    /// Woken after every committed change, so the proxy's file is rendered again.
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
+fn show(row: &LinkRow, now: Timestamp, settings: &LocalSettings) -> Link {
+    let name = crate::proxy::config_file::proxy_link_name(&row.namespace, &row.name);
+    let view = settings.proxy_view.read().ok();
+    let report = view.as_ref().and_then(|v| v.get(&name));
+    row.to_link(now, &settings.public_host, report)
 }
 
 impl LocalBackend {
@@ -47,6 +63,52 @@ impl LocalBackend {
             conn: Arc::new(Mutex::new(conn)),
             settings: Arc::new(settings),
         }
+    }
+
+    pub fn settings(&self) -> Arc<LocalSettings> {
+        self.settings.clone()
+    }
+
+    /// Every link, for rendering the proxy's file.
+    pub fn all_rows(&self) -> BackendResult<'_, Vec<LinkRow>> {
+        self.run(|conn, _| {
+            let mut statement = conn
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM links ORDER BY namespace, name"
+                ))
+                .map_err(ApiError::internal)?;
+            statement
+                .query_map([], LinkRow::from_sql)
+                .map_err(ApiError::internal)?
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::internal)
+        })
+    }
+
+    /// Records what the proxy reported about a link (`namespace.name`) in its audit trail.
+    pub fn record_proxy_event(
+        &self,
+        proxy_link: String,
+        kind: String,
+        detail: Option<String>,
+    ) -> BackendResult<'_, ()> {
+        self.run(move |conn, _| {
+            let (namespace, link) = proxy_link
+                .split_once('.')
+                .map(|(n, l)| (n.to_owned(), l.to_owned()))
+                .unwrap_or_else(|| ("default".to_owned(), proxy_link.clone()));
+            let tx = conn.transaction().map_err(ApiError::internal)?;
+            record(
+                &tx,
+                clock::now(),
+                &namespace,
+                &link,
+                &kind,
+                "proxy",
+                detail.as_deref(),
+            )?;
+            tx.commit().map_err(ApiError::internal)
+        })
     }
 
     /// The shared connection, for token lookups.
@@ -102,7 +164,8 @@ impl LocalBackend {
                 record(&tx, now, &namespace, &name, kind, &actor, detail.as_deref())?;
             }
             tx.commit().map_err(ApiError::internal)?;
-            Ok(row.to_link(now, &settings.public_host))
+            settings.changed.notify_one();
+            Ok(show(&row, now, settings))
         })
     }
 }
@@ -269,7 +332,7 @@ impl Backend for LocalBackend {
                     more = true;
                     break;
                 }
-                items.push(row.to_link(now, &settings.public_host));
+                items.push(show(&row, now, settings));
             }
             let continue_token = more
                 .then(|| items.last().map(|l: &Link| l.name.clone()))
@@ -286,7 +349,7 @@ impl Backend for LocalBackend {
         self.run(move |conn, settings| {
             let tx = conn.transaction().map_err(ApiError::internal)?;
             let row = load(&tx, &namespace, &name)?;
-            Ok(row.to_link(clock::now(), &settings.public_host))
+            Ok(show(&row, clock::now(), settings))
         })
     }
 
@@ -416,7 +479,8 @@ impl Backend for LocalBackend {
             }
             record(&tx, now, &namespace, &row.name, "created", &actor, None)?;
             tx.commit().map_err(ApiError::internal)?;
-            Ok(row.to_link(now, &settings.public_host))
+            settings.changed.notify_one();
+            Ok(show(&row, now, settings))
         })
     }
 
@@ -493,7 +557,7 @@ impl Backend for LocalBackend {
         if_match: Precondition,
     ) -> BackendResult<'_, ()> {
         let (actor, namespace, name) = (caller.name.clone(), namespace.to_owned(), name.to_owned());
-        self.run(move |conn, _| {
+        self.run(move |conn, settings| {
             let tx = conn.transaction().map_err(ApiError::internal)?;
             let row = load(&tx, &namespace, &name)?;
             check_precondition(&row, if_match.as_deref())?;
@@ -511,7 +575,9 @@ impl Backend for LocalBackend {
                 &actor,
                 None,
             )?;
-            tx.commit().map_err(ApiError::internal)
+            tx.commit().map_err(ApiError::internal)?;
+            settings.changed.notify_one();
+            Ok(())
         })
     }
 

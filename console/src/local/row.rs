@@ -6,6 +6,7 @@ use jiff::Timestamp;
 
 use crate::{
     model::{ConnectCommands, Device, Link, LinkState, LinkStatus},
+    proxy::control::{LinkReport, ProxyLinkState},
     validate::format_duration,
 };
 
@@ -59,21 +60,33 @@ impl LinkRow {
         })
     }
 
+    /// The state from the database and the clock alone.
     pub fn state(&self, now: Timestamp) -> LinkState {
+        self.state_with(now, None)
+    }
+
+    /// The state, with what the proxy last reported about the link.
+    pub fn state_with(&self, now: Timestamp, report: Option<&LinkReport>) -> LinkState {
         if !self.enabled {
-            LinkState::Disabled
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            LinkState::Expired
-        } else if self.failure.is_some() {
-            LinkState::Failed
-        } else {
-            // Ready once the proxy reports the link listening.
-            LinkState::Pending
+            return LinkState::Disabled;
+        }
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return LinkState::Expired;
+        }
+        if self.failure.is_some() {
+            return LinkState::Failed;
+        }
+        match report.map(|r| &r.state) {
+            Some(ProxyLinkState::Active) => LinkState::Ready,
+            Some(ProxyLinkState::Failed) => LinkState::Failed,
+            Some(ProxyLinkState::Expired) => LinkState::Expired,
+            // Not yet in the file the proxy applied, or the proxy is (re)starting.
+            Some(ProxyLinkState::Disabled) | None => LinkState::Pending,
         }
     }
 
-    pub fn to_link(&self, now: Timestamp, public_host: &str) -> Link {
-        let state = self.state(now);
+    pub fn to_link(&self, now: Timestamp, public_host: &str, report: Option<&LinkReport>) -> Link {
+        let state = self.state_with(now, report);
         let endpoint = format!("{}:{}", bracket(public_host), self.port);
         let seconds_left = match state {
             LinkState::Disabled => None,
@@ -82,7 +95,10 @@ impl LinkRow {
                 .map(|at| u64::try_from((at - now).get_seconds()).unwrap_or(0)),
         };
         let reason = match state {
-            LinkState::Failed => self.failure.clone(),
+            LinkState::Failed => self
+                .failure
+                .clone()
+                .or_else(|| report.and_then(|r| r.error.clone())),
             LinkState::Expired => Some("its expiry time passed".to_owned()),
             _ => None,
         };
@@ -113,9 +129,9 @@ impl LinkRow {
                 expired_at: (state == LinkState::Expired)
                     .then(|| self.expires_at.map(|at| at.to_string()))
                     .flatten(),
-                active_sessions: 0,
-                bytes_to_device: 0,
-                bytes_from_device: 0,
+                active_sessions: report.map_or(0, |r| r.active_sessions),
+                bytes_to_device: report.map_or(0, |r| r.bytes_to_device),
+                bytes_from_device: report.map_or(0, |r| r.bytes_from_device),
                 connect: Some(connect_commands(public_host, self.port)),
             },
         }
