@@ -777,3 +777,58 @@ async fn without_a_port_range_a_link_takes_its_device_port_and_a_clash_names_the
     assert_eq!(clash.status, StatusCode::CONFLICT);
     assert_eq!(clash.body["field"], "port");
 }
+
+#[tokio::test]
+async fn the_live_event_stream_sends_recorded_and_new_events_as_server_sent_events() {
+    let c = console();
+    call(
+        &c.app,
+        Method::POST,
+        LINKS,
+        Some(&c.admin),
+        Some(pump("first")),
+        &[],
+    )
+    .await;
+    let request = Request::builder()
+        .uri("/api/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {}", c.viewer))
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let response = c.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    let mut next_frame = async || {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+    };
+    seen.push_str(&next_frame().await);
+    assert!(
+        seen.contains("event: created") && seen.contains("id: 1"),
+        "{seen}"
+    );
+    call(
+        &c.app,
+        Method::POST,
+        &format!("{LINKS}/first/disable"),
+        Some(&c.operator),
+        None,
+        &[],
+    )
+    .await;
+    let later = next_frame().await;
+    assert!(
+        later.contains("event: disabled") && later.contains("\"actor\":\"otto\""),
+        "{later}"
+    );
+}
