@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 
 use crate::{
     caller::Caller,
-    model::{EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState},
+    model::{EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState, SessionList},
     problem::ApiError,
 };
 
@@ -82,6 +82,21 @@ pub trait Backend: Send + Sync + 'static {
         if_match: Precondition,
     ) -> BackendResult<'_, Link>;
     fn events(&self, caller: &Caller, query: EventQuery) -> BackendResult<'_, EventList>;
+    /// The link's open sessions.
+    fn sessions(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+    ) -> BackendResult<'_, SessionList>;
+    /// Closes one of the link's sessions (404 when it is not one of them).
+    fn close_session(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+        id: &str,
+    ) -> BackendResult<'_, ()>;
     /// Whether the backend can serve requests now (`/readyz`).
     fn ready(&self) -> BackendResult<'_, ()>;
     /// Links by state across namespaces, for `/metrics`.

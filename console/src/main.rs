@@ -160,18 +160,20 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
     }
     let conn = db::open(&args.data)?;
     let data = args.data.clone();
+    let control: Arc<dyn ProxyControl> =
+        Arc::new(UnixControlClient::new(data.join("proxy-control.sock")));
     let backend = LocalBackend::new(
         conn,
         LocalSettings {
             port_range: args.port_range,
             public_host: args.public_host,
+            control: Some(control.clone()),
             ..LocalSettings::default()
         },
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let control_socket = data.join("proxy-control.sock");
     let config = data.join(config_file::CONFIG_FILE);
-    let control: Arc<dyn ProxyControl> = Arc::new(UnixControlClient::new(&control_socket));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(proxy_sync::render_on_change(
         backend.clone(),

@@ -250,3 +250,24 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
 }
+
+/// An open connection through a link.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// Opaque; pass it back to close the session.
+    pub id: String,
+    /// The client's address and port.
+    pub client: String,
+    #[schema(format = DateTime)]
+    pub since: String,
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    /// `kernel` (eBPF splice) or `userspace`.
+    pub data_plane: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionList {
+    pub items: Vec<Session>,
+}

@@ -36,6 +36,8 @@ pub enum ApiError {
         problem: String,
         fix: String,
     },
+    #[error("the proxy is unavailable: {0}")]
+    ProxyUnavailable(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -56,6 +58,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            Self::ProxyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +122,14 @@ impl ApiError {
                 format!("{field} {problem}"),
                 Some(field.clone()),
                 Some(fix.clone()),
+                None,
+            ),
+            Self::ProxyUnavailable(why) => (
+                "proxy-unavailable",
+                "The proxy does not answer",
+                why.clone(),
+                None,
+                Some("retry shortly; the console restarts the proxy when it dies".to_owned()),
                 None,
             ),
             // The cause goes to the log, not to the caller.

@@ -15,6 +15,9 @@ use axum::{
     extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
+use devicelink_console::proxy::control::{
+    ControlResult, EventsReport, LinksReport, ProxyControl, SessionReport, SessionsReport,
+};
 use devicelink_console::{
     api::{self, AppState, auth::LocalTokens},
     caller::Role,
@@ -41,6 +44,13 @@ impl Drop for Console {
 }
 
 fn console_with(port_range: Option<std::ops::RangeInclusive<u16>>) -> Console {
+    console_full(port_range, None)
+}
+
+fn console_full(
+    port_range: Option<std::ops::RangeInclusive<u16>>,
+    control: Option<Arc<dyn ProxyControl>>,
+) -> Console {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "devicelink-console-test-{}-{}",
@@ -57,6 +67,7 @@ fn console_with(port_range: Option<std::ops::RangeInclusive<u16>>) -> Console {
         LocalSettings {
             port_range,
             public_host: "links.example.net".to_owned(),
+            control,
             ..LocalSettings::default()
         },
     );
@@ -494,6 +505,7 @@ async fn every_role_may_do_exactly_what_it_is_allowed_and_every_refusal_says_why
         ),
         (Method::DELETE, link("doomed"), None, Role::Admin),
     ];
+    // Sessions need a proxy: their role checks are in the sessions test.
     call(
         &c.app,
         Method::POST,
@@ -831,4 +843,152 @@ async fn the_live_event_stream_sends_recorded_and_new_events_as_server_sent_even
         later.contains("event: disabled") && later.contains("\"actor\":\"otto\""),
         "{later}"
     );
+}
+
+/// A proxy with one open session on `plant-a.pump-17-ssh`, answering as the control socket does.
+struct OneSession(std::sync::Mutex<bool>);
+
+impl ProxyControl for OneSession {
+    fn links(&self) -> ControlResult<'_, LinksReport> {
+        Box::pin(async {
+            Ok(LinksReport {
+                generation: 1,
+                config_error: None,
+                links: vec![],
+            })
+        })
+    }
+    fn sessions(&self, link: Option<String>) -> ControlResult<'_, SessionsReport> {
+        let open = *self.0.lock().unwrap();
+        Box::pin(async move {
+            let session = SessionReport {
+                id: "42".into(),
+                link: "plant-a.pump-17-ssh".into(),
+                client: "203.0.113.7:50000".into(),
+                since: "2026-11-25T09:00:00Z".into(),
+                bytes_to_device: 1,
+                bytes_from_device: 2,
+                data_plane: "kernel".into(),
+            };
+            let wanted = link.is_none_or(|l| l == session.link);
+            Ok(SessionsReport {
+                sessions: if open && wanted {
+                    vec![session]
+                } else {
+                    vec![]
+                },
+            })
+        })
+    }
+    fn close_session(&self, id: String) -> ControlResult<'_, bool> {
+        let mut open = self.0.lock().unwrap();
+        let closed = *open && id == "42";
+        *open &= !closed;
+        Box::pin(async move { Ok(closed) })
+    }
+    fn events(&self, after: u64, _wait: std::time::Duration) -> ControlResult<'_, EventsReport> {
+        Box::pin(async move {
+            Ok(EventsReport {
+                next: after,
+                lost: false,
+                events: vec![],
+            })
+        })
+    }
+    fn reload(&self) -> ControlResult<'_, u64> {
+        Box::pin(async { Ok(1) })
+    }
+}
+
+#[tokio::test]
+async fn an_operator_sees_and_closes_a_links_session_and_the_trail_names_them() {
+    let c = console_full(
+        Some(20000..=29999),
+        Some(Arc::new(OneSession(std::sync::Mutex::new(true)))),
+    );
+    call(
+        &c.app,
+        Method::POST,
+        LINKS,
+        Some(&c.admin),
+        Some(pump("pump-17-ssh")),
+        &[],
+    )
+    .await;
+    let sessions = format!("{LINKS}/pump-17-ssh/sessions");
+    let listed = call(&c.app, Method::GET, &sessions, Some(&c.viewer), None, &[]).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.body["items"][0]["client"], "203.0.113.7:50000");
+    assert_eq!(listed.body["items"][0]["dataPlane"], "kernel");
+
+    let viewer = call(
+        &c.app,
+        Method::DELETE,
+        &format!("{sessions}/42"),
+        Some(&c.viewer),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(viewer.status, StatusCode::FORBIDDEN);
+    let closed = call(
+        &c.app,
+        Method::DELETE,
+        &format!("{sessions}/42"),
+        Some(&c.operator),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(closed.status, StatusCode::NO_CONTENT, "{}", closed.text);
+    let again = call(
+        &c.app,
+        Method::DELETE,
+        &format!("{sessions}/42"),
+        Some(&c.operator),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+
+    let events = call(
+        &c.app,
+        Method::GET,
+        &format!("{LINKS}/pump-17-ssh/events"),
+        Some(&c.viewer),
+        None,
+        &[],
+    )
+    .await;
+    let last = events.body["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["kind"], "session_closed_by_user");
+    assert_eq!(last["actor"], "otto");
+    assert_eq!(last["detail"], "client 203.0.113.7:50000");
+
+    let no_proxy = console();
+    call(
+        &no_proxy.app,
+        Method::POST,
+        LINKS,
+        Some(&no_proxy.admin),
+        Some(pump("pump-17-ssh")),
+        &[],
+    )
+    .await;
+    let unavailable = call(
+        &no_proxy.app,
+        Method::GET,
+        &sessions,
+        Some(&no_proxy.viewer),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
 }

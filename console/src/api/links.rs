@@ -17,7 +17,7 @@ use super::{ApiJson, ApiQuery, AppState, Peer, client_address, if_match};
 use crate::{
     backend::ListQuery,
     caller::{Caller, Role},
-    model::{Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState, Problem},
+    model::{Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState, Problem, SessionList},
     problem::ApiError,
     validate::FieldError,
 };
@@ -43,6 +43,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/namespaces/{namespace}/links/{name}/extend",
             post(extend_link),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/links/{name}/sessions",
+            get(list_sessions),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/links/{name}/sessions/{id}",
+            axum::routing::delete(close_session),
         )
 }
 
@@ -260,4 +268,37 @@ pub async fn extend_link(
         .await?;
     tracing::info!(caller = %caller.name, %namespace, %name, expires_at = ?link.expires_at, "link extended");
     Ok(with_etag(StatusCode::OK, link))
+}
+
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/links/{name}/sessions", tag = "sessions",
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52)),
+    responses((status = 200, body = SessionList), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<SessionList>, ApiError> {
+    caller.require(Role::Viewer, "list sessions")?;
+    Ok(Json(
+        state.backend.sessions(&caller, &namespace, &name).await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/namespaces/{namespace}/links/{name}/sessions/{id}", tag = "sessions",
+    params(("namespace" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("name" = String, Path, pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length = 52), ("id" = String, Path)),
+    responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn close_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name, id)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator, "close sessions")?;
+    state
+        .backend
+        .close_session(&caller, &namespace, &name, &id)
+        .await?;
+    tracing::info!(caller = %caller.name, %namespace, %name, session = %id, "session closed");
+    Ok(StatusCode::NO_CONTENT)
 }

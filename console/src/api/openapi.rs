@@ -16,15 +16,16 @@ use crate::model;
     paths(
         links::list_links, links::get_link, links::create_link, links::update_link,
         links::delete_link, links::enable_link, links::disable_link, links::extend_link,
+        links::list_sessions, links::close_session,
         events::all_events, events::link_events,
     ),
     components(schemas(
         model::Link, model::LinkCreate, model::LinkPatch, model::LinkList, model::LinkStatus,
         model::LinkState, model::Device, model::ConnectCommands, model::Extend,
-        model::Event, model::EventList, model::Problem,
+        model::Event, model::EventList, model::Problem, model::Session, model::SessionList,
     )),
     modifiers(&BearerAuth),
-    tags((name = "links"), (name = "events")),
+    tags((name = "links"), (name = "sessions"), (name = "events")),
 )]
 pub struct ApiDoc;
 

@@ -23,8 +23,9 @@ use crate::{
     caller::Caller,
     clock,
     model::{Event, EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState},
+    model::{Session, SessionList},
     problem::ApiError,
-    proxy::control::LinkReport,
+    proxy::control::{LinkReport, ProxyControl},
     validate::{self, FieldError},
 };
 use row::{COLUMNS, LinkRow};
@@ -38,7 +39,7 @@ pub struct LocalBackend {
 /// What the proxy last reported, by its link name (`namespace.name`).
 pub type ProxyView = Arc<std::sync::RwLock<std::collections::HashMap<String, LinkReport>>>;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LocalSettings {
     /// Ports handed to links created without one; without a range they take the device's port.
     pub port_range: Option<RangeInclusive<u16>>,
@@ -48,6 +49,8 @@ pub struct LocalSettings {
     pub proxy_view: ProxyView,
     /// Woken after every committed change, so the proxy's file is rendered again.
     pub changed: Arc<tokio::sync::Notify>,
+    /// The proxy's control socket, for sessions.
+    pub control: Option<Arc<dyn ProxyControl>>,
 }
 
 fn show(row: &LinkRow, now: Timestamp, settings: &LocalSettings) -> Link {
@@ -674,6 +677,91 @@ impl Backend for LocalBackend {
                 .collect::<Result<_, _>>()
                 .map_err(ApiError::internal)?;
             Ok(EventList { items })
+        })
+    }
+
+    fn sessions(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+    ) -> BackendResult<'_, SessionList> {
+        let (caller, namespace, name) = (caller.clone(), namespace.to_owned(), name.to_owned());
+        Box::pin(async move {
+            self.get(&caller, &namespace, &name).await?;
+            let control = self.settings.control.clone().ok_or_else(|| {
+                ApiError::ProxyUnavailable("this console runs without a proxy".to_owned())
+            })?;
+            let proxy_name = crate::proxy::config_file::proxy_link_name(&namespace, &name);
+            let report = control
+                .sessions(Some(proxy_name.clone()))
+                .await
+                .map_err(|e| ApiError::ProxyUnavailable(e.to_string()))?;
+            Ok(SessionList {
+                items: report
+                    .sessions
+                    .into_iter()
+                    .filter(|s| s.link == proxy_name)
+                    .map(|s| Session {
+                        id: s.id,
+                        client: s.client,
+                        since: s.since,
+                        bytes_to_device: s.bytes_to_device,
+                        bytes_from_device: s.bytes_from_device,
+                        data_plane: s.data_plane,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn close_session(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+        id: &str,
+    ) -> BackendResult<'_, ()> {
+        let (caller, namespace, name, id) = (
+            caller.clone(),
+            namespace.to_owned(),
+            name.to_owned(),
+            id.to_owned(),
+        );
+        Box::pin(async move {
+            let open = self.sessions(&caller, &namespace, &name).await?;
+            let Some(session) = open.items.into_iter().find(|s| s.id == id) else {
+                return Err(ApiError::NotFound(format!(
+                    "session {id} of link {namespace}/{name}"
+                )));
+            };
+            let control = self.settings.control.clone().ok_or_else(|| {
+                ApiError::ProxyUnavailable("this console runs without a proxy".to_owned())
+            })?;
+            let closed = control
+                .close_session(id.clone())
+                .await
+                .map_err(|e| ApiError::ProxyUnavailable(e.to_string()))?;
+            if !closed {
+                return Err(ApiError::NotFound(format!(
+                    "session {id} of link {namespace}/{name}"
+                )));
+            }
+            let (actor, detail) = (caller.name.clone(), format!("client {}", session.client));
+            self.run(move |conn, _| {
+                let tx = conn.transaction().map_err(ApiError::internal)?;
+                record(
+                    &tx,
+                    clock::now(),
+                    &namespace,
+                    &name,
+                    "session_closed_by_user",
+                    &actor,
+                    Some(&detail),
+                )?;
+                tx.commit().map_err(ApiError::internal)
+            })
+            .await
         })
     }
 
