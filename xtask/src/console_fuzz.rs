@@ -48,6 +48,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::new(&console)
             .args([
                 "serve",
+                "--without-proxy",
                 "--listen",
                 &listen,
                 "--port-range",
@@ -75,6 +76,8 @@ pub fn run() -> anyhow::Result<()> {
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
         .args(["--max-examples", "50", "--seed", "1"])
+        // Sessions live in the proxy, which this run does not start (they answer 503).
+        .args(["--exclude-tag", "sessions"])
         .status()
         .context("starting schemathesis (cargo xtask setup installs it)")?;
     let _ = std::fs::remove_dir_all(&data);
