@@ -53,6 +53,13 @@ pub struct LocalSettings {
     pub control: Option<Arc<dyn ProxyControl>>,
 }
 
+/// The link's state with what the proxy last reported about it.
+fn state_of(row: &LinkRow, now: Timestamp, settings: &LocalSettings) -> LinkState {
+    let name = crate::proxy::config_file::proxy_link_name(&row.namespace, &row.name);
+    let view = settings.proxy_view.read().ok();
+    row.state_with(now, view.as_ref().and_then(|v| v.get(&name)))
+}
+
 fn show(row: &LinkRow, now: Timestamp, settings: &LocalSettings) -> Link {
     let name = crate::proxy::config_file::proxy_link_name(&row.namespace, &row.name);
     let view = settings.proxy_view.read().ok();
@@ -328,7 +335,10 @@ impl Backend for LocalBackend {
             let mut more = false;
             for row in rows {
                 let row = row.map_err(ApiError::internal)?;
-                if query.state.is_some_and(|state| row.state(now) != state) {
+                if query
+                    .state
+                    .is_some_and(|state| state_of(&row, now, settings) != state)
+                {
                     continue;
                 }
                 if items.len() == query.limit {
@@ -773,7 +783,7 @@ impl Backend for LocalBackend {
     }
 
     fn count_by_state(&self) -> BackendResult<'_, BTreeMap<LinkState, u64>> {
-        self.run(|conn, _| {
+        self.run(|conn, settings| {
             let now = clock::now();
             let mut counts: BTreeMap<LinkState, u64> =
                 LinkState::ALL.iter().map(|s| (*s, 0)).collect();
@@ -785,7 +795,7 @@ impl Backend for LocalBackend {
                 .map_err(ApiError::internal)?
             {
                 *counts
-                    .entry(row.map_err(ApiError::internal)?.state(now))
+                    .entry(state_of(&row.map_err(ApiError::internal)?, now, settings))
                     .or_default() += 1;
             }
             Ok(counts)
