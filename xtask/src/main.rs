@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI runs, in one place. Never a dependency of
 //! anything that ships.
 mod bench;
+mod console_fuzz;
 mod crd;
 mod demo;
 mod kernel;
@@ -46,6 +47,8 @@ enum Task {
     },
     /// Measure devicelink against direct and its peers (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Fuzz the console's API from its OpenAPI document (schemathesis) against a running console.
+    ConsoleFuzz,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
                 demo::run(&proxy)
             }
         }
+        Task::ConsoleFuzz => console_fuzz::run(),
         Task::Bench(args) => {
             setup::run()?;
             workspace::build_proxy()?;

@@ -39,7 +39,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// PyPI packages: `kubernetes-validate` checks manifests against Kubernetes' own schemas.
-const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.34.1")];
+const PYPI_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes-validate", "kubernetes-validate==1.34.1"),
+    ("schemathesis", "schemathesis==4.32.5"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_ebpf_toolchain()?;
