@@ -3,18 +3,26 @@
 
 use crate::SpecError;
 
-/// The longest link name: a DNS-1123 label.
-pub const MAX_LINK_NAME_LEN: usize = 63;
+/// The longest link name: a DNS-1123 subdomain.
+pub const MAX_LINK_NAME_LEN: usize = 253;
 
-/// A DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or
-/// digit, at most [`MAX_LINK_NAME_LEN`] characters.
+/// The longest part of a link name between dots: a DNS-1123 label.
+const MAX_LABEL_LEN: usize = 63;
+
+/// A DNS-1123 subdomain: labels of lowercase letters, digits and '-', each starting and ending
+/// with a letter or digit and at most 63 long, joined by '.' (the console names a host's links
+/// `namespace.name`, so links of different namespaces never collide), at most
+/// [`MAX_LINK_NAME_LEN`] characters.
 pub fn validate_link_name(field: &str, name: &str) -> Result<(), SpecError> {
     let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let ok = !name.is_empty()
-        && name.len() <= MAX_LINK_NAME_LEN
-        && name.starts_with(alphanumeric)
-        && name.ends_with(alphanumeric)
-        && name.chars().all(|c| alphanumeric(c) || c == '-');
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL_LEN
+            && label.starts_with(alphanumeric)
+            && label.ends_with(alphanumeric)
+            && label.chars().all(|c| alphanumeric(c) || c == '-')
+    };
+    let ok = name.len() <= MAX_LINK_NAME_LEN && name.split('.').all(label_ok);
     if ok {
         Ok(())
     } else {
@@ -22,7 +30,7 @@ pub fn validate_link_name(field: &str, name: &str) -> Result<(), SpecError> {
             field,
             format!("{name:?} is not a link name"),
             format!(
-                "use at most {MAX_LINK_NAME_LEN} lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. pump-17-ssh"
+                "use lowercase letters, digits and '-', starting and ending with a letter or digit (parts of at most 63 may be joined by '.'), e.g. pump-17-ssh"
             ),
         ))
     }
@@ -33,15 +41,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn link_names_are_dns_labels() {
-        for good in ["link", "pump-17-ssh", "7", &"a".repeat(63)] {
+    fn link_names_are_dns_subdomains() {
+        for good in ["link", "pump-17-ssh", "7", &"a".repeat(63), "plant-a.pump-17"] {
             assert_eq!(validate_link_name("n", good), Ok(()), "{good}");
         }
         for bad in [
             "",
             "Pump",
             "pump_17",
-            "pump.17",
+            "pump..17",
+            ".pump",
             "-pump",
             "pump-",
             &"a".repeat(64),
