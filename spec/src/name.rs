@@ -42,7 +42,13 @@ mod tests {
 
     #[test]
     fn link_names_are_dns_subdomains() {
-        for good in ["link", "pump-17-ssh", "7", &"a".repeat(63), "plant-a.pump-17"] {
+        for good in [
+            "link",
+            "pump-17-ssh",
+            "7",
+            &"a".repeat(63),
+            "plant-a.pump-17",
+        ] {
             assert_eq!(validate_link_name("n", good), Ok(()), "{good}");
         }
         for bad in [

@@ -178,6 +178,19 @@ impl ProxyCommand {
             cmd.args(["--metrics", metrics]);
         }
         cmd.stdin(Stdio::null()).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up. A console
+        // killed without a chance to stop its proxy (SIGKILL, a crash) takes the proxy with
+        // it, so a restarted console's proxy finds its ports and control socket free. (The
+        // signal follows the spawning thread: a runtime worker, which lives as long as the
+        // console.)
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 }

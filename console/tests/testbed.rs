@@ -1,0 +1,337 @@
+//! The whole life of a link on one machine, for real: the console (local backend) in the test
+//! bed's proxy namespace supervising a real `devicelink-proxy`, a real sshd and a checksumming
+//! device in the device namespace, clients in the client namespace, and every step driven over
+//! the HTTP API as a user with a token and curl would. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::AtomicU64,
+    thread,
+    time::{Duration, Instant},
+};
+
+use devicelink_testbed::{
+    CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology,
+    connect_from,
+    peers::{self, Behavior},
+    proxy_binary,
+    ssh::SshDevice,
+};
+use serde_json::{Value, json};
+
+const CONSOLE: &str = env!("CARGO_BIN_EXE_devicelink-console");
+const API: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18_080);
+const SSH_PORT: u16 = 2222;
+const DATA_PORT: u16 = 2223;
+
+struct Console {
+    process: Process,
+    netns: PathBuf,
+    token: String,
+}
+
+impl Console {
+    fn start(topology: &Topology, data: &Path, token: &str) -> Self {
+        let mut cmd = topology.proxy.command(CONSOLE);
+        cmd.env("RUST_LOG", "info")
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", &API.to_string()])
+            .arg("--proxy-binary")
+            .arg(proxy_binary().expect("the proxy is built"))
+            .args(["--data-plane", "ebpf", "--xdp-interface", PROXY_FRONT_IFACE])
+            .args(["--public-host", &PROXY_FRONT_V4.to_string()]);
+        let process = Process::start("devicelink-console", cmd).expect("console starts");
+        let console = Self {
+            process,
+            netns: PathBuf::from(format!("/run/netns/{}", topology.proxy.name())),
+            token: token.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while console.call("GET", "/healthz", None).0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "console not up:\n{}",
+                console.process.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        console
+    }
+
+    /// One HTTP request from inside the proxy namespace: `(status, JSON body or Null)`.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let netns = self.netns.clone();
+        let request = {
+            let body = body.map(Value::to_string).unwrap_or_default();
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: console\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.token,
+                body.len()
+            )
+        };
+        thread::spawn(move || {
+            let file = std::fs::File::open(&netns).expect("netns");
+            // SAFETY: setns on a valid namespace fd, for this short-lived thread only.
+            let entered =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns");
+            let Ok(mut stream) = TcpStream::connect_timeout(&API, Duration::from_secs(2)) else {
+                return (0, Value::Null);
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b)
+                .unwrap_or("");
+            (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        })
+        .join()
+        .expect("request thread")
+    }
+
+    fn link(&self, name: &str) -> Value {
+        let (status, link) = self.call(
+            "GET",
+            &format!("/api/v1/namespaces/plant-a/links/{name}"),
+            None,
+        );
+        assert_eq!(status, 200, "GET link {name}: {link}");
+        link
+    }
+
+    fn wait_state(&self, name: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let link = self.link(name);
+            if link["status"]["state"] == state {
+                return link;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "link {name} never became {state}: {link}\n{}",
+                self.process.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn front(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), port)
+}
+
+fn token(data: &Path) -> String {
+    let output = Command::new(CONSOLE)
+        .args(["token", "create", "ada", "--role", "admin", "--data"])
+        .arg(data)
+        .output()
+        .expect("token create runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn a_link_lives_its_whole_life_through_the_api() {
+    let topology = Topology::new("console")
+        .unwrap_or_else(|e| panic!("topology: {e:#} (these tests need root)"));
+    let sshd = SshDevice::start(&topology.device, SocketAddr::new(IpAddr::V4(DEVICE_V4), 22))
+        .expect("sshd on the device");
+    let _sink = peers::serve(
+        &topology.device,
+        SocketAddr::new(IpAddr::V4(DEVICE_V4), 7100),
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec: 4 << 20,
+            slow_for: u64::MAX,
+        },
+    );
+    let data = std::env::temp_dir().join(format!("devicelink-console-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let token = token(&data);
+    let console = Console::start(&topology, &data, &token);
+
+    // Create: SSH through the link.
+    let both = json!([format!("{CLIENT_V4}/32"), format!("{OTHER_CLIENT_V4}/32")]);
+    for (name, port, device_port) in [("ssh", SSH_PORT, 22), ("data", DATA_PORT, 7100)] {
+        let (status, body) = console.call(
+            "POST",
+            "/api/v1/namespaces/plant-a/links",
+            Some(&json!({
+                "name": name, "device": {"host": DEVICE_V4.to_string(), "port": device_port},
+                "port": port, "allowedSourceRanges": both, "ttl": "1h",
+            })),
+        );
+        assert_eq!(status, 201, "create {name}: {body}");
+    }
+    console.wait_state("ssh", "ready");
+    let said = sshd
+        .ssh(
+            &topology.client,
+            front(SSH_PORT),
+            "echo through-the-console",
+            None,
+        )
+        .expect("ssh through the link");
+    assert!(said.contains("through-the-console"), "{said}");
+
+    // A checksummed transfer runs while the link is extended: it finishes intact.
+    console.wait_state("data", "ready");
+    let transfer = topology.client.spawn(|| {
+        let mut stream = connect_from(
+            IpAddr::V4(CLIENT_V4),
+            front(DATA_PORT),
+            Duration::from_secs(3),
+        )
+        .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        peers::upload_and_check_counted(&mut stream, 3, 8 << 20, None, &AtomicU64::new(0))
+    });
+    thread::sleep(Duration::from_millis(500));
+    let before = console.link("data")["expiresAt"].clone();
+    let (status, body) = console.call(
+        "POST",
+        "/api/v1/namespaces/plant-a/links/data/extend",
+        Some(&json!({"by": "1h"})),
+    );
+    assert_eq!(status, 200, "extend: {body}");
+    assert_ne!(
+        console.link("data")["expiresAt"],
+        before,
+        "the expiry moved"
+    );
+    transfer
+        .join()
+        .unwrap()
+        .expect("the transfer survives the extension, byte-exact");
+
+    // The other client's range removed: its open session is closed within a second or two.
+    let mut session = topology
+        .client
+        .run(|| {
+            connect_from(
+                IpAddr::V4(OTHER_CLIENT_V4),
+                front(DATA_PORT),
+                Duration::from_secs(3),
+            )
+        })
+        .expect("the other client connects while allowed");
+    thread::sleep(Duration::from_millis(300));
+    let (status, body) = console.call(
+        "PATCH",
+        "/api/v1/namespaces/plant-a/links/data",
+        Some(&json!({"allowedSourceRanges": [format!("{CLIENT_V4}/32")]})),
+    );
+    assert_eq!(status, 200, "patch: {body}");
+    assert!(
+        closed_within(&mut session, Duration::from_secs(2)),
+        "the removed source's session is closed"
+    );
+
+    // Disable: the listener goes.
+    let (status, body) = console.call("POST", "/api/v1/namespaces/plant-a/links/ssh/disable", None);
+    assert_eq!(status, 200, "disable: {body}");
+    console.wait_state("ssh", "disabled");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while topology.client.run(|| {
+        connect_from(
+            IpAddr::V4(CLIENT_V4),
+            front(SSH_PORT),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    }) {
+        assert!(Instant::now() < deadline, "the disabled link still listens");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // The proxy killed: the console starts it again and the links come back as they were.
+    let pids = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("{}.*--config", proxy_binary().unwrap().display()),
+        ])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    assert!(!pids.trim().is_empty(), "the supervised proxy runs");
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let carried = topology.client.run(|| {
+            connect_from(
+                IpAddr::V4(CLIENT_V4),
+                front(DATA_PORT),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        });
+        if carried {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy was not restarted:\n{}",
+            console.process.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        console.link("ssh")["status"]["state"],
+        "disabled",
+        "state kept"
+    );
+
+    // The audit trail names what happened.
+    let (status, events) =
+        console.call("GET", "/api/v1/namespaces/plant-a/links/data/events", None);
+    assert_eq!(status, 200);
+    let text = events.to_string();
+    for what in ["created", "extended"] {
+        assert!(text.contains(what), "no {what} event: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
