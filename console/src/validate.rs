@@ -2,7 +2,7 @@
 //! one place the console checks a field, so that it can hand over to the shared spec crate whole.
 //! Pure: no I/O, no clock of its own.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -26,6 +26,16 @@ impl FieldError {
             field: field.into(),
             problem: problem.into(),
             fix: fix.into(),
+        }
+    }
+}
+
+impl From<devicelink_spec::SpecError> for FieldError {
+    fn from(err: devicelink_spec::SpecError) -> Self {
+        Self {
+            field: err.field,
+            problem: err.problem,
+            fix: err.fix,
         }
     }
 }
@@ -56,75 +66,19 @@ pub fn name(field: &str, name: &str) -> Result<(), FieldError> {
 }
 
 pub fn port(field: &str, port: i64) -> Result<u16, FieldError> {
-    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
-        FieldError::new(
-            field,
-            format!("{port} is not a TCP port"),
-            "use a port from 1 to 65535",
-        )
-    })
+    devicelink_spec::validate_port(field, port).map_err(FieldError::from)
 }
 
+/// The device's host: an IP address or a DNS name, as the DeviceLink and the proxy take it.
 pub fn host(field: &str, host: &str) -> Result<String, FieldError> {
-    let host = host.trim();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() {
-        return Ok(bare.to_owned());
-    }
-    let dns_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if dns_ok {
-        Ok(host.to_ascii_lowercase())
-    } else {
-        let hint = if host.contains(':') {
-            " (put the port in device.port, not in the host)"
-        } else {
-            ""
-        };
-        Err(FieldError::new(
-            field,
-            format!("{host:?} is neither an IP address nor a DNS name{hint}"),
-            "write the device's address as this host reaches it, e.g. 10.20.30.40 or pump-17.plant-a.internal",
-        ))
-    }
+    devicelink_spec::validate_device(field.trim_end_matches(".host"), host, 1)
+        .map(|device| device.host)
+        .map_err(FieldError::from)
 }
 
-/// Strict CIDR: a bare address or a block with host bits set is refused, saying what was meant.
+/// Strict CIDR, as the DeviceLink and the proxy's links file take it (devicelink-spec).
 pub fn cidr(field: &str, range: &str) -> Result<IpNet, FieldError> {
-    let range = range.trim();
-    if let Ok(addr) = range.parse::<IpAddr>() {
-        let bits = if addr.is_ipv4() { 32 } else { 128 };
-        return Err(FieldError::new(
-            field,
-            format!("{range:?} is an address, not a CIDR block"),
-            format!("write {range}/{bits} to allow that one address"),
-        ));
-    }
-    let net: IpNet = range.parse().map_err(|_| {
-        FieldError::new(
-            field,
-            format!("{range:?} is not a CIDR block"),
-            "write an address block such as 203.0.113.0/24 or 2001:db8::/32",
-        )
-    })?;
-    if net.trunc() != net {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{range:?} has bits set past its /{} prefix",
-                net.prefix_len()
-            ),
-            format!("did you mean {}?", net.trunc()),
-        ));
-    }
-    Ok(net)
+    devicelink_spec::parse_source_range(field, range).map_err(FieldError::from)
 }
 
 pub fn source_ranges(field: &str, ranges: &[String]) -> Result<Vec<IpNet>, FieldError> {
@@ -151,53 +105,7 @@ pub fn source_ranges(field: &str, ranges: &[String]) -> Result<Vec<IpNet>, Field
 
 /// Durations as the CRD's pattern `^([0-9]+[smhd])+$` allows, e.g. `2h`, `90m`, `1h30m`; zero is refused.
 pub fn duration(field: &str, value: &str) -> Result<Duration, FieldError> {
-    let invalid = || {
-        FieldError::new(
-            field,
-            format!("{value:?} is not a duration"),
-            "write digits and a unit (s, m, h, d), e.g. 2h, 90m or 1h30m",
-        )
-    };
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in value.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(invalid()),
-        };
-        let amount: u64 = digits.parse().map_err(|_| invalid())?;
-        total = amount
-            .checked_mul(unit)
-            .and_then(|seconds| total.checked_add(seconds))
-            .ok_or_else(invalid)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || value.trim().is_empty() {
-        return Err(invalid());
-    }
-    // Beyond ten years a link is a mistake, and the bound keeps instant arithmetic in range.
-    if total > 10 * 366 * 86_400 {
-        return Err(FieldError::new(
-            field,
-            format!("{value:?} is longer than ten years"),
-            "give a shorter duration, e.g. 30d",
-        ));
-    }
-    if total == 0 {
-        return Err(FieldError::new(
-            field,
-            format!("{value:?} is zero"),
-            "give a positive duration, e.g. 2h",
-        ));
-    }
-    Ok(Duration::from_secs(total))
+    devicelink_spec::parse_duration(field, value).map_err(FieldError::from)
 }
 
 pub fn format_duration(duration: Duration) -> String {
@@ -216,26 +124,22 @@ pub fn format_duration(duration: Duration) -> String {
 }
 
 pub fn instant(field: &str, value: &str) -> Result<Timestamp, FieldError> {
-    value.trim().parse::<Timestamp>().map_err(|_| {
+    let at = devicelink_spec::parse_instant(field, value).map_err(FieldError::from)?;
+    let seconds = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs() as i64)
+        .unwrap_or(0);
+    Timestamp::from_second(seconds).map_err(|_| {
         FieldError::new(
             field,
-            format!("{value:?} is not an RFC 3339 instant"),
-            "write a UTC time such as 2026-11-25T10:00:00Z",
+            format!("{value:?} is beyond what this console can store"),
+            "write a time before the year 9999",
         )
     })
 }
 
 pub fn max_connections(field: &str, value: i64) -> Result<u32, FieldError> {
-    u32::try_from(value)
-        .ok()
-        .filter(|n| (1..=1_000_000).contains(n))
-        .ok_or_else(|| {
-            FieldError::new(
-                field,
-                format!("{value} is out of range"),
-                "use a number from 1 to 1000000, or leave it out for the proxy's default",
-            )
-        })
+    devicelink_spec::validate_max_connections(field, value).map_err(FieldError::from)
 }
 
 pub fn description(field: &str, value: &str) -> Result<(), FieldError> {

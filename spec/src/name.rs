@@ -29,9 +29,7 @@ pub fn validate_link_name(field: &str, name: &str) -> Result<(), SpecError> {
         Err(SpecError::new(
             field,
             format!("{name:?} is not a link name"),
-            format!(
-                "use lowercase letters, digits and '-', starting and ending with a letter or digit (parts of at most 63 may be joined by '.'), e.g. pump-17-ssh"
-            ),
+            "use lowercase letters, digits and '-', starting and ending with a letter or digit (parts of at most 63 may be joined by '.'), e.g. pump-17-ssh",
         ))
     }
 }
