@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the whole check, as CI runs it: format, lints (the kernel crate's with
-//! nightly), then every test against the release proxy.
+//! nightly), every test against the release proxy, then the console's API fuzzed.
 
 use std::process::Command;
 
-use crate::{kernel, setup, workspace};
+use crate::{console_fuzz, kernel, setup, workspace};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
@@ -29,5 +29,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     cmd.arg("--test-threads=1");
     cmd.env("DEVICELINK_PROXY_BIN", workspace::proxy_binary());
-    workspace::run(&mut cmd)
+    let tests = workspace::run(&mut cmd);
+    // The console's OpenAPI document fuzzed against a running console: no 5xx, no response that
+    // breaks its own schema. Run even when a test failed, so one run reports both.
+    let fuzz = console_fuzz::run();
+    tests.and(fuzz)
 }
