@@ -7,38 +7,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-/// A refused field: which one, what is wrong with it, and how to put it right.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}; {fix}")]
-pub struct FieldError {
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
+/// A refused field: which one, what is wrong with it, and how to put it right. The shared
+/// spec's error, so the console says a mistake the way the CRD and the proxy do.
+pub use devicelink_spec::SpecError as FieldError;
 
-impl FieldError {
-    pub fn new(
-        field: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-}
-
-impl From<devicelink_spec::SpecError> for FieldError {
-    fn from(err: devicelink_spec::SpecError) -> Self {
-        Self {
-            field: err.field,
-            problem: err.problem,
-            fix: err.fix,
-        }
-    }
-}
+/// Durations written back the way they are read (`1h30m`).
+pub use devicelink_spec::format_duration;
 
 /// A link's name is a DNS-1035 label short enough to name its Kubernetes children
 /// (`devicelink-<name>`), so a script works against both backends.
@@ -66,19 +40,18 @@ pub fn name(field: &str, name: &str) -> Result<(), FieldError> {
 }
 
 pub fn port(field: &str, port: i64) -> Result<u16, FieldError> {
-    devicelink_spec::validate_port(field, port).map_err(FieldError::from)
+    devicelink_spec::validate_port(field, port)
 }
 
 /// The device's host: an IP address or a DNS name, as the DeviceLink and the proxy take it.
 pub fn host(field: &str, host: &str) -> Result<String, FieldError> {
     devicelink_spec::validate_device(field.trim_end_matches(".host"), host, 1)
         .map(|device| device.host)
-        .map_err(FieldError::from)
 }
 
 /// Strict CIDR, as the DeviceLink and the proxy's links file take it (devicelink-spec).
 pub fn cidr(field: &str, range: &str) -> Result<IpNet, FieldError> {
-    devicelink_spec::parse_source_range(field, range).map_err(FieldError::from)
+    devicelink_spec::parse_source_range(field, range)
 }
 
 pub fn source_ranges(field: &str, ranges: &[String]) -> Result<Vec<IpNet>, FieldError> {
@@ -105,26 +78,11 @@ pub fn source_ranges(field: &str, ranges: &[String]) -> Result<Vec<IpNet>, Field
 
 /// Durations as the CRD's pattern `^([0-9]+[smhd])+$` allows, e.g. `2h`, `90m`, `1h30m`; zero is refused.
 pub fn duration(field: &str, value: &str) -> Result<Duration, FieldError> {
-    devicelink_spec::parse_duration(field, value).map_err(FieldError::from)
-}
-
-pub fn format_duration(duration: Duration) -> String {
-    let mut seconds = duration.as_secs();
-    if seconds == 0 {
-        return "0s".to_owned();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if seconds >= size {
-            out.push_str(&format!("{}{unit}", seconds / size));
-            seconds %= size;
-        }
-    }
-    out
+    devicelink_spec::parse_duration(field, value)
 }
 
 pub fn instant(field: &str, value: &str) -> Result<Timestamp, FieldError> {
-    let at = devicelink_spec::parse_instant(field, value).map_err(FieldError::from)?;
+    let at = devicelink_spec::parse_instant(field, value)?;
     let seconds = at
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_secs() as i64)
@@ -139,7 +97,7 @@ pub fn instant(field: &str, value: &str) -> Result<Timestamp, FieldError> {
 }
 
 pub fn max_connections(field: &str, value: i64) -> Result<u32, FieldError> {
-    devicelink_spec::validate_max_connections(field, value).map_err(FieldError::from)
+    devicelink_spec::validate_max_connections(field, value)
 }
 
 pub fn description(field: &str, value: &str) -> Result<(), FieldError> {
