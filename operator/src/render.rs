@@ -1,5 +1,6 @@
-//! A validated DeviceLink rendered into the two children the operator applies: a LoadBalancer
-//! Service and a Deployment of `devicelink-proxy` pods. Pure, and shared by the controller and
+//! A validated DeviceLink rendered into the children the operator applies: a ConfigMap holding
+//! the link as the proxy's links file, a LoadBalancer Service and a Deployment of
+//! `devicelink-proxy` pods. Pure, and shared by the controller and
 //! `devicelink-operator render`, so what is reviewed is what is applied.
 
 use std::{

@@ -29,7 +29,7 @@ pub struct Args {
     /// allowedSourceRanges, expiresAt, maxConnections, idleTimeout, enabled}]`. Re-read when
     /// it changes (also when replaced by a rename) and on SIGHUP; a file that does not
     /// validate is refused whole and the running links stay as they were.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections_per_source"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections", "max_connections_per_source", "connect_rate_per_source"])]
     pub config: Option<PathBuf>,
 
     /// Serve the control API (links, sessions, events; closing a session) over HTTP on this
@@ -104,7 +104,7 @@ pub struct Args {
     pub expires_at: Option<SystemTime>,
 
     /// Send buffer forced on each spliced socket (bytes; K/M/G suffixes). Limits, not
-    /// allocations: idle connections cost nothing. See the benchmark in the README.
+    /// allocations: idle connections cost nothing. See the sweep in docs/benchmarks.md.
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes)]
     pub splice_sndbuf: u32,
 

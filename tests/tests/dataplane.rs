@@ -524,8 +524,8 @@ fn fast_client_waits_for_slow_device(mode: &str) {
         );
         // The device (100 MiB/s) is slower than a clamped client's trickle between namespaces,
         // so the clamp gives way and holds at the hard limit stop the client; each copies what
-        // its small receive buffer kept. 1.5-3% copied; 13-19% when a hold's bytes were read
-        // off round by round and the client refilled the window each time.
+        // its small receive buffer kept: 1.5-3% copied. (Reading a hold's bytes off round by
+        // round would let the client refill the window each time: 13-19%.)
         let copied = proxy.metric("devicelink_user_space_bytes_total{direction=\"to_device\"}");
         eprintln!("{mode}: the proxy copied {copied} of {LEN} bytes");
         assert!(
@@ -549,13 +549,12 @@ fn fast_client_waits_for_slow_device_userspace() {
 /// keeps up. Seen from outside, in the proxy's namespace: the client socket's `rcv_ssthresh`
 /// (the window TCP is willing to grow to) once the device reads at full speed.
 ///
-/// The regression this guards against: TCP starts a socket with a 64 KB window clamp and raises
-/// it from the receive buffer after a few segments; the proxy once restored the clamp it had read
-/// at accept, and in a saturated iperf3 upload the client kept a 64 KB window for the rest of the
-/// connection (13 -> 9 Gbit/s). The kernel also recomputes the clamp when the segments' size
-/// to memory ratio changes, which the traffic here does, so this test shows the window back but
-/// would not by itself have caught that bug; the restore is now never below the receive buffer
-/// (`unclamped_window` in `splice.rs`).
+/// What it guards: TCP starts a socket with a 64 KB window clamp and raises it from the receive
+/// buffer after a few segments, so restoring the clamp read at accept would keep a saturated
+/// upload at a 64 KB window for good (13 -> 9 Gbit/s measured). The kernel also recomputes the
+/// clamp when the segments' size to memory ratio changes, which the traffic here does, so this
+/// test shows the window back but would not by itself catch that; the restore is never below
+/// the receive buffer (`unclamped_window` in `splice/pace.rs`).
 #[test]
 fn paced_sender_gets_its_window_back_ebpf() {
     const LEN: u64 = 512 << 20;

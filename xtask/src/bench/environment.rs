@@ -22,7 +22,7 @@ pub fn source_revision() -> String {
     }
 }
 
-/// Kernel, CPU, cores, memory and peer versions: the README shows the table with these.
+/// Kernel, CPU, cores, memory and peer versions: docs/benchmarks.md shows the table with these.
 pub fn machine_description() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
