@@ -155,15 +155,7 @@ impl Proxy {
 
     /// An HTTP GET against the proxy's metrics address, from inside its namespace.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let netns = self.netns.clone();
-        let addr = self.metrics;
-        let path = path.to_string();
-        thread::spawn(move || -> anyhow::Result<(u16, String)> {
-            enter(&netns)?;
-            http_get(addr, &path)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("metrics thread panicked"))?
+        http_get_in(&self.netns, self.metrics, path)
     }
 
     /// Waits until the proxy carries no connection: a client sees its last byte (or EOF) a
@@ -196,6 +188,19 @@ pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// An HTTP GET of `path` at `addr` from inside the network namespace at `netns` (a
+/// `/run/netns/<name>` path): `(status, body)`.
+pub fn http_get_in(netns: &Path, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let netns = netns.to_path_buf();
+    let path = path.to_string();
+    thread::spawn(move || -> anyhow::Result<(u16, String)> {
+        enter(&netns)?;
+        http_get(addr, &path)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("HTTP thread panicked"))?
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {

@@ -16,7 +16,7 @@ use std::{
 
 use devicelink_testbed::{
     CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology,
-    connect_from, parse_metric,
+    connect_from, http_get_in, parse_metric,
     peers::{self, Behavior},
     proxy_binary,
 };
@@ -214,21 +214,9 @@ impl LinksProxy {
 
     fn metrics(&self) -> String {
         let netns = PathBuf::from(format!("/run/netns/{}", self.topology_proxy));
-        thread::spawn(move || {
-            enter(&netns);
-            let mut stream = TcpStream::connect_timeout(&METRICS, Duration::from_secs(2))
-                .expect("metrics listener");
-            write!(
-                stream,
-                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        })
-        .join()
-        .expect("metrics thread")
+        http_get_in(&netns, METRICS, "/metrics")
+            .expect("the metrics listener answers")
+            .1
     }
 
     fn metric(&self, series: &str) -> f64 {
@@ -251,13 +239,6 @@ impl LinksProxy {
             .map(|dir| dir.count())
             .unwrap_or(0)
     }
-}
-
-fn enter(netns: &Path) {
-    let file = std::fs::File::open(netns).expect("netns file");
-    // SAFETY: setns on a valid namespace fd, for this thread only.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns");
 }
 
 fn write_atomically(path: &Path, text: &str) {
