@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use devicelink_console::{
     api::{self, AppState, auth::LocalTokens},
     caller::Role,
+    cluster::{KubeBackend, auth::KubeAuthenticator, clients::Clients},
     local::{
         LocalBackend, LocalSettings, db,
         proxy_sync::{self, ProxyCommand},
@@ -48,6 +49,17 @@ enum TokenCommand {
         #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
         data: PathBuf,
     },
+    /// List tokens: name, role, when created (never a secret).
+    List {
+        #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
+        data: PathBuf,
+    },
+    /// Revoke a token: it stops working at its next request.
+    Revoke {
+        name: String,
+        #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
+        data: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -58,9 +70,13 @@ enum BackendKind {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Directory of the database and the proxy's config file.
-    #[arg(long, env = "DEVICELINK_CONSOLE_DATA")]
-    data: PathBuf,
+    /// Directory of the database and the proxy's config file (local backend).
+    #[arg(
+        long,
+        env = "DEVICELINK_CONSOLE_DATA",
+        required_if_eq("backend", "local")
+    )]
+    data: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[arg(long, value_enum, default_value = "local")]
@@ -141,6 +157,25 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Token {
+            command: TokenCommand::List { data },
+        } => {
+            let conn = db::open(&data)?;
+            for token in tokens::list(&conn)? {
+                println!("{}\t{}\t{}", token.name, token.role, token.created_at);
+            }
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { name, data },
+        } => {
+            let conn = db::open(&data)?;
+            if !tokens::revoke(&conn, &name)? {
+                anyhow::bail!("there is no token named {name:?}; `token list` shows them");
+            }
+            eprintln!("token {name:?} revoked");
+            Ok(())
+        }
         Command::Serve(args) => serve_api(*args).await,
     }
 }
@@ -153,13 +188,19 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     if args.backend == BackendKind::Kubernetes {
-        anyhow::bail!(
-            "--backend kubernetes is not available in this build yet; use --backend local"
-        );
+        let (app, backend) = cluster_app(&args).await?;
+        tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), backend, "console serving");
+        return serve_until_signal(listener, tls, app).await;
     }
-    let conn = db::open(&args.data)?;
-    let data = args.data.clone();
+    let data = args
+        .data
+        .clone()
+        .context("--data is required with --backend local")?;
+    let conn = db::open(&data)?;
     let control: Arc<dyn ProxyControl> =
         Arc::new(UnixControlClient::new(data.join("proxy-control.sock")));
     let backend = LocalBackend::new(
@@ -212,15 +253,42 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
     }
     let state = AppState {
         authenticator: Arc::new(LocalTokens(backend.connection())),
+        tokens: Some(backend.connection()),
         backend: Arc::new(backend),
         metrics: Arc::new(Metrics::default()),
         trusted_proxies: Arc::new(args.trusted_proxies),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), data = %data.display(), "console serving");
+    let served = serve_until_signal(listener, tls, api::router(state)).await;
+    // The API has drained: stop the proxy and the sync tasks.
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    served
+}
+
+/// The API over DeviceLinks, acting with each caller's own Kubernetes token. The cluster is
+/// the one the console's own configuration names (in-cluster, or KUBECONFIG).
+async fn cluster_app(args: &ServeArgs) -> anyhow::Result<(axum::Router, String)> {
+    let config = kube::Config::infer()
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), data = %args.data.display(), "console serving");
-    let app = api::router(state);
+        .context("finding the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
+    let server = config.cluster_url.to_string();
+    let clients = Arc::new(Clients::new(config).context("building the Kubernetes client")?);
+    let state = AppState {
+        authenticator: Arc::new(KubeAuthenticator::new(clients.clone())),
+        backend: Arc::new(KubeBackend::new(clients)),
+        metrics: Arc::new(Metrics::default()),
+        trusted_proxies: Arc::new(args.trusted_proxies.clone()),
+        tokens: None,
+    };
+    Ok((api::router(state), format!("kubernetes at {server}")))
+}
+
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    app: axum::Router,
+) -> anyhow::Result<()> {
     match tls {
         Some(config) => {
             let listener = devicelink_console::tls::TlsListener::new(listener, config)?;
@@ -228,9 +296,6 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => serve::serve_plain(listener, app, shutdown_signal()).await?,
     }
-    // The API has drained: stop the proxy and the sync tasks.
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -271,3 +271,43 @@ pub struct Session {
 pub struct SessionList {
     pub items: Vec<Session>,
 }
+
+/// A new API token (local backend).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// Who or what the token is for; lowercase letters, digits and '-'.
+    #[schema(
+        min_length = 1,
+        max_length = 52,
+        pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        example = "ci-bot"
+    )]
+    pub name: String,
+    pub role: crate::caller::Role,
+}
+
+/// An API token as listed; its secret is never shown again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Token {
+    pub name: String,
+    pub role: crate::caller::Role,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// A token just created: `token` is its secret, shown only in this response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: Token,
+    #[serde(rename = "token")]
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<Token>,
+}

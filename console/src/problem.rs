@@ -38,6 +38,10 @@ pub enum ApiError {
     },
     #[error("the proxy is unavailable: {0}")]
     ProxyUnavailable(String),
+    #[error("the Kubernetes API server: {0}")]
+    Kubernetes(String),
+    #[error("not available on this backend: {0}")]
+    NotSupported(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -59,6 +63,8 @@ impl ApiError {
             }
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::ProxyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Kubernetes(_) => StatusCode::BAD_GATEWAY,
+            Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +138,22 @@ impl ApiError {
                 Some("retry shortly; the console restarts the proxy when it dies".to_owned()),
                 None,
             ),
+            Self::Kubernetes(why) => (
+                "kubernetes-unavailable",
+                "The Kubernetes API server did not answer",
+                why.clone(),
+                None,
+                Some("retry shortly; if it persists, the console's log and the API server's health say why".to_owned()),
+                None,
+            ),
+            Self::NotSupported(why) => (
+                "not-supported",
+                "Not available on this backend",
+                why.clone(),
+                None,
+                None,
+                None,
+            ),
             // The cause goes to the log, not to the caller.
             Self::Internal(_) => (
                 "internal",
@@ -184,6 +206,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(cause) => tracing::error!(%cause, "request failed"),
+            Self::Kubernetes(cause) => tracing::error!(%cause, "request failed"),
             Self::Unauthenticated(_) | Self::Forbidden(_) => {
                 tracing::warn!(refusal = %self, "request refused")
             }

@@ -71,11 +71,13 @@ fn console_full(
             ..LocalSettings::default()
         },
     );
+    let backend_tokens = backend.connection();
     let state = AppState {
         authenticator: Arc::new(LocalTokens(backend.connection())),
         backend: Arc::new(backend),
         metrics: Arc::new(Metrics::default()),
         trusted_proxies: Arc::new(vec!["10.0.0.0/8".parse().unwrap()]),
+        tokens: Some(backend_tokens),
     };
     Console {
         app: api::router(state),
@@ -504,6 +506,20 @@ async fn every_role_may_do_exactly_what_it_is_allowed_and_every_refusal_says_why
             Role::Admin,
         ),
         (Method::DELETE, link("doomed"), None, Role::Admin),
+        (Method::GET, "/metrics".to_owned(), None, Role::Viewer),
+        (Method::GET, "/api/v1/tokens".to_owned(), None, Role::Admin),
+        (
+            Method::POST,
+            "/api/v1/tokens".to_owned(),
+            Some(json!({"name": "new-bot", "role": "viewer"})),
+            Role::Admin,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/tokens/vera".to_owned(),
+            None,
+            Role::Admin,
+        ),
     ];
     // Sessions need a proxy: their role checks are in the sessions test.
     call(
@@ -718,7 +734,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics_answer_without_a_token() {
+async fn probes_answer_without_a_token_and_metrics_with_any_role() {
     let c = console();
     call(
         &c.app,
@@ -741,7 +757,13 @@ async fn health_readiness_and_metrics_answer_without_a_token() {
             .status,
         StatusCode::OK
     );
-    let metrics = call(&c.app, Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(
+        call(&c.app, Method::GET, "/metrics", None, None, &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let metrics = call(&c.app, Method::GET, "/metrics", Some(&c.viewer), None, &[]).await;
     assert!(
         metrics
             .text
@@ -991,4 +1013,104 @@ async fn an_operator_sees_and_closes_a_links_session_and_the_trail_names_them() 
     )
     .await;
     assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn an_admin_creates_lists_and_revokes_tokens_and_the_secret_is_shown_once() {
+    let c = console();
+    let created = call(
+        &c.app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&c.admin),
+        Some(json!({"name": "ci-bot", "role": "operator"})),
+        &[],
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let secret = created.body["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("dlc_"), "{secret}");
+    assert_eq!(created.body["role"], "operator");
+
+    // The new token works at once, with its role.
+    let as_bot = call(&c.app, Method::GET, LINKS, Some(&secret), None, &[]).await;
+    assert_eq!(as_bot.status, StatusCode::OK);
+    let bot_creates = call(
+        &c.app,
+        Method::POST,
+        LINKS,
+        Some(&secret),
+        Some(pump("by-bot")),
+        &[],
+    )
+    .await;
+    assert_eq!(bot_creates.status, StatusCode::FORBIDDEN);
+
+    // Listed by name and role, never with a secret.
+    let listed = call(
+        &c.app,
+        Method::GET,
+        "/api/v1/tokens",
+        Some(&c.admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let names: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ada", "ci-bot", "otto", "vera"]);
+    assert!(!listed.text.contains(&secret));
+    assert!(listed.body["items"][1].get("token").is_none());
+
+    // The same name twice is a conflict naming it; a bad name names the field.
+    let again = call(
+        &c.app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&c.admin),
+        Some(json!({"name": "ci-bot", "role": "viewer"})),
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    let bad = call(
+        &c.app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&c.admin),
+        Some(json!({"name": "CI Bot", "role": "viewer"})),
+        &[],
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
+    assert!(bad.text.contains("name"), "{}", bad.text);
+
+    // Revoked: the secret stops working at the next request; revoking twice is 404.
+    let revoked = call(
+        &c.app,
+        Method::DELETE,
+        "/api/v1/tokens/ci-bot",
+        Some(&c.admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    let after = call(&c.app, Method::GET, LINKS, Some(&secret), None, &[]).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    let twice = call(
+        &c.app,
+        Method::DELETE,
+        "/api/v1/tokens/ci-bot",
+        Some(&c.admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::NOT_FOUND);
 }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod links;
 pub mod openapi;
 pub mod ops;
+pub mod tokens;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -27,6 +28,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// The local backend's token database, which admins manage over the API; `None` where
+    /// callers present the cluster's own tokens.
+    pub tokens: Option<Arc<std::sync::Mutex<rusqlite::Connection>>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(openapi::router())
         .merge(ops::router())
+        .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ops::record_request,

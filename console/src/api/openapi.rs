@@ -7,7 +7,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{AppState, events, links};
+use super::{AppState, events, links, tokens};
 use crate::model;
 
 #[derive(OpenApi)]
@@ -18,14 +18,16 @@ use crate::model;
         links::delete_link, links::enable_link, links::disable_link, links::extend_link,
         links::list_sessions, links::close_session,
         events::all_events, events::link_events,
+        tokens::list_tokens, tokens::create_token, tokens::revoke_token,
     ),
     components(schemas(
         model::Link, model::LinkCreate, model::LinkPatch, model::LinkList, model::LinkStatus,
         model::LinkState, model::Device, model::ConnectCommands, model::Extend,
         model::Event, model::EventList, model::Problem, model::Session, model::SessionList,
+        model::TokenCreate, model::Token, model::CreatedToken, model::TokenList, crate::caller::Role,
     )),
     modifiers(&BearerAuth),
-    tags((name = "links"), (name = "sessions"), (name = "events")),
+    tags((name = "links"), (name = "sessions"), (name = "events"), (name = "tokens")),
 )]
 pub struct ApiDoc;
 

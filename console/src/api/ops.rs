@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the backend answers), `/metrics`, and the
-//! middleware that counts and times every routed request.
+//! middleware that counts and times every routed request. Probes answer anyone; metrics name
+//! routes and link counts, so, as on the Kubernetes API server, they need a token (any role).
 
 use std::time::Instant;
 
@@ -13,7 +14,11 @@ use axum::{
 };
 
 use super::AppState;
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::{
+    caller::{Caller, Role},
+    metrics::{RequestLabels, RouteLabels},
+    problem::ApiError,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -36,16 +41,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read metrics")?;
     let counts = state.backend.count_by_state().await.unwrap_or_default();
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(&counts),
     )
-        .into_response()
+        .into_response())
 }
 
 pub async fn record_request(

@@ -11,11 +11,9 @@ use std::{
     net::IpAddr,
     ops::RangeInclusive,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use ipnet::IpNet;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::{
@@ -26,6 +24,7 @@ use crate::{
     model::{Session, SessionList},
     problem::ApiError,
     proxy::control::{LinkReport, ProxyControl},
+    rules::{self, Lifetime, after, future_instant, ranges_with},
     validate::{self, FieldError},
 };
 use row::{COLUMNS, LinkRow};
@@ -243,42 +242,6 @@ fn record(
     Ok(())
 }
 
-fn after(at: Timestamp, by: Duration) -> Result<Timestamp, ApiError> {
-    SignedDuration::try_from(by)
-        .ok()
-        .and_then(|by| at.checked_add(by).ok())
-        .ok_or_else(|| ApiError::internal("instant out of range"))
-}
-
-/// The allowed ranges with the caller's own address added (once).
-fn ranges_with(
-    field: &str,
-    mut ranges: Vec<String>,
-    my_address: Option<IpAddr>,
-) -> Result<Vec<String>, ApiError> {
-    if let Some(addr) = my_address {
-        let mine = IpNet::from(addr).to_string();
-        if !ranges.contains(&mine) {
-            ranges.push(mine);
-        }
-    }
-    let parsed = validate::source_ranges(field, &ranges)?;
-    Ok(parsed.iter().map(ToString::to_string).collect())
-}
-
-fn future_instant(field: &str, value: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
-    let at = clock::truncate(validate::instant(field, value)?);
-    if at <= now {
-        return Err(FieldError::new(
-            field,
-            format!("{value:?} has passed"),
-            "give a time in the future, or a ttl such as 2h",
-        )
-        .into());
-    }
-    Ok(at)
-}
-
 fn allocate_port(tx: &Transaction<'_>, range: &RangeInclusive<u16>) -> Result<u16, ApiError> {
     let mut taken = tx
         .prepare("SELECT port FROM links WHERE port BETWEEN ?1 AND ?2 ORDER BY port")
@@ -383,29 +346,11 @@ impl Backend for LocalBackend {
             let port = link.port.map(|p| validate::port("port", p)).transpose()?;
             let allowed_source_ranges =
                 ranges_with("allowedSourceRanges", link.allowed_source_ranges, my_address)?;
-            let (ttl, expires_at) = match (&link.ttl, &link.expires_at) {
-                (Some(ttl), None) => {
-                    let ttl = validate::duration("ttl", ttl)?;
-                    (Some(ttl), if link.enabled { Some(after(now, ttl)?) } else { None })
-                }
-                (None, Some(at)) => (None, Some(future_instant("expiresAt", at, now)?)),
-                (Some(_), Some(_)) => {
-                    return Err(FieldError::new(
-                        "ttl",
-                        "and expiresAt are both set",
-                        "keep only one: ttl (e.g. 2h, counted from when the link is enabled) or expiresAt (an RFC 3339 instant)",
-                    )
-                    .into());
-                }
-                (None, None) => {
-                    return Err(FieldError::new(
-                        "ttl",
-                        "and expiresAt are both missing, and a link never stays open forever",
-                        "set ttl (e.g. 2h) or expiresAt (e.g. 2026-11-25T10:00:00Z)",
-                    )
-                    .into());
-                }
-            };
+            let (ttl, expires_at) =
+                match rules::lifetime(link.ttl.as_deref(), link.expires_at.as_deref(), now)? {
+                    Lifetime::Ttl(ttl) => (Some(ttl), link.enabled.then(|| after(now, ttl)).transpose()?),
+                    Lifetime::Until(at) => (None, Some(at)),
+                };
             let max_connections = link
                 .max_connections
                 .map(|n| validate::max_connections("maxConnections", n))
@@ -638,22 +583,7 @@ impl Backend for LocalBackend {
         if_match: Precondition,
     ) -> BackendResult<'_, Link> {
         self.modify(caller, namespace, name, if_match, move |row, now| {
-            let until = match (&extend.by, &extend.to) {
-                (Some(by), None) => {
-                    let by = validate::duration("by", by)?;
-                    let from = row.expires_at.filter(|at| *at > now).unwrap_or(now);
-                    after(from, by)?
-                }
-                (None, Some(to)) => future_instant("to", to, now)?,
-                _ => {
-                    return Err(FieldError::new(
-                        "by",
-                        "and to: exactly one must be set",
-                        "send {\"by\": \"1h\"} or {\"to\": \"2026-11-25T10:00:00Z\"}",
-                    )
-                    .into());
-                }
-            };
+            let until = rules::extended_until(&extend, row.expires_at, now)?;
             row.expires_at = Some(until);
             Ok(vec![("extended", Some(format!("until {until}")))])
         })
