@@ -335,3 +335,112 @@ fn a_link_lives_its_whole_life_through_the_api() {
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_link_expires_on_time_and_a_killed_console_and_proxy_come_back_with_every_link() {
+    let topology = Topology::new("console-restart")
+        .unwrap_or_else(|e| panic!("topology: {e:#} (these tests need root)"));
+    let sshd = SshDevice::start(&topology.device, SocketAddr::new(IpAddr::V4(DEVICE_V4), 22))
+        .expect("sshd on the device");
+    let data =
+        std::env::temp_dir().join(format!("devicelink-console-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let token = token(&data);
+    let mut console = Console::start(&topology, &data, &token);
+    let client = json!([format!("{CLIENT_V4}/32")]);
+    for (name, port, ttl) in [("kept", SSH_PORT, "1h"), ("short", DATA_PORT, "4s")] {
+        let (status, body) = console.call(
+            "POST",
+            "/api/v1/namespaces/plant-a/links",
+            Some(&json!({
+                "name": name, "device": {"host": DEVICE_V4.to_string(), "port": 22},
+                "port": port, "allowedSourceRanges": client, "ttl": ttl,
+            })),
+        );
+        assert_eq!(status, 201, "create {name}: {body}");
+    }
+    let short = console.wait_state("short", "ready");
+    let expires_at: jiff::Timestamp = short["status"]["expiresAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Expiry: the proxy closes the link on time, the console shows when, the trail says so.
+    let shown = console.wait_state("short", "expired");
+    let late = jiff::Timestamp::now().duration_since(expires_at);
+    assert!(
+        late < jiff::SignedDuration::from_secs(3),
+        "expired {late:?} after its time"
+    );
+    assert_eq!(shown["status"]["expiredAt"], short["status"]["expiresAt"]);
+    assert_eq!(shown["status"]["secondsLeft"], 0);
+    assert!(
+        topology.client.run(|| {
+            connect_from(
+                IpAddr::V4(CLIENT_V4),
+                front(DATA_PORT),
+                Duration::from_secs(1),
+            )
+            .is_err()
+        }),
+        "the expired link no longer listens"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, events) =
+            console.call("GET", "/api/v1/namespaces/plant-a/links/short/events", None);
+        if events.to_string().contains("link_expired") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no expiry in the trail: {events}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // The console killed outright (its proxy goes with it): nothing serves until it is back,
+    // then every link is as the database says.
+    console.process.signal(libc::SIGKILL);
+    assert!(
+        console
+            .process
+            .wait_timeout(Duration::from_secs(5))
+            .is_some()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topology.client.run(|| {
+        connect_from(
+            IpAddr::V4(CLIENT_V4),
+            front(SSH_PORT),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    }) {
+        assert!(Instant::now() < deadline, "the proxy outlived its console");
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(console);
+    let console = Console::start(&topology, &data, &token);
+    console.wait_state("kept", "ready");
+    let said = sshd
+        .ssh(
+            &topology.client,
+            front(SSH_PORT),
+            "echo after-the-restart",
+            None,
+        )
+        .expect("ssh through the link after the restart");
+    assert!(said.contains("after-the-restart"), "{said}");
+    let short = console.link("short");
+    assert_eq!(short["status"]["state"], "expired", "{short}");
+    assert_eq!(short["status"]["expiredAt"], shown["status"]["expiredAt"]);
+    let (_, events) = console.call("GET", "/api/v1/namespaces/plant-a/links/short/events", None);
+    let text = events.to_string();
+    for what in ["created", "link_expired"] {
+        assert!(text.contains(what), "the trail lost {what}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
