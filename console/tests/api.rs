@@ -1113,4 +1113,19 @@ async fn an_admin_creates_lists_and_revokes_tokens_and_the_secret_is_shown_once(
     )
     .await;
     assert_eq!(twice.status, StatusCode::NOT_FOUND);
+
+    // The token in hand is not revoked by itself: its holder would be locked out.
+    let own = call(
+        &c.app,
+        Method::DELETE,
+        "/api/v1/tokens/ada",
+        Some(&c.admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CONFLICT, "{}", own.text);
+    assert_eq!(own.body["field"], "name");
+    let still = call(&c.app, Method::GET, LINKS, Some(&c.admin), None, &[]).await;
+    assert_eq!(still.status, StatusCode::OK);
 }

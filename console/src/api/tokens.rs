@@ -126,6 +126,15 @@ pub async fn revoke_token(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin, "revoke tokens")?;
+    // Revoking the token in hand would lock its holder out mid-session, perhaps as the last
+    // admin: that is done from another admin's token, or on the host.
+    if name == caller.name {
+        return Err(ApiError::Unavailable {
+            field: "name".to_owned(),
+            problem: format!("{name:?} is the token this request is made with"),
+            fix: "revoke it with another admin's token, or on the host with `devicelink-console token revoke`".to_owned(),
+        });
+    }
     let target = name.clone();
     if !with_store(&state, move |conn| tokens::revoke(conn, &target)).await? {
         return Err(ApiError::NotFound(format!("token {name:?}")));
