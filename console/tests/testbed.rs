@@ -4,7 +4,7 @@
 //! the HTTP API as a user with a token and curl would. Needs root.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -15,7 +15,7 @@ use std::{
 
 use devicelink_testbed::{
     CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology,
-    connect_from,
+    connect_from, http,
     peers::{self, Behavior},
     proxy_binary,
     ssh::SshDevice,
@@ -65,44 +65,16 @@ impl Console {
 
     /// One HTTP request from inside the proxy namespace: `(status, JSON body or Null)`.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let netns = self.netns.clone();
-        let request = {
-            let body = body.map(Value::to_string).unwrap_or_default();
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: console\r\nAuthorization: Bearer {}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                self.token,
-                body.len()
-            )
-        };
-        thread::spawn(move || {
-            let file = std::fs::File::open(&netns).expect("netns");
-            // SAFETY: setns on a valid namespace fd, for this short-lived thread only.
-            let entered =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns");
-            let Ok(mut stream) = TcpStream::connect_timeout(&API, Duration::from_secs(2)) else {
-                return (0, Value::Null);
-            };
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            let status = response
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b)
-                .unwrap_or("");
-            (status, serde_json::from_str(body).unwrap_or(Value::Null))
-        })
-        .join()
-        .expect("request thread")
+        let body = body.map(Value::to_string);
+        let authorization = format!("Bearer {}", self.token);
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        match http::request_in(&self.netns, API, method, path, &headers, body.as_deref()) {
+            Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
     }
 
     fn link(&self, name: &str) -> Value {

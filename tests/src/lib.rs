@@ -22,16 +22,18 @@ mod process;
 mod proxy;
 mod topology;
 
+pub mod http;
 pub mod peers;
 pub mod rfb;
 pub mod ssh;
 
 pub use connect::connect_from;
 pub use cpu::{cpu_time_of, machine_busy_time};
+pub use http::http_get_in;
 pub use netns::Netns;
 pub use pattern::{Checksum, Pattern, receive_all, send_pattern};
 pub use process::{Process, sh};
-pub use proxy::{METRICS_PORT, Proxy, ProxyOptions, http_get_in, parse_metric, proxy_binary};
+pub use proxy::{METRICS_PORT, Proxy, ProxyOptions, parse_metric, proxy_binary};
 pub use topology::{
     CLIENT_V4, CLIENT_V6, DEVICE_V4, DEVICE_V6, OTHER_CLIENT_V4, OTHER_CLIENT_V6, PROXY_BACK_IFACE,
     PROXY_BACK_V4, PROXY_BACK_V6, PROXY_FRONT_IFACE, PROXY_FRONT_V4, PROXY_FRONT_V6, Topology,

@@ -3,17 +3,16 @@
 //! and stopping it as a user would.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::{
-    netns::enter,
+    http::http_get_in,
     process::Process,
     topology::{CLIENT_V4, CLIENT_V6, PROXY_FRONT_IFACE, Topology},
 };
@@ -188,38 +187,4 @@ pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
-}
-
-/// An HTTP GET of `path` at `addr` from inside the network namespace at `netns` (a
-/// `/run/netns/<name>` path): `(status, body)`.
-pub fn http_get_in(netns: &Path, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let netns = netns.to_path_buf();
-    let path = path.to_string();
-    thread::spawn(move || -> anyhow::Result<(u16, String)> {
-        enter(&netns)?;
-        http_get(addr, &path)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("HTTP thread panicked"))?
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }

@@ -109,7 +109,7 @@ impl KubeBackend {
         for (kind, detail) in changes {
             audit::record(self.clients.own(), &written, kind, &caller.name, detail).await;
         }
-        tracing::info!(caller = %caller.name, %namespace, %name, version = ?written.resource_version(), "link changed");
+        tracing::debug!(caller = %caller.name, %namespace, %name, version = ?written.resource_version(), "DeviceLink replaced");
         Ok(convert::to_link(&written, now))
     }
 }
@@ -178,7 +178,7 @@ impl Backend for KubeBackend {
                 .await
                 .map_err(|e| from_kube(e, &format!("link {namespace}/{name}")))?;
             audit::record(self.clients.own(), &created, "created", &caller.name, None).await;
-            tracing::info!(caller = %caller.name, %namespace, %name, "link created");
+            tracing::debug!(caller = %caller.name, %namespace, %name, "DeviceLink created");
             Ok(convert::to_link(&created, now))
         })
     }
@@ -308,7 +308,7 @@ impl Backend for KubeBackend {
                 }
             }
             audit::record(self.clients.own(), &link, "deleted", &caller.name, None).await;
-            tracing::info!(caller = %caller.name, %namespace, %name, "link deleted");
+            tracing::debug!(caller = %caller.name, %namespace, %name, "DeviceLink deleted");
             Ok(())
         })
     }

@@ -481,3 +481,91 @@ async fn sessions_say_where_they_are_and_probes_answer() {
     let tokens = call(&app, Method::GET, "/api/v1/tokens", Some(ALICE), None, &[]).await;
     assert_eq!(tokens.status, StatusCode::NOT_FOUND, "{}", tokens.text);
 }
+
+/// One HTTP request to the console binary on loopback: `(status, JSON body or Null)`.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let authorization = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", authorization.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let body = body.map(Value::to_string);
+    match devicelink_testbed::http::request(addr, method, path, &headers, body.as_deref()) {
+        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_binary_serves_the_cluster_its_kubeconfig_names() {
+    let (server, _) = cluster().await;
+    let dir = std::env::temp_dir().join(format!("devicelink-console-kube-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: console, user: {{token: {CONSOLE_SA}}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: console}}}}]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_devicelink-console"))
+        .args([
+            "serve",
+            "--backend",
+            "kubernetes",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .spawn()
+        .unwrap();
+    let up = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while http(addr, "GET", "/readyz", "", None).0 != 200 {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(
+        up,
+        "the console did not become ready against the API server"
+    );
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(addr, "POST", LINKS, ALICE, Some(&pump())))
+            .await
+            .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 201, "{body}");
+    assert!(server.link("plant-a", "pump-17-ssh").is_some());
+    assert!(
+        server
+            .calls()
+            .iter()
+            .any(|c| c.user == "alice@example.com" && c.verb == "create")
+    );
+}
