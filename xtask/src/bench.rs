@@ -186,10 +186,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let summaries = summary::summarize(&bench.samples);
     let verdicts = goals::judge(
         &summaries,
-        Contender::DevicelinkEbpf.label(),
-        Contender::DevicelinkUserspace.label(),
-        Contender::Haproxy.label(),
-        Contender::Socat.label(),
+        &goals::Rows {
+            auto: Contender::DevicelinkAuto.label(),
+            ebpf: Contender::DevicelinkEbpf.label(),
+            userspace: Contender::DevicelinkUserspace.label(),
+            haproxy: Contender::Haproxy.label(),
+            socat: Contender::Socat.label(),
+        },
     );
     let machine = environment::machine_description();
     let mut notes = bench.notes.clone();
