@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod link;
 pub mod links_file;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod reload;
 pub mod route;

@@ -54,6 +54,15 @@ pub struct Metrics {
     /// Open sessions, for the bytes spliced links are moving right now.
     sessions: OnceLock<Arc<Sessions>>,
     config: Mutex<ConfigState>,
+    memory: OnceLock<MemorySizing>,
+}
+
+/// What the memory budget allowed, set once at start.
+#[derive(Clone, Copy)]
+struct MemorySizing {
+    budget: u64,
+    per_connection: u64,
+    max_connections: u32,
 }
 
 /// The configuration file's state, for `/readyz` and the metrics.
@@ -151,6 +160,15 @@ impl Metrics {
         xdp: Option<Arc<XdpPlane>>,
     ) {
         let _ = self.data_plane.set(DataPlaneInfo { mode, kernel, xdp });
+    }
+
+    /// The memory budget and what it allows each connection and the process (see `memory`).
+    pub fn set_memory(&self, budget: u64, plan: &devicelink_spec::memory::MemoryPlan) {
+        let _ = self.memory.set(MemorySizing {
+            budget,
+            per_connection: plan.per_connection,
+            max_connections: plan.max_connections,
+        });
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -303,6 +321,29 @@ impl Metrics {
                 "devicelink_connections_carried_total{{path=\"{label}\"}} {}",
                 value.load(Ordering::Relaxed)
             );
+        }
+
+        if let Some(memory) = self.memory.get() {
+            for (name, help, value) in [
+                (
+                    "devicelink_memory_budget_bytes",
+                    "Memory the connections may take at worst plus the process's reserve (--memory-budget, or the cgroup's limit).",
+                    memory.budget,
+                ),
+                (
+                    "devicelink_memory_connection_worst_case_bytes",
+                    "One connection's worst case on the running data plane: every buffer it may fill, full.",
+                    memory.per_connection,
+                ),
+                (
+                    "devicelink_memory_max_connections",
+                    "Connections all links may carry together: what fits the budget, or --max-connections.",
+                    u64::from(memory.max_connections),
+                ),
+            ] {
+                family(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
 
         let [to_device, from_device] = self.bytes();

@@ -17,8 +17,8 @@ use crate::MAX_CONNECTIONS;
 /// size of an idle proxy with both planes loaded is well under half of this.
 pub const RESERVE_BYTES: u64 = 48 << 20;
 
-/// The budget when the proxy's cgroup sets no memory limit (or it has none): a bound chosen so
-/// that the defaults still carry a few hundred connections.
+/// The budget when the proxy's cgroup sets no memory limit and the machine's memory cannot be
+/// read either (with no limit, the proxy takes the machine's memory as its budget).
 pub const DEFAULT_BUDGET_WITHOUT_LIMIT: u64 = 2 << 30;
 
 /// Per connection, whatever the plane: the two sockets' own structures, the session, its task
@@ -47,8 +47,14 @@ pub const DEFAULT_COPY_SOCKET_BUFFER: u64 = 1 << 20;
 pub const MIN_SPLICE_MAX_QUEUED: u64 = 256 << 10;
 pub const MIN_COPY_SOCKET_BUFFER: u64 = 64 << 10;
 
-/// The connection limit when none is given (per link, and what a budget is first sized for).
+/// The connection limit when none is given, if the budget allows it (per link, and for the
+/// process).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+/// With no connection limit given, defaulted sizes shrink only until this many connections fit:
+/// enough sessions for a device link, without giving up a bulk transfer's speed for a thousand
+/// connections that rarely come.
+pub const SIZED_FOR_CONNECTIONS: u32 = 64;
 
 /// How many connections of `per_connection_bytes` each fit in `budget_bytes` once `reserve`
 /// is set aside; at most [`MAX_CONNECTIONS`], 0 when not even the reserve fits.
@@ -128,10 +134,11 @@ pub enum MemoryPlanError {
 }
 
 /// Sizes the connections to the budget. Defaulted sizes are halved (not below the minimums
-/// above) until the connection limit fits: the given limit, or [`DEFAULT_MAX_CONNECTIONS`].
-/// A given limit that does not fit is an error; a defaulted one becomes what fits (at least 1).
+/// above) until the connection limit fits: the given limit, or [`SIZED_FOR_CONNECTIONS`].
+/// A given limit that does not fit is an error; a defaulted one becomes what fits (at least 1,
+/// at most [`DEFAULT_MAX_CONNECTIONS`]).
 pub fn plan(request: &MemoryRequest) -> Result<MemoryPlan, MemoryPlanError> {
-    let target = request.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let target = request.max_connections.unwrap_or(SIZED_FOR_CONNECTIONS);
     let (mut queue, queue_min, mut buffer, buffer_min) = match request.plane {
         Plane::Splice => (
             request.queue.unwrap_or(DEFAULT_SPLICE_MAX_QUEUED),
@@ -257,7 +264,8 @@ mod tests {
     fn defaulted_sizes_shrink_to_fit_and_the_defaulted_limit_is_what_fits() {
         let plan = plan(&request(Plane::Splice, 256 << 20)).unwrap();
         assert!(plan.shrunk);
-        assert_eq!(plan.queue, MIN_SPLICE_MAX_QUEUED);
+        assert_eq!(plan.queue, 512 << 10, "halved until 64 connections fit");
+        assert!(plan.max_connections >= SIZED_FOR_CONNECTIONS);
         assert!(plan.socket_buffer <= plan.queue);
         let needed = u64::from(plan.max_connections) * plan.per_connection + RESERVE_BYTES;
         assert!(needed <= 256 << 20, "the worst case fits: {needed}");

@@ -164,6 +164,19 @@ fn admit(
         );
         return;
     }
+    let carrier_limit = shared.carrier.max_connections;
+    if shared.carrier.metrics.active() >= i64::from(carrier_limit) {
+        refuse(
+            shared,
+            client,
+            peer,
+            Refusal::TooManyConnections,
+            &format!(
+                "already carrying the proxy's maximum of {carrier_limit} connections (what fits its memory budget, or --max-connections)"
+            ),
+        );
+        return;
+    }
     if shared.stats.active() >= i64::from(settings.max_connections) {
         refuse(
             shared,
@@ -271,6 +284,7 @@ async fn serve_client(
         idle_timeout: settings.idle_timeout,
         splice_sndbuf: carrier.splice_sndbuf,
         splice_max_queued: carrier.splice_max_queued,
+        copy_socket_buffer: carrier.copy_socket_buffer,
     };
     let counters = ConnectionCounters {
         process: Arc::clone(&carrier.metrics),
