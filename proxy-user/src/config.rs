@@ -222,7 +222,7 @@ pub enum ConfigError {
         example: String,
     },
     #[error(
-        "--max-connections {connections} does not fit --memory-budget {budget} ({budget_source}) on the {plane}: {why}; give a larger --memory-budget, a smaller --max-connections, or {sizes}"
+        "--max-connections {connections} does not fit the memory budget of {budget} bytes (from {budget_source}) on the {plane}: {why}; give a larger --memory-budget (or memory limit), a smaller --max-connections, or {sizes}"
     )]
     MemoryOvercommitted {
         connections: u32,
@@ -569,7 +569,8 @@ mod tests {
             .to_string();
         for named in [
             "--max-connections 100",
-            "--memory-budget 1073741824",
+            "memory budget of 1073741824 bytes (from --memory-budget)",
+            "a larger --memory-budget",
             "--splice-max-queued",
             "100 connections x",
         ] {

@@ -138,7 +138,7 @@ fn log_memory_plan(plans: &MemoryPlans, plan: &MemoryPlan, mode: &str) {
         memory_budget_bytes = budget.bytes,
         per_connection_worst_case_bytes = plan.per_connection,
         max_connections = plan.max_connections,
-        "memory budget {} bytes from {}: at most {} connections of {} bytes each at worst, plus {} reserved; {how}: {sizes}",
+        "memory budget {} bytes (from {}): at most {} connections of {} bytes each at worst, plus {} reserved; {how}: {sizes}",
         budget.bytes,
         budget.source,
         plan.max_connections,

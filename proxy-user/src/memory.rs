@@ -38,7 +38,7 @@ pub enum BudgetSource {
 impl fmt::Display for BudgetSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Flag => write!(f, "as given"),
+            Self::Flag => write!(f, "--memory-budget"),
             Self::Cgroup(path) => write!(f, "the cgroup limit in {}", path.display()),
             Self::NoLimit => write!(f, "the machine's memory (no cgroup memory limit found)"),
         }

@@ -60,7 +60,7 @@ fn stalled_clients_stay_within_the_budget(data_plane: &str) {
     let log = proxy.process.log();
     assert!(
         log.contains(&format!(
-            "memory budget {BUDGET} bytes from the cgroup limit"
+            "memory budget {BUDGET} bytes (from the cgroup limit"
         )),
         "the proxy reads its budget from its cgroup:\n{log}"
     );
