@@ -136,6 +136,7 @@ pub fn render_links_file(link: &ValidLink, expires_at: Timestamp) -> String {
         connect_rate_per_source: link.connect_rate_per_source,
         idle_timeout: link.idle_timeout,
         enabled: true,
+        proxy_protocol: false,
     };
     devicelink_spec::render_links_file(&[spec])
 }

@@ -32,7 +32,7 @@ pub struct Args {
     /// allowedSourceRanges, expiresAt, maxConnections, idleTimeout, enabled}]`. Re-read when
     /// it changes (also when replaced by a rename) and on SIGHUP; a file that does not
     /// validate is refused whole and the running links stay as they were.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections_per_source", "connect_rate_per_source"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections_per_source", "connect_rate_per_source", "proxy_protocol"])]
     pub config: Option<PathBuf>,
 
     /// Serve the control API (links, sessions, events; closing a session) over HTTP on this
@@ -59,6 +59,14 @@ pub struct Args {
     /// the link to everyone.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
+
+    /// One link: clients come through a load balancer that sends a PROXY protocol header (v1
+    /// or v2) before anything else; the client it names is the one the ACL, the per-source
+    /// limits and the audit line judge. A connection without a valid header within 5 s is
+    /// refused; a LOCAL header (a health check) is closed. The XDP ACL lets such a link's port
+    /// through (it sees only the balancer); the ACL is enforced at accept.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 
     /// Which data plane carries the bytes.
     #[arg(long, value_enum, default_value_t = DataPlaneChoice::Auto)]
@@ -209,6 +217,7 @@ pub struct Config {
     pub copy_socket_buffer: Option<u32>,
     pub memory_budget: BudgetChoice,
     pub device_quickack: bool,
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -268,6 +277,7 @@ impl Config {
             splice_max_queued: args.splice_max_queued,
             copy_socket_buffer: args.copy_socket_buffer,
             memory_budget: args.memory_budget,
+            proxy_protocol: args.proxy_protocol,
             device_quickack: args.device_quickack == Switch::On,
         })
     }
@@ -383,6 +393,7 @@ impl Config {
             },
             idle_timeout: self.idle_timeout,
             enabled: true,
+            proxy_protocol: self.proxy_protocol,
         })
     }
 }

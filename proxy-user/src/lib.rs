@@ -24,6 +24,7 @@ pub mod links_file;
 pub mod listen;
 pub mod memory;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod route;
 pub mod session;

@@ -42,6 +42,9 @@ pub struct Link {
     pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
     pub enabled: bool,
+    /// Clients come through a load balancer that puts a PROXY protocol header first; the
+    /// client it names is the one judged (see `proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Link {
@@ -57,6 +60,7 @@ impl Link {
             max_connections: self.max_connections,
             per_source: self.per_source,
             idle_timeout: self.idle_timeout,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct LinkSettings {
     pub max_connections: u32,
     pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
+    pub proxy_protocol: bool,
 }
 
 /// The settings a running link reads; swapped whole by the table.

@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{kernel::KernelPlane, session::Sessions, xdp::XdpPlane};
+use crate::{kernel::KernelPlane, proxy_protocol::HeaderError, session::Sessions, xdp::XdpPlane};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
 pub const RESULTS: [&str; 12] = [
@@ -55,6 +55,10 @@ pub struct Metrics {
     sessions: OnceLock<Arc<Sessions>>,
     config: Mutex<ConfigState>,
     memory: OnceLock<MemorySizing>,
+    /// PROXY protocol headers refused, by [`HeaderError::ALL`] order.
+    proxy_protocol_refused: [AtomicU64; HeaderError::ALL.len()],
+    /// PROXY protocol LOCAL connections (a balancer's health checks).
+    proxy_protocol_local: AtomicU64,
 }
 
 /// What the memory budget allowed, set once at start.
@@ -169,6 +173,18 @@ impl Metrics {
             per_connection: plan.per_connection,
             max_connections: plan.max_connections,
         });
+    }
+
+    pub fn count_proxy_protocol_refused(&self, reason: HeaderError) {
+        let index = HeaderError::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.proxy_protocol_refused[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_proxy_protocol_local(&self) {
+        self.proxy_protocol_local.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -345,6 +361,32 @@ impl Metrics {
                 let _ = writeln!(out, "{name} {value}");
             }
         }
+
+        family(
+            &mut out,
+            "devicelink_proxy_protocol_refused_total",
+            "counter",
+            "Connections to PROXY protocol links refused for their header, by reason.",
+        );
+        for (reason, value) in HeaderError::ALL.iter().zip(&self.proxy_protocol_refused) {
+            let _ = writeln!(
+                out,
+                "devicelink_proxy_protocol_refused_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut out,
+            "devicelink_proxy_protocol_local_total",
+            "counter",
+            "PROXY protocol LOCAL connections (a load balancer's health checks), closed without reaching the device.",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_proxy_protocol_local_total {}",
+            self.proxy_protocol_local.load(Ordering::Relaxed)
+        );
 
         let [to_device, from_device] = self.bytes();
         family(
