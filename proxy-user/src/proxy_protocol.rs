@@ -74,14 +74,15 @@ impl HeaderError {
     }
 }
 
-/// Reads exactly one header from `stream` (nothing after it), within [`HEADER_DEADLINE`].
-pub async fn read_header(stream: &mut TcpStream) -> Result<Header, HeaderError> {
+/// Reads exactly one header from `stream` (nothing after it), within [`HEADER_DEADLINE`];
+/// returns it and its length in bytes.
+pub async fn read_header(stream: &mut TcpStream) -> Result<(Header, usize), HeaderError> {
     tokio::time::timeout(HEADER_DEADLINE, read_exact_header(stream))
         .await
         .unwrap_or(Err(HeaderError::Timeout))
 }
 
-async fn read_exact_header(stream: &mut TcpStream) -> Result<Header, HeaderError> {
+async fn read_exact_header(stream: &mut TcpStream) -> Result<(Header, usize), HeaderError> {
     let closed = |_| HeaderError::Closed;
     // Both versions are told apart by their first 5 bytes, and no header is shorter than 15.
     let mut header = vec![0u8; 5];
@@ -96,7 +97,7 @@ async fn read_exact_header(stream: &mut TcpStream) -> Result<Header, HeaderError
             stream.read_exact(&mut byte).await.map_err(closed)?;
             header.push(byte[0]);
         }
-        return parse_v1(&header);
+        return parse_v1(&header).map(|parsed| (parsed, header.len()));
     }
     if header[..] != V2_SIGNATURE[..5] {
         return Err(HeaderError::Missing);
@@ -109,7 +110,7 @@ async fn read_exact_header(stream: &mut TcpStream) -> Result<Header, HeaderError
     }
     header.resize(16 + length, 0);
     stream.read_exact(&mut header[16..]).await.map_err(closed)?;
-    parse_v2(&header)
+    parse_v2(&header).map(|parsed| (parsed, header.len()))
 }
 
 /// A v1 line, `PROXY TCP4|TCP6|UNKNOWN <src> <dst> <sport> <dport>\r\n`.

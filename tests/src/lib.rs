@@ -24,6 +24,7 @@ mod proxy;
 mod topology;
 
 pub mod peers;
+pub mod proxy_protocol;
 pub mod rfb;
 pub mod ssh;
 

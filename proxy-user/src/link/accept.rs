@@ -192,15 +192,15 @@ fn relayed(
         };
         shared.headers_pending.fetch_sub(1, Ordering::Relaxed);
         match header {
-            Ok(Header::Proxied { source, .. }) => {
+            Ok((Header::Proxied { source, .. }, header_len)) => {
                 let source = SocketAddr::new(source.ip().to_canonical(), source.port());
                 if let Some((settings, session)) = check_and_open(&shared, source, &connections) {
-                    serve_client(shared, settings, client, session).await;
+                    serve_client(shared, settings, client, session, header_len as u64).await;
                 } else {
                     let _ = sockopt::set_linger_reset(&client);
                 }
             }
-            Ok(Header::Local) => {
+            Ok((Header::Local, _)) => {
                 // The balancer's health check: the link is up; nothing to carry.
                 shared.carrier.metrics.count_proxy_protocol_local();
                 debug!(link = %shared.name, %balancer, "PROXY protocol LOCAL connection (a health check): closing it");
@@ -229,7 +229,7 @@ fn admit(
 ) {
     if let Some((settings, session)) = check_and_open(shared, peer, connections) {
         let shared = Arc::clone(shared);
-        tasks.spawn(async move { serve_client(shared, settings, client, session).await });
+        tasks.spawn(async move { serve_client(shared, settings, client, session, 0).await });
     } else {
         let _ = sockopt::set_linger_reset(&client);
     }
@@ -328,6 +328,8 @@ async fn serve_client(
     settings: Arc<LinkSettings>,
     client: TcpStream,
     session: Arc<Session>,
+    // Bytes read from the client before its payload (a PROXY protocol header).
+    read_before: u64,
 ) {
     let carrier = &shared.carrier;
     let peer = session.client;
@@ -381,7 +383,18 @@ async fn serve_client(
     let outcome = match &carrier.data_plane {
         DataPlane::Kernel { plane, watcher } => {
             session.set_path("kernel");
-            match splice::carry(plane, watcher, client, device, &limits, &counters, &cancel).await {
+            match splice::carry(
+                plane,
+                watcher,
+                client,
+                device,
+                &limits,
+                &counters,
+                &cancel,
+                read_before,
+            )
+            .await
+            {
                 splice::Spliced::Done(outcome) => {
                     metrics.count_path(Path::Kernel);
                     outcome
