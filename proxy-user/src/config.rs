@@ -754,6 +754,28 @@ mod tests {
     }
 
     #[test]
+    fn with_a_links_file_max_connections_caps_every_link_together() {
+        let args = Args::try_parse_from([
+            "p",
+            "--config",
+            "links.yaml",
+            "--max-connections",
+            "10",
+            "--memory-budget",
+            "1G",
+        ])
+        .unwrap();
+        let config = Config::from_args(args, SystemTime::now()).unwrap();
+        let plans = config.memory_plans(flag_budget(1 << 30)).unwrap();
+        assert_eq!(plans.for_mode("ebpf").max_connections, 10);
+        assert_eq!(plans.for_mode("userspace").max_connections, 10);
+        assert!(
+            Args::try_parse_from(["p", "--config", "links.yaml", "--proxy-protocol"]).is_err(),
+            "a links file says per link whether a PROXY protocol header comes first"
+        );
+    }
+
+    #[test]
     fn max_connections_bounds() {
         assert!(error_text(&["--max-connections", "0"]).contains("--max-connections"));
         assert!(error_text(&["--max-connections", "999999"]).contains("at most"));
