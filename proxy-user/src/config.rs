@@ -352,7 +352,14 @@ impl Config {
 
     /// The settings every link shares, sized by `plans`.
     pub fn process(&self, plans: &MemoryPlans) -> ProcessConfig {
-        let splice = plans.splice.unwrap_or(plans.copy);
+        // Without a splice plan (the userspace copy only) the splice sizes are never used.
+        let (queue, sndbuf) = plans.splice.map_or(
+            (
+                sizing::DEFAULT_SPLICE_MAX_QUEUED,
+                sizing::DEFAULT_SPLICE_SNDBUF,
+            ),
+            |plan| (plan.queue, plan.socket_buffer),
+        );
         let max_connections = plans
             .splice
             .map_or(plans.copy.max_connections, |plan| plan.max_connections);
@@ -361,8 +368,8 @@ impl Config {
             xdp_interface: self.xdp_interface.clone(),
             xdp_mode: self.xdp_mode,
             connect_timeout: self.connect_timeout,
-            splice_sndbuf: u32::try_from(splice.socket_buffer).unwrap_or(u32::MAX),
-            splice_max_queued: u32::try_from(splice.queue).unwrap_or(u32::MAX),
+            splice_sndbuf: u32::try_from(sndbuf).unwrap_or(u32::MAX),
+            splice_max_queued: u32::try_from(queue).unwrap_or(u32::MAX),
             device_quickack: self.device_quickack,
             // One link's sockets, or as many as the kernel maps hold for a set of links.
             max_spliced_sockets: match self.config_file {
