@@ -115,7 +115,8 @@ fn raise_fd_limit() {
 fn log_memory_plan(plans: &MemoryPlans, plan: &MemoryPlan, mode: &str) {
     let budget = &plans.budget;
     if budget.source == BudgetSource::NoLimit {
-        warn!(
+        // Said, not warned: an unlimited process is a choice of whoever runs it.
+        info!(
             memory_budget_bytes = budget.bytes,
             "no memory limit on the proxy's cgroup: sizing connections for a budget of {} bytes; give --memory-budget (or a container memory limit) to size them for this machine",
             budget.bytes
