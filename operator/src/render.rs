@@ -136,6 +136,7 @@ pub fn render_links_file(link: &ValidLink, expires_at: Timestamp) -> String {
         connect_rate_per_source: link.connect_rate_per_source,
         idle_timeout: link.idle_timeout,
         enabled: true,
+        proxy_protocol: false,
     };
     devicelink_spec::render_links_file(&[spec])
 }
@@ -240,9 +241,28 @@ pub fn render_service(link: &ValidLink) -> Service {
     }
 }
 
+/// The proxy container's memory limit. The proxy reads it as its budget (`--memory-budget
+/// auto`) and sizes its queues to it; `--max-connections` below is what fits it, by the same
+/// arithmetic (`devicelink_spec::memory::plan`), so the two agree.
+pub const PROXY_MEMORY_LIMIT: u64 = 256 << 20;
+
 /// The proxy's command line: the links file and the process-wide settings. Nothing in it
 /// changes when the link's ACL, expiry or limits do.
 pub fn proxy_args(link: &ValidLink) -> Vec<String> {
+    use devicelink_spec::memory::{MemoryRequest, Plane, RESERVE_BYTES, plan};
+    let plane = match link.data_plane {
+        crate::resource::DataPlane::Userspace => Plane::Copy,
+        _ => Plane::Splice,
+    };
+    let request = MemoryRequest {
+        budget: PROXY_MEMORY_LIMIT,
+        reserve: RESERVE_BYTES,
+        plane,
+        max_connections: None,
+        queue: None,
+        socket_buffer: None,
+    };
+    let max_connections = plan(&request).map_or(1, |fit| fit.max_connections);
     vec![
         "--config".to_owned(),
         format!("{LINKS_DIR}/{LINKS_FILE}"),
@@ -254,6 +274,8 @@ pub fn proxy_args(link: &ValidLink) -> Vec<String> {
         format!("[::]:{PROXY_METRICS_PORT}"),
         "--log-format".to_owned(),
         "json".to_owned(),
+        "--max-connections".to_owned(),
+        max_connections.to_string(),
     ]
 }
 
@@ -306,7 +328,7 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
             ])),
             limits: Some(BTreeMap::from([(
                 "memory".to_owned(),
-                Quantity("256Mi".to_owned()),
+                Quantity(PROXY_MEMORY_LIMIT.to_string()),
             )])),
             ..ResourceRequirements::default()
         }),
@@ -560,7 +582,7 @@ mod tests {
         assert_eq!(
             proxy_args(&link()).join(" "),
             "--config /etc/devicelink/links.json --data-plane ebpf --xdp-interface eth0 \
-             --metrics [::]:9100 --log-format json"
+             --metrics [::]:9100 --log-format json --max-connections 67"
         );
     }
 

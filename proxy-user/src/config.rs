@@ -15,9 +15,12 @@ pub use devicelink_spec::DeviceAddress as DeviceAddr;
 use devicelink_spec::SpecError;
 use ipnet::IpNet;
 
+use devicelink_spec::memory::{self as sizing, MemoryPlan, MemoryPlanError, MemoryRequest, Plane};
+
 use crate::{
     acl::SourceAcl,
-    link::{DEFAULT_MAX_CONNECTIONS, Link, SourceLimits},
+    link::{Link, SourceLimits},
+    memory::{Budget, BudgetChoice},
 };
 
 /// TCP paths from allowed clients to devices, spliced in the kernel: one link given by flags,
@@ -29,7 +32,7 @@ pub struct Args {
     /// allowedSourceRanges, expiresAt, maxConnections, idleTimeout, enabled}]`. Re-read when
     /// it changes (also when replaced by a rename) and on SIGHUP; a file that does not
     /// validate is refused whole and the running links stay as they were.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections", "max_connections_per_source", "connect_rate_per_source"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "device", "allow", "expires_at", "idle_timeout", "name", "max_connections_per_source", "connect_rate_per_source", "proxy_protocol"])]
     pub config: Option<PathBuf>,
 
     /// Serve the control API (links, sessions, events; closing a session) over HTTP on this
@@ -57,6 +60,14 @@ pub struct Args {
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 
+    /// One link: clients come through a load balancer that sends a PROXY protocol header (v1
+    /// or v2) before anything else; the client it names is the one the ACL, the per-source
+    /// limits and the audit line judge. A connection without a valid header within 5 s is
+    /// refused; a LOCAL header (a health check) is closed. The XDP ACL lets such a link's port
+    /// through (it sees only the balancer); the ACL is enforced at accept.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Which data plane carries the bytes.
     #[arg(long, value_enum, default_value_t = DataPlaneChoice::Auto)]
     pub data_plane: DataPlaneChoice,
@@ -80,9 +91,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION|never", default_value = "1h", value_parser = parse_idle_timeout)]
     pub idle_timeout: IdleTimeout,
 
-    /// One link: connections carried at once (at most 4096); more are refused at once.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
-    pub max_connections: u32,
+    /// Connections carried at once (at most 4096); more are refused at once. With one link
+    /// from flags, that link's limit; with `--config`, what all links carry together (each link
+    /// has its own `maxConnections` too). Default: what fits `--memory-budget`, at most 1024.
+    /// A limit whose worst case does not fit the budget is refused at start.
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_connections: Option<u32>,
 
     /// One link: connections one source may hold open at once (an IPv4 address, an IPv6 /64);
     /// more from it are refused. Default: a quarter of --max-connections, at least 1.
@@ -105,16 +119,32 @@ pub struct Args {
 
     /// Send buffer forced on each spliced socket (bytes; K/M/G suffixes). Limits, not
     /// allocations: idle connections cost nothing. See the sweep in docs/benchmarks.md.
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes)]
-    pub splice_sndbuf: u32,
+    /// Default 8M, smaller when the splice queue is shrunk to fit `--memory-budget`.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub splice_sndbuf: Option<u32>,
 
     /// Bytes one direction of a spliced connection may have inside the proxy (queued for the
     /// receiver and not yet acknowledged by it) before the sender is made to wait (bytes; K/M/G
     /// suffixes). The kernel's own splice queue has no bound: without this, a fast client
     /// uploading to a slow device would have the proxy buffer the whole upload. The sender is
     /// slowed from a quarter of this on; the rest is margin before bytes are held and copied.
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
-    pub splice_max_queued: u32,
+    /// Default 64M, halved (down to 256K) until the connection limit fits `--memory-budget`.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub splice_max_queued: Option<u32>,
+
+    /// Userspace copy: the receive and the send buffer fixed on each socket of a connection
+    /// (bytes; the kernel keeps twice this), so that a client that stops reading holds at most
+    /// that much. Default 1M, halved (down to 64K) until the connection limit fits
+    /// `--memory-budget`.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub copy_socket_buffer: Option<u32>,
+
+    /// Memory the connections may take at worst, every one with its buffers full, plus a fixed
+    /// reserve for the process (bytes, K/M/G/T suffixes), or `auto`: the memory limit of the
+    /// proxy's cgroup (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), or the machine's memory
+    /// when it has none (logged). Queue sizes and the connection limit are sized from it.
+    #[arg(long, value_name = "BYTES|auto", default_value = "auto", value_parser = crate::memory::parse_budget)]
+    pub memory_budget: BudgetChoice,
 
     /// eBPF mode: add a host route to the device (copied from the route in use, plus
     /// `quickack 1`) while the proxy runs, so the device's data is ACKed at once. Spliced bytes
@@ -175,13 +205,19 @@ pub struct Config {
     pub xdp_mode: XdpModeChoice,
     pub metrics: Option<SocketAddr>,
     pub idle_timeout: Option<Duration>,
-    pub max_connections: u32,
-    pub per_source: SourceLimits,
+    /// `--max-connections`, when given.
+    pub max_connections: Option<u32>,
+    /// `--max-connections-per-source`, when given.
+    pub max_connections_per_source: Option<u32>,
+    pub connect_rate_per_source: u32,
     pub connect_timeout: Duration,
     pub expires_at: Option<SystemTime>,
-    pub splice_sndbuf: u32,
-    pub splice_max_queued: u32,
+    pub splice_sndbuf: Option<u32>,
+    pub splice_max_queued: Option<u32>,
+    pub copy_socket_buffer: Option<u32>,
+    pub memory_budget: BudgetChoice,
     pub device_quickack: bool,
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -193,6 +229,17 @@ pub enum ConfigError {
         given: String,
         now: String,
         example: String,
+    },
+    #[error(
+        "--max-connections {connections} does not fit the memory budget of {budget} bytes (from {budget_source}) on the {plane}: {why}; give a larger --memory-budget (or memory limit), a smaller --max-connections, or {sizes}"
+    )]
+    MemoryOvercommitted {
+        connections: u32,
+        budget: u64,
+        budget_source: String,
+        plane: &'static str,
+        sizes: &'static str,
+        why: MemoryPlanError,
     },
 }
 
@@ -222,53 +269,138 @@ impl Config {
             metrics: args.metrics,
             idle_timeout: args.idle_timeout.0,
             max_connections: args.max_connections,
-            per_source: SourceLimits {
-                max_open: args
-                    .max_connections_per_source
-                    .unwrap_or(SourceLimits::default_for(args.max_connections).max_open),
-                per_second: args.connect_rate_per_source,
-            },
+            max_connections_per_source: args.max_connections_per_source,
+            connect_rate_per_source: args.connect_rate_per_source,
             connect_timeout: args.connect_timeout,
             expires_at: args.expires_at,
             splice_sndbuf: args.splice_sndbuf,
             splice_max_queued: args.splice_max_queued,
+            copy_socket_buffer: args.copy_socket_buffer,
+            memory_budget: args.memory_budget,
+            proxy_protocol: args.proxy_protocol,
             device_quickack: args.device_quickack == Switch::On,
         })
     }
 }
 
+/// The sizes and connection limit for each plane the proxy may run, fitted to one budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlans {
+    pub budget: Budget,
+    /// `None` with `--data-plane userspace`.
+    pub splice: Option<MemoryPlan>,
+    pub copy: MemoryPlan,
+}
+
+impl MemoryPlans {
+    /// The plan of the plane that runs (`ebpf` or `userspace`).
+    pub fn for_mode(&self, mode: &str) -> MemoryPlan {
+        match (mode, self.splice) {
+            ("ebpf", Some(splice)) => splice,
+            _ => self.copy,
+        }
+    }
+}
+
 impl Config {
-    /// The settings every link shares.
-    pub fn process(&self) -> ProcessConfig {
+    /// Fits the connections to `budget` on each plane the proxy may run (pure: the budget was
+    /// read already). Sizes and limits given by flag are kept or refused; defaulted ones fit.
+    pub fn memory_plans(&self, budget: Budget) -> Result<MemoryPlans, ConfigError> {
+        let request = |plane| MemoryRequest {
+            budget: budget.bytes,
+            reserve: sizing::RESERVE_BYTES,
+            plane,
+            max_connections: self.max_connections,
+            queue: match plane {
+                Plane::Splice => self.splice_max_queued.map(u64::from),
+                Plane::Copy => None,
+            },
+            socket_buffer: match plane {
+                Plane::Splice => self.splice_sndbuf.map(u64::from),
+                Plane::Copy => self.copy_socket_buffer.map(u64::from),
+            },
+        };
+        let fit = |plane, name, sizes| {
+            sizing::plan(&request(plane)).map_err(|why| ConfigError::MemoryOvercommitted {
+                connections: self.max_connections.unwrap_or(1),
+                budget: budget.bytes,
+                budget_source: budget.source.to_string(),
+                plane: name,
+                sizes,
+                why,
+            })
+        };
+        let splice = match self.data_plane {
+            DataPlaneChoice::Userspace => None,
+            DataPlaneChoice::Ebpf | DataPlaneChoice::Auto => Some(fit(
+                Plane::Splice,
+                "eBPF splice",
+                "a smaller --splice-max-queued",
+            )?),
+        };
+        let copy = fit(
+            Plane::Copy,
+            "userspace copy",
+            "a smaller --copy-socket-buffer",
+        )?;
+        Ok(MemoryPlans {
+            budget,
+            splice,
+            copy,
+        })
+    }
+
+    /// The settings every link shares, sized by `plans`.
+    pub fn process(&self, plans: &MemoryPlans) -> ProcessConfig {
+        // Without a splice plan (the userspace copy only) the splice sizes are never used.
+        let (queue, sndbuf) = plans.splice.map_or(
+            (
+                sizing::DEFAULT_SPLICE_MAX_QUEUED,
+                sizing::DEFAULT_SPLICE_SNDBUF,
+            ),
+            |plan| (plan.queue, plan.socket_buffer),
+        );
+        let max_connections = plans
+            .splice
+            .map_or(plans.copy.max_connections, |plan| plan.max_connections);
         ProcessConfig {
             data_plane: self.data_plane,
             xdp_interface: self.xdp_interface.clone(),
             xdp_mode: self.xdp_mode,
             connect_timeout: self.connect_timeout,
-            splice_sndbuf: self.splice_sndbuf,
-            splice_max_queued: self.splice_max_queued,
+            splice_sndbuf: u32::try_from(sndbuf).unwrap_or(u32::MAX),
+            splice_max_queued: u32::try_from(queue).unwrap_or(u32::MAX),
             device_quickack: self.device_quickack,
             // One link's sockets, or as many as the kernel maps hold for a set of links.
             max_spliced_sockets: match self.config_file {
                 Some(_) => devicelink_proxy_common::MAX_SPLICED_SOCKETS,
-                None => (2 * self.max_connections + 64)
-                    .min(devicelink_proxy_common::MAX_SPLICED_SOCKETS),
+                None => {
+                    (2 * max_connections + 64).min(devicelink_proxy_common::MAX_SPLICED_SOCKETS)
+                }
             },
         }
     }
 
-    /// The one link the flags describe (none with `--config`).
-    pub fn single_link(&self) -> Option<Link> {
+    /// The one link the flags describe (none with `--config`), with the connection limit of
+    /// `plan` (the given one, or what fits the budget).
+    pub fn single_link(&self, plan: &MemoryPlan) -> Option<Link> {
+        let max_connections = plan.max_connections;
         Some(Link {
             name: self.name.clone(),
             listen: self.listen?,
             device: self.device.clone()?,
             acl: self.acl.clone(),
             expires_at: self.expires_at,
-            max_connections: self.max_connections,
-            per_source: self.per_source,
+            max_connections,
+            per_source: SourceLimits {
+                max_open: self
+                    .max_connections_per_source
+                    .unwrap_or(SourceLimits::default_for(max_connections).max_open),
+                per_second: self.connect_rate_per_source,
+            },
             idle_timeout: self.idle_timeout,
             enabled: true,
+            proxy_protocol: self.proxy_protocol,
         })
     }
 }
@@ -403,8 +535,71 @@ mod tests {
         assert_eq!(config.data_plane, DataPlaneChoice::Auto);
         assert_eq!(config.xdp_mode, XdpModeChoice::Skb);
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
-        assert_eq!(config.splice_sndbuf, 8 << 20);
-        assert_eq!(config.splice_max_queued, 64 << 20);
+        assert_eq!(config.memory_budget, BudgetChoice::Auto);
+        let plans = config.memory_plans(flag_budget(64 << 30)).unwrap();
+        let process = config.process(&plans);
+        assert_eq!(process.splice_sndbuf, 8 << 20);
+        assert_eq!(process.splice_max_queued, 64 << 20);
+        assert_eq!(plans.for_mode("userspace").max_connections, 1024);
+    }
+
+    fn flag_budget(bytes: u64) -> Budget {
+        Budget {
+            bytes,
+            source: crate::memory::BudgetSource::Flag,
+        }
+    }
+
+    #[test]
+    fn a_small_budget_shrinks_defaulted_sizes_and_the_link_limit_fits() {
+        let config = Config::from_args(parse(&[]).unwrap(), SystemTime::now()).unwrap();
+        let plans = config.memory_plans(flag_budget(256 << 20)).unwrap();
+        for mode in ["ebpf", "userspace"] {
+            let plan = plans.for_mode(mode);
+            assert!(plan.shrunk, "{mode}: the defaults do not fit 256 MiB");
+            let link = config.single_link(&plan).unwrap();
+            assert_eq!(link.max_connections, plan.max_connections);
+            assert!(
+                u64::from(link.max_connections) * plan.per_connection
+                    + devicelink_spec::memory::RESERVE_BYTES
+                    <= 256 << 20,
+                "{mode}: the worst case fits the budget"
+            );
+            assert_eq!(link.per_source.max_open, (plan.max_connections / 4).max(1));
+        }
+    }
+
+    #[test]
+    fn a_limit_and_sizes_that_cannot_fit_the_budget_are_refused_naming_the_flags() {
+        let args = parse(&[
+            "--max-connections",
+            "100",
+            "--splice-max-queued",
+            "64M",
+            "--data-plane",
+            "ebpf",
+        ])
+        .unwrap();
+        let config = Config::from_args(args, SystemTime::now()).unwrap();
+        let err = config
+            .memory_plans(flag_budget(1 << 30))
+            .unwrap_err()
+            .to_string();
+        for named in [
+            "--max-connections 100",
+            "memory budget of 1073741824 bytes (from --memory-budget)",
+            "a larger --memory-budget",
+            "--splice-max-queued",
+            "100 connections x",
+        ] {
+            assert!(err.contains(named), "{named} missing from: {err}");
+        }
+        // The same limit with the queue left to its default shrinks the queue instead.
+        let args = parse(&["--max-connections", "100", "--data-plane", "ebpf"]).unwrap();
+        let config = Config::from_args(args, SystemTime::now()).unwrap();
+        let plans = config.memory_plans(flag_budget(1 << 30)).unwrap();
+        assert_eq!(plans.for_mode("ebpf").max_connections, 100);
+        assert!(plans.for_mode("ebpf").queue < 64 << 20);
     }
 
     #[test]
@@ -432,7 +627,7 @@ mod tests {
         .unwrap();
         let config = Config::from_args(args, SystemTime::now()).unwrap();
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(900)));
-        assert_eq!(config.max_connections, 64);
+        assert_eq!(config.max_connections, Some(64));
         assert!(config.acl.allows("192.0.2.9".parse().unwrap()));
         assert!(config.acl.allows("2001:db8::1".parse().unwrap()));
         assert!(!config.acl.allows("198.51.100.1".parse().unwrap()));
@@ -566,6 +761,28 @@ mod tests {
     }
 
     #[test]
+    fn with_a_links_file_max_connections_caps_every_link_together() {
+        let args = Args::try_parse_from([
+            "p",
+            "--config",
+            "links.yaml",
+            "--max-connections",
+            "10",
+            "--memory-budget",
+            "1G",
+        ])
+        .unwrap();
+        let config = Config::from_args(args, SystemTime::now()).unwrap();
+        let plans = config.memory_plans(flag_budget(1 << 30)).unwrap();
+        assert_eq!(plans.for_mode("ebpf").max_connections, 10);
+        assert_eq!(plans.for_mode("userspace").max_connections, 10);
+        assert!(
+            Args::try_parse_from(["p", "--config", "links.yaml", "--proxy-protocol"]).is_err(),
+            "a links file says per link whether a PROXY protocol header comes first"
+        );
+    }
+
+    #[test]
     fn max_connections_bounds() {
         assert!(error_text(&["--max-connections", "0"]).contains("--max-connections"));
         assert!(error_text(&["--max-connections", "999999"]).contains("at most"));
@@ -573,7 +790,7 @@ mod tests {
             parse(&["--max-connections", "4096"])
                 .unwrap()
                 .max_connections,
-            4096
+            Some(4096)
         );
         assert!(error_text(&["--max-connections", "4097"]).contains("at most 4096"));
         assert!(

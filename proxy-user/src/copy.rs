@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{session::ConnectionCounters, sockopt};
 
-/// Copy buffer per direction: large enough that a bulk stream costs few syscalls.
-const COPY_BUFFER: usize = 128 * 1024;
+/// Copy buffer per direction: large enough that a bulk stream costs few syscalls. Counted in a
+/// connection's worst case (`devicelink_spec::memory::copy_worst_case`).
+const COPY_BUFFER: usize = devicelink_spec::memory::COPY_BUFFER_BYTES as usize;
 
 /// Per-connection limits shared by both data planes.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +34,8 @@ pub struct CarryLimits {
     pub splice_sndbuf: u32,
     /// `--splice-max-queued`.
     pub splice_max_queued: u32,
+    /// `--copy-socket-buffer`: fixed on both sockets of a copied connection.
+    pub copy_socket_buffer: u32,
 }
 
 /// How a carried connection ended.
@@ -85,6 +88,11 @@ pub async fn carry(
     cancel: &CancellationToken,
 ) -> Outcome {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
+    // Fixed buffers (no autotuning): a client that stops reading makes the proxy hold at most
+    // these, which is what the memory budget counts.
+    for fd in fds {
+        let _ = sockopt::fix_buffers(&fd, limits.copy_socket_buffer);
+    }
     let activity = AtomicU64::new(0);
     // Borrowed halves: unlike owned ones, dropping them does not shut the write side, so a reset
     // is passed on as a reset and not as a FIN followed by one.

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The proxy's default limit of connections per link.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = devicelink_spec::memory::DEFAULT_MAX_CONNECTIONS;
 
 /// How long a connection may carry nothing before it is closed, unless the link says otherwise:
 /// a forgotten session should not hold a slot and a path to the device for good.
@@ -42,6 +42,9 @@ pub struct Link {
     pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
     pub enabled: bool,
+    /// Clients come through a load balancer that puts a PROXY protocol header first; the
+    /// client it names is the one judged (see `proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Link {
@@ -57,6 +60,7 @@ impl Link {
             max_connections: self.max_connections,
             per_source: self.per_source,
             idle_timeout: self.idle_timeout,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct LinkSettings {
     pub max_connections: u32,
     pub per_source: SourceLimits,
     pub idle_timeout: Option<Duration>,
+    pub proxy_protocol: bool,
 }
 
 /// The settings a running link reads; swapped whole by the table.
@@ -87,6 +92,10 @@ pub struct Carrier {
     pub connect_timeout: Duration,
     pub splice_sndbuf: u32,
     pub splice_max_queued: u32,
+    /// The userspace copy's socket buffers (`--copy-socket-buffer`, fitted to the budget).
+    pub copy_socket_buffer: u32,
+    /// Connections all links carry together, fitted to the memory budget.
+    pub max_connections: u32,
 }
 
 /// Why a session was closed by the proxy rather than by its peers; said in the audit line.

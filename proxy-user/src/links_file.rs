@@ -44,6 +44,7 @@ fn link_of(spec: LinkSpec) -> Link {
         // hold a slot for good.
         idle_timeout: Some(spec.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)),
         enabled: spec.enabled,
+        proxy_protocol: spec.proxy_protocol,
     }
 }
 

@@ -4,18 +4,20 @@ use std::{process::ExitCode, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use devicelink_spec::memory::MemoryPlan;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use devicelink_proxy::{
     causes,
-    config::{self, Args, Config, LogFormat},
+    config::{self, Args, Config, LogFormat, MemoryPlans},
     control::{self, Control},
     dataplane::{self, DataPlane},
     events::EventLog,
     link::{Carrier, Link},
     links_file, listen,
+    memory::{Budget, BudgetSource},
     metrics::{self, Metrics},
     reload::ConfigFile,
     session::Sessions,
@@ -32,17 +34,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What the connections may take is settled before anything starts: a limit that cannot
+    // fit the memory budget is the same mistake as a bad flag.
+    let plans = match config.memory_plans(Budget::resolve(config.memory_budget)) {
+        Ok(plans) => plans,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     // The links file is checked before anything starts: a file that does not validate is the
-    // same mistake as a bad flag.
+    // same mistake as a bad flag. One link from flags is made once the data plane is chosen:
+    // its connection limit is that plane's.
     let links = match &config.config_file {
         Some(path) => match links_file::read(path) {
-            Ok(links) => links,
+            Ok(links) => Some(links),
             Err(err) => {
                 eprintln!("error: --config {err}");
                 return ExitCode::from(2);
             }
         },
-        None => config.single_link().into_iter().collect(),
+        None => None,
     };
     // With the kernel carrying the bytes, the process only accepts, sets up and watches: one
     // thread does that fastest (no cross-thread wake-ups; measured as connection set-up rate).
@@ -63,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, links)) {
+    match runtime.block_on(run(config, plans, links)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{}", causes(&err));
@@ -98,7 +110,45 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
+/// One line saying what the connections may take and why: the budget and where it came from,
+/// the worst case per connection, the limit, and the sizes (said when shrunk to fit).
+fn log_memory_plan(plans: &MemoryPlans, plan: &MemoryPlan, mode: &str) {
+    let budget = &plans.budget;
+    if budget.source == BudgetSource::NoLimit {
+        // Said, not warned: an unlimited process is a choice of whoever runs it.
+        info!(
+            memory_budget_bytes = budget.bytes,
+            "no memory limit on the proxy's cgroup: sizing connections for a budget of {} bytes; give --memory-budget (or a container memory limit) to size them for this machine",
+            budget.bytes
+        );
+    }
+    let sizes = if mode == "ebpf" {
+        format!(
+            "--splice-max-queued {} and --splice-sndbuf {}",
+            plan.queue, plan.socket_buffer
+        )
+    } else {
+        format!("--copy-socket-buffer {}", plan.socket_buffer)
+    };
+    let how = if plan.shrunk {
+        "defaulted sizes shrunk to fit"
+    } else {
+        "sizes as given or defaulted"
+    };
+    info!(
+        memory_budget_bytes = budget.bytes,
+        per_connection_worst_case_bytes = plan.per_connection,
+        max_connections = plan.max_connections,
+        "memory budget {} bytes (from {}): at most {} connections of {} bytes each at worst, plus {} reserved; {how}: {sizes}",
+        budget.bytes,
+        budget.source,
+        plan.max_connections,
+        plan.per_connection,
+        devicelink_spec::memory::RESERVE_BYTES,
+    );
+}
+
+async fn run(config: Config, plans: MemoryPlans, links: Option<Vec<Link>>) -> anyhow::Result<()> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(Sessions::default());
@@ -121,8 +171,12 @@ async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
         None => None,
     };
 
-    let process = config.process();
+    let process = config.process(&plans);
     let data_plane = DataPlane::choose(&process)?;
+    let plan = plans.for_mode(data_plane.mode());
+    log_memory_plan(&plans, &plan, data_plane.mode());
+    metrics.set_memory(plans.budget.bytes, &plan);
+    let links = links.unwrap_or_else(|| config.single_link(&plan).into_iter().collect());
     let xdp = dataplane::choose_xdp(&process)?;
     let kernel = match &data_plane {
         DataPlane::Kernel { plane, .. } => Some(Arc::clone(plane)),
@@ -138,6 +192,8 @@ async fn run(config: Config, links: Vec<Link>) -> anyhow::Result<()> {
         connect_timeout: process.connect_timeout,
         splice_sndbuf: process.splice_sndbuf,
         splice_max_queued: process.splice_max_queued,
+        copy_socket_buffer: u32::try_from(plans.copy.socket_buffer).unwrap_or(u32::MAX),
+        max_connections: plan.max_connections,
     });
     let table = LinkTable::spawn(carrier, process.device_quickack);
 

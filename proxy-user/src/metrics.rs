@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{kernel::KernelPlane, session::Sessions, xdp::XdpPlane};
+use crate::{kernel::KernelPlane, proxy_protocol::HeaderError, session::Sessions, xdp::XdpPlane};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
 pub const RESULTS: [&str; 12] = [
@@ -54,6 +54,19 @@ pub struct Metrics {
     /// Open sessions, for the bytes spliced links are moving right now.
     sessions: OnceLock<Arc<Sessions>>,
     config: Mutex<ConfigState>,
+    memory: OnceLock<MemorySizing>,
+    /// PROXY protocol headers refused, by [`HeaderError::ALL`] order.
+    proxy_protocol_refused: [AtomicU64; HeaderError::ALL.len()],
+    /// PROXY protocol LOCAL connections (a balancer's health checks).
+    proxy_protocol_local: AtomicU64,
+}
+
+/// What the memory budget allowed, set once at start.
+#[derive(Clone, Copy)]
+struct MemorySizing {
+    budget: u64,
+    per_connection: u64,
+    max_connections: u32,
 }
 
 /// The configuration file's state, for `/readyz` and the metrics.
@@ -151,6 +164,27 @@ impl Metrics {
         xdp: Option<Arc<XdpPlane>>,
     ) {
         let _ = self.data_plane.set(DataPlaneInfo { mode, kernel, xdp });
+    }
+
+    /// The memory budget and what it allows each connection and the process (see `memory`).
+    pub fn set_memory(&self, budget: u64, plan: &devicelink_spec::memory::MemoryPlan) {
+        let _ = self.memory.set(MemorySizing {
+            budget,
+            per_connection: plan.per_connection,
+            max_connections: plan.max_connections,
+        });
+    }
+
+    pub fn count_proxy_protocol_refused(&self, reason: HeaderError) {
+        let index = HeaderError::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.proxy_protocol_refused[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_proxy_protocol_local(&self) {
+        self.proxy_protocol_local.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -304,6 +338,55 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+
+        if let Some(memory) = self.memory.get() {
+            for (name, help, value) in [
+                (
+                    "devicelink_memory_budget_bytes",
+                    "Memory the connections may take at worst plus the process's reserve (--memory-budget, or the cgroup's limit).",
+                    memory.budget,
+                ),
+                (
+                    "devicelink_memory_connection_worst_case_bytes",
+                    "One connection's worst case on the running data plane: every buffer it may fill, full.",
+                    memory.per_connection,
+                ),
+                (
+                    "devicelink_memory_max_connections",
+                    "Connections all links may carry together: what fits the budget, or --max-connections.",
+                    u64::from(memory.max_connections),
+                ),
+            ] {
+                family(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+
+        family(
+            &mut out,
+            "devicelink_proxy_protocol_refused_total",
+            "counter",
+            "Connections to PROXY protocol links refused for their header, by reason.",
+        );
+        for (reason, value) in HeaderError::ALL.iter().zip(&self.proxy_protocol_refused) {
+            let _ = writeln!(
+                out,
+                "devicelink_proxy_protocol_refused_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut out,
+            "devicelink_proxy_protocol_local_total",
+            "counter",
+            "PROXY protocol LOCAL connections (a load balancer's health checks), closed without reaching the device.",
+        );
+        let _ = writeln!(
+            out,
+            "devicelink_proxy_protocol_local_total {}",
+            self.proxy_protocol_local.load(Ordering::Relaxed)
+        );
 
         let [to_device, from_device] = self.bytes();
         family(

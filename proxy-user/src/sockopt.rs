@@ -96,6 +96,22 @@ pub fn set_rcvlowat(sock: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
 
+/// Fixes the receive and the send buffer at `bytes` each (the kernel keeps twice that), beyond
+/// `net.core.rmem_max`/`wmem_max` when the process may (CAP_NET_ADMIN), else up to them.
+pub fn fix_buffers(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    let fd = sock.as_raw_fd();
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int(fd, libc::SOL_SOCKET, forced, bytes).is_err() {
+            set_int(fd, libc::SOL_SOCKET, plain, bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Send buffer size beyond `net.core.wmem_max` (needs CAP_NET_ADMIN).
 pub fn force_sndbuf(sock: &impl AsRawFd, bytes: u32) -> io::Result<()> {
     let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);

@@ -345,6 +345,10 @@ impl Table {
         let acls: Vec<LinkAcl> = self
             .running
             .values()
+            // A PROXY protocol link's packets come from its load balancer, whom the link's
+            // ranges do not name: its port is left out, so XDP passes it, and its ACL is
+            // enforced at accept on the client the header names.
+            .filter(|running| !running.link.proxy_protocol)
             .filter_map(|running| {
                 let slot = running.slot?;
                 Some(LinkAcl {

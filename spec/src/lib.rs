@@ -10,6 +10,7 @@ mod error;
 mod instant;
 mod limits;
 mod links_file;
+pub mod memory;
 mod name;
 mod source_range;
 

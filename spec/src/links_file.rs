@@ -14,6 +14,7 @@
 //!     connectRatePerSource: 10          # optional, 0 for no limit
 //!     idleTimeout: 15m                  # optional
 //!     enabled: true                     # optional, default true
+//!     proxyProtocol: false              # optional: a PROXY protocol header comes first
 //! ```
 //!
 //! A file is taken whole or not at all: the first problem refuses it, named by the link and
@@ -75,6 +76,9 @@ pub struct LinkEntry {
     pub idle_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Clients come through a load balancer that sends a PROXY protocol header first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
 }
 
 /// A link whose every field has been checked. Unset limits are left to the proxy's defaults.
@@ -94,6 +98,9 @@ pub struct LinkSpec {
     pub connect_rate_per_source: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub enabled: bool,
+    /// A PROXY protocol header (v1 or v2) comes first on every connection; the client it names
+    /// is the one judged.
+    pub proxy_protocol: bool,
 }
 
 impl LinkEntry {
@@ -133,6 +140,7 @@ impl LinkEntry {
                 .map(|text| parse_duration(&field("idleTimeout"), text))
                 .transpose()?,
             enabled: self.enabled.unwrap_or(true),
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
         })
     }
 }
@@ -155,6 +163,7 @@ impl From<&LinkSpec> for LinkEntry {
             idle_timeout: link.idle_timeout.map(format_duration),
             // Written only when it says something.
             enabled: (!link.enabled).then_some(false),
+            proxy_protocol: link.proxy_protocol.then_some(true),
         }
     }
 }
@@ -395,6 +404,20 @@ links:
         assert_eq!(vnc.connect_rate_per_source, Some(0));
         assert_eq!((vnc.expires_at, vnc.idle_timeout), (None, None));
         assert!(!vnc.enabled);
+    }
+
+    #[test]
+    fn proxy_protocol_is_off_unless_a_link_says_so_and_survives_a_render() {
+        let links = parse_links_file(&one_link(", proxyProtocol: true")).unwrap();
+        assert!(links[0].proxy_protocol);
+        let text = render_links_file(&links);
+        assert!(text.contains("\"proxyProtocol\": true"), "{text}");
+        assert_eq!(parse_links_file(&text), Ok(links));
+        let plain = parse_links_file(&one_link("")).unwrap();
+        assert!(!plain[0].proxy_protocol);
+        assert!(!render_links_file(&plain).contains("proxyProtocol"));
+        let text = error_of(&one_link(", proxyProtocol: sometimes"));
+        assert!(text.contains("proxyProtocol"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! are named after the test and the process, so tests run in parallel; everything is removed on
 //! drop, which never panics.
 
+mod cgroup;
 mod connect;
 mod cpu;
 mod netns;
@@ -24,9 +25,11 @@ mod topology;
 
 pub mod http;
 pub mod peers;
+pub mod proxy_protocol;
 pub mod rfb;
 pub mod ssh;
 
+pub use cgroup::{CgroupVersion, MemoryCgroup, rss_of};
 pub use connect::connect_from;
 pub use cpu::{cpu_time_of, machine_busy_time};
 pub use http::http_get_in;

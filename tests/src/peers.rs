@@ -36,6 +36,10 @@ pub enum Behavior {
     /// as it can, with a small receive buffer, counting what it has read in
     /// [`Server::received`].
     SlowSinkThenReply { bytes_per_sec: u64, slow_for: u64 },
+    /// A device that streams (a camera, a log tail): if the client says nothing within a
+    /// second, writes pattern bytes for as long as the connection lasts; a client that speaks
+    /// first gets `SinkThenReply`.
+    StreamUnlessSpokenTo,
 }
 
 /// How much a `SinkThenReply` server answers to an upload of `len` bytes.
@@ -157,6 +161,27 @@ fn handle(mut stream: TcpStream, behavior: Behavior, received: &AtomicU64) -> st
             bytes_per_sec,
             slow_for,
         } => slow_sink_then_reply(&mut stream, bytes_per_sec, slow_for, received),
+        Behavior::StreamUnlessSpokenTo => {
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first) {
+                Ok(_) => {
+                    stream.set_read_timeout(None)?;
+                    sink_then_reply(&mut stream)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Until the proxy resets it: the end of a stalled client's connection.
+                    let _ = send_pattern(&mut stream, 9, u64::MAX);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
     }
 }
 

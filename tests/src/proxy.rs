@@ -54,6 +54,10 @@ pub struct ProxyOptions<'a> {
     /// A program (with its arguments) that starts the proxy, e.g. `setpriv` to drop
     /// capabilities; empty for none.
     pub launcher: Vec<String>,
+    /// A cgroup's `cgroup.procs` to start the proxy in. The proxy then enters its namespace
+    /// with `nsenter`, which (unlike `ip netns exec`) leaves `/sys` as it is, so the proxy sees
+    /// its cgroup's files.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for ProxyOptions<'_> {
@@ -64,6 +68,7 @@ impl Default for ProxyOptions<'_> {
             xdp: true,
             extra: Vec::new(),
             launcher: Vec::new(),
+            cgroup: None,
         }
     }
 }
@@ -92,13 +97,23 @@ impl Proxy {
         options: ProxyOptions<'_>,
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), METRICS_PORT);
-        let mut cmd = match options.launcher.split_first() {
-            Some((program, args)) => {
+        let netns = PathBuf::from(format!("/run/netns/{}", topology.proxy.name()));
+        let mut cmd = match (&options.cgroup, options.launcher.split_first()) {
+            (Some(procs), _) => {
+                let mut cmd = std::process::Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()))
+                    .args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .args(&options.launcher)
+                    .arg(proxy_binary()?);
+                cmd
+            }
+            (None, Some((program, args))) => {
                 let mut cmd = topology.proxy.command(program);
                 cmd.args(args).arg(proxy_binary()?);
                 cmd
             }
-            None => topology.proxy.command(proxy_binary()?),
+            (None, None) => topology.proxy.command(proxy_binary()?),
         };
         cmd.env(
             "RUST_LOG",
@@ -124,7 +139,7 @@ impl Proxy {
             process,
             listen,
             metrics,
-            netns: PathBuf::from(format!("/run/netns/{}", topology.proxy.name())),
+            netns,
         };
         proxy.wait_ready(Duration::from_secs(20))?;
         Ok(proxy)

@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,6 +29,7 @@ use crate::{
     events::{Event, EventKind},
     listen,
     metrics::{LinkStats, Path},
+    proxy_protocol::{self, Header, HeaderError},
     session::{ConnectionCounters, Session},
     sockopt, splice,
 };
@@ -50,6 +54,10 @@ struct LinkShared {
     stats: Arc<LinkStats>,
     carrier: Arc<Carrier>,
     refusals: RefusalLog,
+    /// PROXY protocol headers refused, logged per reason like other refusals.
+    header_refusals: RefusalLog<HeaderError>,
+    /// Connections of a PROXY protocol link still sending their header.
+    headers_pending: AtomicU32,
     shares: SourceShares,
 }
 
@@ -73,6 +81,8 @@ pub fn start(link: &Link, carrier: &Arc<Carrier>) -> anyhow::Result<RunningLink>
         stats: Arc::clone(&stats),
         carrier: Arc::clone(carrier),
         refusals: RefusalLog::default(),
+        header_refusals: RefusalLog::default(),
+        headers_pending: AtomicU32::new(0),
         shares: SourceShares::default(),
     });
     let stop = CancellationToken::new();
@@ -127,6 +137,9 @@ async fn accept_loop(
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((client, peer)) if shared.settings().proxy_protocol => {
+                    relayed(&shared, client, peer, &connections, &mut tasks);
+                }
                 Ok((client, peer)) => admit(&shared, client, peer, &connections, &mut tasks),
                 Err(err) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -146,6 +159,67 @@ async fn accept_loop(
     while tasks.join_next().await.is_some() {}
 }
 
+/// A connection from a load balancer on a PROXY protocol link: its header is read in a task of
+/// its own (within a deadline, so a slow or silent peer holds nothing but that task), then the
+/// client it names is judged as [`admit`] judges a direct one, and carried in the same task.
+fn relayed(
+    shared: &Arc<LinkShared>,
+    mut client: TcpStream,
+    balancer: SocketAddr,
+    connections: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    // Connections still sending their header count against the link's limit, so a flood of
+    // silent connections cannot pile up beyond it.
+    let pending = shared.headers_pending.fetch_add(1, Ordering::Relaxed);
+    if i64::from(pending) + shared.stats.active() >= i64::from(shared.settings().max_connections) {
+        shared.headers_pending.fetch_sub(1, Ordering::Relaxed);
+        let _ = sockopt::set_linger_reset(&client);
+        refuse(
+            shared,
+            balancer,
+            Refusal::TooManyConnections,
+            "already at the link's maximum of connections, counting those still sending their PROXY protocol header",
+        );
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let connections = connections.clone();
+    tasks.spawn(async move {
+        let header = tokio::select! {
+            header = proxy_protocol::read_header(&mut client) => header,
+            () = connections.cancelled() => Err(HeaderError::Closed),
+        };
+        shared.headers_pending.fetch_sub(1, Ordering::Relaxed);
+        match header {
+            Ok((Header::Proxied { source, .. }, header_len)) => {
+                let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+                if let Some((settings, session)) = check_and_open(&shared, source, &connections) {
+                    serve_client(shared, settings, client, session, header_len as u64).await;
+                } else {
+                    let _ = sockopt::set_linger_reset(&client);
+                }
+            }
+            Ok((Header::Local, _)) => {
+                // The balancer's health check: the link is up; nothing to carry.
+                shared.carrier.metrics.count_proxy_protocol_local();
+                debug!(link = %shared.name, %balancer, "PROXY protocol LOCAL connection (a health check): closing it");
+            }
+            Err(err) => {
+                shared.carrier.metrics.count_proxy_protocol_refused(err);
+                match shared.header_refusals.admit(err) {
+                    Some(suppressed) => warn!(
+                        link = %shared.name, peer = %balancer, reason = err.label(),
+                        "refusing connection: {err}{}", suppressed_note(suppressed)
+                    ),
+                    None => debug!(link = %shared.name, peer = %balancer, "refusing connection: {err}"),
+                }
+                let _ = sockopt::set_linger_reset(&client);
+            }
+        }
+    });
+}
+
 fn admit(
     shared: &Arc<LinkShared>,
     client: TcpStream,
@@ -153,21 +227,47 @@ fn admit(
     connections: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    if let Some((settings, session)) = check_and_open(shared, peer, connections) {
+        let shared = Arc::clone(shared);
+        tasks.spawn(async move { serve_client(shared, settings, client, session, 0).await });
+    } else {
+        let _ = sockopt::set_linger_reset(&client);
+    }
+}
+
+/// Judges a client (`peer`: the connection's peer, or the client a PROXY protocol header names)
+/// by the link's ACL and limits; opens its session when it passes. A refused client is
+/// counted and logged here; the caller resets its connection.
+fn check_and_open(
+    shared: &Arc<LinkShared>,
+    peer: SocketAddr,
+    connections: &CancellationToken,
+) -> Option<(Arc<LinkSettings>, Arc<Session>)> {
     let settings = shared.settings();
     if !settings.acl.allows(peer.ip()) {
         refuse(
             shared,
-            client,
             peer,
             Refusal::SourceNotAllowed,
             "source address is not in the link's allowed ranges",
         );
-        return;
+        return None;
+    }
+    let carrier_limit = shared.carrier.max_connections;
+    if shared.carrier.metrics.active() >= i64::from(carrier_limit) {
+        refuse(
+            shared,
+            peer,
+            Refusal::TooManyConnections,
+            &format!(
+                "already carrying the proxy's maximum of {carrier_limit} connections (what fits its memory budget, or --max-connections)"
+            ),
+        );
+        return None;
     }
     if shared.stats.active() >= i64::from(settings.max_connections) {
         refuse(
             shared,
-            client,
             peer,
             Refusal::TooManyConnections,
             &format!(
@@ -175,7 +275,7 @@ fn admit(
                 settings.max_connections
             ),
         );
-        return;
+        return None;
     }
     if let Err(over) = shared.shares.admit(peer.ip(), settings.per_source) {
         let (refusal, why) = match over {
@@ -194,8 +294,8 @@ fn admit(
                 ),
             ),
         };
-        refuse(shared, client, peer, refusal, &why);
-        return;
+        refuse(shared, peer, refusal, &why);
+        return None;
     }
     let carrier = &shared.carrier;
     shared.stats.connection_opened();
@@ -206,12 +306,12 @@ fn admit(
     carrier
         .events
         .push(Event::new(EventKind::SessionOpened, &shared.name).client(peer));
-    let shared = Arc::clone(shared);
-    tasks.spawn(async move { serve_client(shared, settings, client, session).await });
+    Some((settings, session))
 }
 
-/// Turns a client away at once with a reset, so it does not wait for anything.
-fn refuse(shared: &LinkShared, client: TcpStream, peer: SocketAddr, refusal: Refusal, why: &str) {
+/// Counts and logs (rate-limited) a client turned away; the caller resets its connection at
+/// once, so it does not wait for anything.
+fn refuse(shared: &LinkShared, peer: SocketAddr, refusal: Refusal, why: &str) {
     shared.carrier.metrics.count_result(refusal.label());
     shared.stats.count_result(refusal.label());
     match shared.refusals.admit(refusal) {
@@ -221,8 +321,6 @@ fn refuse(shared: &LinkShared, client: TcpStream, peer: SocketAddr, refusal: Ref
         ),
         None => debug!(link = %shared.name, %peer, "refusing client: {why}"),
     }
-    let _ = sockopt::set_linger_reset(&client);
-    drop(client);
 }
 
 async fn serve_client(
@@ -230,6 +328,8 @@ async fn serve_client(
     settings: Arc<LinkSettings>,
     client: TcpStream,
     session: Arc<Session>,
+    // Bytes read from the client before its payload (a PROXY protocol header).
+    read_before: u64,
 ) {
     let carrier = &shared.carrier;
     let peer = session.client;
@@ -271,6 +371,7 @@ async fn serve_client(
         idle_timeout: settings.idle_timeout,
         splice_sndbuf: carrier.splice_sndbuf,
         splice_max_queued: carrier.splice_max_queued,
+        copy_socket_buffer: carrier.copy_socket_buffer,
     };
     let counters = ConnectionCounters {
         process: Arc::clone(&carrier.metrics),
@@ -282,7 +383,18 @@ async fn serve_client(
     let outcome = match &carrier.data_plane {
         DataPlane::Kernel { plane, watcher } => {
             session.set_path("kernel");
-            match splice::carry(plane, watcher, client, device, &limits, &counters, &cancel).await {
+            match splice::carry(
+                plane,
+                watcher,
+                client,
+                device,
+                &limits,
+                &counters,
+                &cancel,
+                read_before,
+            )
+            .await
+            {
                 splice::Spliced::Done(outcome) => {
                     metrics.count_path(Path::Kernel);
                     outcome

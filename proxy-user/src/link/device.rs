@@ -61,9 +61,16 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// at most once per [`LOG_EVERY`] with how many were left out in between (all are counted in
 /// the metrics). A device that is down, or a scanner knocking on the port, cannot flood the
 /// log, and a refusal is never silenced for good.
-#[derive(Default)]
-pub struct RefusalLog {
-    causes: Mutex<HashMap<Refusal, Cause>>,
+pub struct RefusalLog<K = Refusal> {
+    causes: Mutex<HashMap<K, Cause>>,
+}
+
+impl<K> Default for RefusalLog<K> {
+    fn default() -> Self {
+        Self {
+            causes: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 struct Cause {
@@ -71,10 +78,10 @@ struct Cause {
     suppressed: u64,
 }
 
-impl RefusalLog {
+impl<K: Copy + Eq + std::hash::Hash> RefusalLog<K> {
     /// `Some(n)` when this occurrence is to be logged, `n` being how many were not since the
     /// last line; `None` when it is only counted.
-    pub fn admit(&self, refusal: Refusal) -> Option<u64> {
+    pub fn admit(&self, refusal: K) -> Option<u64> {
         let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match causes.get_mut(&refusal) {
@@ -102,7 +109,7 @@ impl RefusalLog {
     }
 
     /// The cause went away (the device answers again): its next occurrence is logged at once.
-    pub fn recovered(&self, refusal: Refusal) {
+    pub fn recovered(&self, refusal: K) {
         self.causes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -39,6 +39,12 @@ pub enum Spliced {
 }
 
 /// Carries one connection in the kernel, or hands it back for the userspace path.
+/// `client_read_before`: bytes the proxy read from the client before (a PROXY protocol header),
+/// which the end-of-stream and integrity counts must leave out.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the connection's two sockets, the plane and watcher, and its per-connection settings"
+)]
 pub async fn carry(
     plane: &KernelPlane,
     watcher: &SpliceWatcher,
@@ -47,6 +53,7 @@ pub async fn carry(
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
+    client_read_before: u64,
 ) -> Spliced {
     // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
     let (client, device) = match (client.into_std(), device.into_std()) {
@@ -77,6 +84,7 @@ pub async fn carry(
         }
         Err(EnterError::Io(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
+    sockets.client.read_before = client_read_before;
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
     let outcome = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
     // The kernel's counts go with the link entries below: keep them for the session's record.

@@ -68,7 +68,7 @@ fn drained(plane: &KernelPlane, sockets: &Sockets, direction: Direction) -> io::
     let src = sockets.source(direction);
     let (redirected, _) = plane.link_bytes(src.cookie);
     let received = sockopt::tcp_info(&src.stream)?.tcpi_bytes_received;
-    let consumed = src.user_read + redirected;
+    let consumed = src.read_before + src.user_read + redirected;
     // The FIN takes one sequence number.
     if received.saturating_sub(1) != consumed {
         return Ok(false);

@@ -43,7 +43,8 @@ const MAX_ROUND_BYTES: u64 = 16 << 20;
 /// the queue limit (the kernel path moves the rest), yet deep enough for a fast client far away
 /// (2 MiB carries about 160 Mbit/s at 100 ms round trip).
 pub(super) fn hold_rcvbuf(max_queued: u32) -> u32 {
-    (max_queued / 8).clamp(256 << 10, 4 << 20)
+    // The memory budget counts this buffer in a connection's worst case: one formula for both.
+    devicelink_spec::memory::splice_receive_buffer(u64::from(max_queued)) as u32
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -98,7 +98,7 @@ fn excess_consumed(
     let src = sockets.source(direction);
     let (redirected, _) = plane.link_bytes(src.cookie);
     let received = sockopt::tcp_info(&src.stream)?.tcpi_bytes_received;
-    Ok((redirected + src.user_read).saturating_sub(received))
+    Ok((src.read_before + redirected + src.user_read).saturating_sub(received))
 }
 
 /// How many bytes more than it was given `direction`'s target has taken into its send queue:

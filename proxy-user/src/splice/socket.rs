@@ -15,6 +15,9 @@ pub(super) struct SplicedSocket {
     pub(super) cookie: u64,
     /// Held bytes user space read from this socket and forwarded to its peer.
     pub(super) user_read: u64,
+    /// Bytes read from this socket before it entered the splice and not carried (a PROXY
+    /// protocol header): the kernel counts them received, the verdict program never sees them.
+    pub(super) read_before: u64,
     /// `bytes_acked + SIOCOUTQ` when the splice started: bytes put into its send queue before.
     pub(super) queued_base: u64,
     /// Bytes user space wrote into this socket after `queued_base` was taken.
@@ -39,6 +42,7 @@ impl SplicedSocket {
             stream,
             cookie: 0,
             user_read: 0,
+            read_before: 0,
             queued_base: 0,
             user_written: 0,
             credit_written: false,
