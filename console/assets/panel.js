@@ -22,6 +22,12 @@
     return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
   }
 
+  // An IPv4 client as people write it, not IPv4-mapped IPv6.
+  function client(address) {
+    const mapped = /^\[::ffff:(\d+\.\d+\.\d+\.\d+)\]:(\d+)$/.exec(address);
+    return mapped ? `${mapped[1]}:${mapped[2]}` : address;
+  }
+
   function secondsUntil(at) {
     return Math.max(0, Math.floor((Date.parse(at) - Date.now()) / 1000));
   }
@@ -157,7 +163,7 @@
       for (const s of sessions) {
         const row = document.createElement("tr");
         row.dataset.session = s.id;
-        row.appendChild(cell("Client", s.client, true));
+        row.appendChild(cell("Client", client(s.client), true));
         const since = cell("Open for", "");
         since.dataset.since = s.since;
         row.appendChild(since);
@@ -199,12 +205,17 @@
       }
       if (!rates.length) return;
       const peak = Math.max(1, ...rates.map((r) => r.rate));
+      // The time axis grows with the samples, from one minute up to the whole window.
+      const span = Math.min(WINDOW_MS, Math.max(60 * 1000, now - samples[0].t));
       const points = rates.map((r) => {
-        const x = 300 - ((now - r.t) / WINDOW_MS) * 300;
+        const x = 300 - ((now - r.t) / span) * 300;
         const y = 78 - (r.rate / peak) * 74;
         return `${x.toFixed(1)},${y.toFixed(1)}`;
       });
       document.getElementById("traffic-line").setAttribute("points", points.join(" "));
+      const left = points[0].split(",")[0], right = points[points.length - 1].split(",")[0];
+      document.getElementById("traffic-area")
+        .setAttribute("points", `${left},78 ${points.join(" ")} ${right},78`);
       const last = rates[rates.length - 1].rate;
       document.getElementById("traffic-now").textContent =
         `Now ${bytes(Math.round(last))}/s, peak ${bytes(Math.round(peak))}/s over the last ${Math.ceil((now - samples[0].t) / 60000)} min.`;
@@ -248,6 +259,9 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     copyButtons();
+    // A refused form: the summary of what to put right is read out first.
+    const refused = document.getElementById("form-errors");
+    if (refused) refused.focus();
     tick();
     setInterval(tick, 1000);
     const table = document.getElementById("links");

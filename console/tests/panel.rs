@@ -130,6 +130,19 @@ async fn screenshot(b: &Client, name: &str) {
     std::fs::write(dir.join(name), png).unwrap();
 }
 
+/// The whole page, the window grown to its height for the shot.
+async fn full_page_screenshot(b: &Client, name: &str) {
+    let height = b
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .expect("script runs")
+        .as_u64()
+        .unwrap_or(1000);
+    b.set_window_size(1280, height as u32 + 100).await.unwrap();
+    screenshot(b, name).await;
+    b.set_window_size(1280, 1000).await.unwrap();
+}
+
 /// Marks the page so a later check can tell it was updated in place, not reloaded.
 async fn mark_page(b: &Client) {
     b.execute("window.notReloaded = true; return true;", vec![])
@@ -286,15 +299,37 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
                 "-p",
                 &SSH_PORT.to_string(),
                 &format!("root@{PROXY_FRONT_V4}"),
-                "sleep 120",
+                // A steady trickle from the device, for the traffic chart.
+                "while true; do head -c 131072 /dev/zero; sleep 0.25; done",
             ]);
             let mut held = Process::start("ssh-held", held).expect("ssh starts");
             wait_for(&b, "#sessions tbody", "the session appears", |t| {
                 t.contains(&CLIENT_V4.to_string())
             })
             .await;
+            wait_for(&b, "#traffic-now", "the chart shows the traffic", |t| {
+                t.starts_with("Now ") && (t.contains("KiB/s,") || t.contains("MiB/s,"))
+            })
+            .await;
+            let deadline = Instant::now() + PATIENCE;
+            while b
+                .execute(
+                    "return document.getElementById('traffic-line').points.numberOfItems;",
+                    vec![],
+                )
+                .await
+                .unwrap()
+                .as_u64()
+                < Some(8)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the chart never drew eight samples"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             assert_not_reloaded(&b, "a session opening").await;
-            screenshot(&b, "link.png").await;
+            full_page_screenshot(&b, "link.png").await;
 
             // Extend by 1h: the expiry moves an hour.
             let before: jiff::Timestamp =
@@ -380,6 +415,10 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
                 wait_for(&b, "#link-time-left", "time left", |t| t == "expired").await,
                 "expired"
             );
+            wait_for(&b, "#timeline", "the expiry in the timeline", |t| {
+                t.contains("expired")
+            })
+            .await;
             assert_not_reloaded(&b, "expiring").await;
 
             // One more, closing within the quarter hour: marked on the list.
@@ -413,6 +452,34 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
             )
             .await;
             screenshot(&b, "links.png").await;
+
+            // The state filter.
+            b.goto(&url("/?namespace=plant-a&state=expired"))
+                .await
+                .unwrap();
+            wait_for(&b, "h1", "the filtered list", |t| t.starts_with("Links")).await;
+            let rows = b.find_all(Locator::Css("#links tbody tr")).await.unwrap();
+            assert_eq!(rows.len(), 1, "only the expired link is listed");
+
+            // Tokens: a new one is shown once, then only listed; it can be revoked.
+            b.goto(&url("/tokens")).await.unwrap();
+            type_into(&b, "#token-name", "ci-bot").await;
+            click(&b, "form[action='/tokens'] button").await;
+            let secret = wait_for(&b, "#created-secret", "the new token", |t| {
+                t.starts_with("dlc_")
+            })
+            .await;
+            b.goto(&url("/tokens")).await.unwrap();
+            wait_for(&b, "table.tokens", "the token is listed", |t| {
+                t.contains("ci-bot")
+            })
+            .await;
+            assert!(
+                !b.source().await.unwrap().contains(&secret),
+                "the secret is shown only once"
+            );
+            click(&b, "button[aria-label='Revoke ci-bot']").await;
+            wait_for(&b, ".flash", "the revocation", |t| t.contains("revoked")).await;
 
             // A viewer: no edit controls, and posts the page did not build are refused.
             click(&b, "form[action='/sign-out'] button").await;

@@ -75,12 +75,39 @@ impl CreatePage {
         self.errors.get(field).map(String::as_str)
     }
 
+    /// Each refused field with its label, for the summary above the form.
+    fn error_list(&self) -> Vec<(&'static str, &'static str, &str)> {
+        self.errors
+            .iter()
+            .map(|(field, reason)| (*field, label(field), reason.as_str()))
+            .collect()
+    }
+
     /// `aria-describedby` of a field: its hint, and its error when it has one.
     fn described_by(&self, field: &str) -> String {
         match self.err(field) {
             Some(_) => format!("{field}-hint {field}-error"),
             None => format!("{field}-hint"),
         }
+    }
+}
+
+/// A form field's label, as the form shows it.
+fn label(field: &str) -> &'static str {
+    match field {
+        "namespace" => "Namespace",
+        "name" => "Name",
+        "host" => "Device host",
+        "device_port" => "Device port",
+        "port" => "Public port",
+        "sources" => "Allowed sources",
+        "allow_my_address" => "Also allow my address",
+        "ttl" => "Open for",
+        "expires_at" => "Or open until",
+        "max_connections" => "Connections at once",
+        "idle_timeout" => "Idle timeout",
+        "description" => "Description",
+        _ => "A field",
     }
 }
 

@@ -132,12 +132,20 @@ impl SessionRow {
         });
         Self {
             id: session.id.clone(),
-            client: session.client.clone(),
+            client: readable_client(&session.client),
             since: session.since.clone(),
             duration: open_for.map(duration).unwrap_or_default(),
             to_device: bytes(session.bytes_to_device),
             from_device: bytes(session.bytes_from_device),
         }
+    }
+}
+
+/// An IPv4 client as people write it (`10.0.0.2:51234`), not IPv4-mapped IPv6.
+pub fn readable_client(client: &str) -> String {
+    match client.parse::<std::net::SocketAddr>() {
+        Ok(addr) => std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string(),
+        Err(_) => client.to_owned(),
     }
 }
 
@@ -184,6 +192,15 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn an_ipv4_client_reads_as_ipv4() {
+        assert_eq!(
+            readable_client("[::ffff:10.77.1.2]:56734"),
+            "10.77.1.2:56734"
+        );
+        assert_eq!(readable_client("[2001:db8::1]:22"), "[2001:db8::1]:22");
     }
 
     #[test]
