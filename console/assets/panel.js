@@ -131,6 +131,7 @@
     const csrfInput = document.querySelector('input[name="csrf"]');
     const samples = [];
     const WINDOW_MS = 5 * 60 * 1000;
+    const SMOOTH_MS = 3000;
 
     function cell(label, text, code) {
       const td = document.createElement("td");
@@ -198,10 +199,12 @@
       const now = Date.now();
       samples.push({ t: now, total });
       while (samples.length && samples[0].t < now - WINDOW_MS) samples.shift();
+      // Each point is the rate over the last few seconds: the counters move in steps.
       const rates = [];
-      for (let i = 1; i < samples.length; i++) {
-        const dt = (samples[i].t - samples[i - 1].t) / 1000;
-        rates.push({ t: samples[i].t, rate: dt > 0 ? Math.max(0, samples[i].total - samples[i - 1].total) / dt : 0 });
+      for (let i = 1, j = 0; i < samples.length; i++) {
+        while (j < i - 1 && samples[i].t - samples[j + 1].t >= SMOOTH_MS) j++;
+        const dt = (samples[i].t - samples[j].t) / 1000;
+        rates.push({ t: samples[i].t, rate: dt > 0 ? Math.max(0, samples[i].total - samples[j].total) / dt : 0 });
       }
       if (!rates.length) return;
       const peak = Math.max(1, ...rates.map((r) => r.rate));
