@@ -13,6 +13,7 @@ mod iperf;
 mod kind;
 mod machine;
 mod measure;
+mod placement;
 mod summary;
 mod table;
 mod traffic;
@@ -137,6 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         topology: &topology,
         args: &args,
         reference,
+        vnc_server: xvnc.as_ref().map(Xvnc::pid),
         samples: Vec::new(),
         notes: Vec::new(),
     };
@@ -186,10 +188,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let summaries = summary::summarize(&bench.samples);
     let verdicts = goals::judge(
         &summaries,
-        Contender::DevicelinkEbpf.label(),
-        Contender::DevicelinkUserspace.label(),
-        Contender::Haproxy.label(),
-        Contender::Socat.label(),
+        &goals::Rows {
+            auto: Contender::DevicelinkAuto.label(),
+            ebpf: Contender::DevicelinkEbpf.label(),
+            userspace: Contender::DevicelinkUserspace.label(),
+            haproxy: Contender::Haproxy.label(),
+            socat: Contender::Socat.label(),
+        },
     );
     let machine = environment::machine_description();
     let mut notes = bench.notes.clone();
@@ -278,6 +283,8 @@ struct Bench<'a> {
     topology: &'a Topology,
     args: &'a BenchArgs,
     reference: Option<devicelink_testbed::rfb::Frame>,
+    /// The VNC device's server, placed on a CPU of its own for the remote-device measures.
+    vnc_server: Option<u32>,
     samples: Vec<Sample>,
     notes: Vec<String>,
 }
@@ -456,16 +463,37 @@ impl Bench<'_> {
             &self.args.devicelink_flag,
         )?;
         let duration = Duration::from_secs_f64(self.args.vnc_seconds);
-        for (viewers, measure) in [
+        let measures = [
             (1, Measure::VncFps1),
             (self.args.vnc_viewers, Measure::VncFpsMany),
-        ] {
+        ];
+        self.vnc_frames(round, contender, &running, &reference, duration, &measures)?;
+        // The same with the device where a real one is: not competing for the proxy's CPUs.
+        let server = self.vnc_server.context("no VNC server")?;
+        let _placed = placement::RemoteDevice::place(self.topology, server)?;
+        let measures = [
+            (1, Measure::VncFps1RemoteDevice),
+            (self.args.vnc_viewers, Measure::VncFpsManyRemoteDevice),
+        ];
+        self.vnc_frames(round, contender, &running, &reference, duration, &measures)
+    }
+
+    fn vnc_frames(
+        &mut self,
+        round: u32,
+        contender: Contender,
+        running: &contenders::Running,
+        reference: &devicelink_testbed::rfb::Frame,
+        duration: Duration,
+        measures: &[(usize, Measure)],
+    ) -> anyhow::Result<()> {
+        for &(viewers, measure) in measures {
             let (fps, intact) = vnc::frames_per_second(
                 self.topology,
                 running.target,
                 viewers,
                 duration,
-                &reference,
+                reference,
             )?;
             if !intact {
                 self.notes.push(format!(

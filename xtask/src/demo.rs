@@ -1,24 +1,31 @@
 //! `cargo xtask demo`: three network namespaces (client, proxy, device), a real OpenSSH server
-//! as the device, `devicelink-proxy` in eBPF mode between them; a real SSH session and an scp
-//! through the splice, an ACL drop from a disallowed source, and what the proxy counted. With
-//! `--vnc`: a VNC device's screen fetched through the splice and saved as a PNG.
+//! as the device, and `devicelink-console` on the proxy's host, which runs `devicelink-proxy`
+//! (eBPF mode) for it: a link opened through the Web API, a real SSH session and an scp through
+//! it, an ACL drop from a disallowed source, the link extended and disabled, its audit trail and
+//! what the proxy counted. With `--vnc`: a VNC device's screen fetched through the splice (one
+//! proxy, no console) and saved as a PNG.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use devicelink_testbed::{
-    DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_V4, Proxy, ProxyOptions, Topology, connect_from,
+    CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Proxy,
+    ProxyOptions, Topology, connect_from,
+    http::{http_get_in, request_in},
+    parse_metric,
     rfb::Frame,
     ssh::{SshDevice, random_file, sha256},
 };
+use serde_json::{Value, json};
 
 const FILE_MB: u64 = 256;
 
-pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
+pub fn run(proxy_binary: &Path, console_binary: &Path) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point; the test bed reads this variable.
     unsafe { std::env::set_var("DEVICELINK_PROXY_BIN", proxy_binary) };
     step("building the topology: client, proxy and device namespaces joined by veth");
@@ -28,19 +35,83 @@ pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
         SshDevice::start(&topology.device, device_addr).context("starting sshd as the device")?;
     println!("   device: OpenSSH on {device_addr} (reachable only from the proxy namespace)");
 
-    let front = SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), 2222);
-    let proxy = Proxy::start(&topology, front, device_addr, ProxyOptions::default())?;
+    step("the console on this host: a token, then the API, which runs the proxy for the host");
+    let data = std::env::temp_dir().join(format!("devicelink-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let token = Command::new(console_binary)
+        .args(["token", "create", "demo-admin", "--role", "admin", "--data"])
+        .arg(&data)
+        .output()
+        .context("devicelink-console token create")?;
+    if !token.status.success() {
+        bail!("token create: {}", String::from_utf8_lossy(&token.stderr));
+    }
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
     println!(
-        "   proxy: devicelink-proxy --listen {front} --device {device_addr} --allow 10.77.1.2/32 --data-plane ebpf --xdp-interface to-client"
+        "   $ devicelink-console token create demo-admin --role admin --data {}",
+        data.display()
     );
-    let mode = if proxy.metric("devicelink_data_plane_info{mode=\"ebpf\"}") == 1.0 {
-        "eBPF splice"
-    } else {
-        "userspace copy"
+    println!("   {}...", &token[..token.len().min(12)]);
+    let mut serve = topology.proxy.command(console_binary);
+    serve
+        .env("RUST_LOG", "warn")
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", &CONSOLE_API.to_string()])
+        .arg("--proxy-binary")
+        .arg(proxy_binary)
+        .args(["--data-plane", "ebpf", "--xdp-interface", PROXY_FRONT_IFACE])
+        .args(["--proxy-metrics", &PROXY_METRICS.to_string()])
+        .args(["--public-host", &PROXY_FRONT_V4.to_string()]);
+    let console = Process::start("devicelink-console", serve)?;
+    println!(
+        "   $ devicelink-console serve --data {} --listen {CONSOLE_API} --data-plane ebpf --xdp-interface {PROXY_FRONT_IFACE} --public-host {PROXY_FRONT_V4}",
+        data.display()
+    );
+    let api = Api {
+        netns: PathBuf::from(format!("/run/netns/{}", topology.proxy.name())),
+        token,
     };
-    println!("   data plane: {mode}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api
+        .call("GET", "/healthz", None)
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+        != 200
+    {
+        if Instant::now() > deadline {
+            bail!("the console did not come up:\n{}", console.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
-    step("an SSH session from the client, through the proxy, to the device");
+    step("opening a link to the device through the API, for the client's address, for 2 hours");
+    let create = json!({
+        "name": "pump-17-ssh",
+        "device": {"host": DEVICE_V4.to_string(), "port": 22},
+        "port": 2222,
+        "allowedSourceRanges": [format!("{CLIENT_V4}/32")],
+        "ttl": "2h",
+        "description": "the demo's device",
+    });
+    println!("   $ curl -H \"Authorization: Bearer $TOKEN\" -X POST {LINKS} -d '{create}'");
+    let (status, created) = api.call("POST", LINKS, Some(&create))?;
+    if status != 201 {
+        bail!("creating the link: {status} {created}");
+    }
+    let link = wait_ready(&api, &console)?;
+    println!(
+        "   state {}, endpoint {}, {} s left",
+        link["status"]["state"], link["status"]["endpoint"], link["status"]["secondsLeft"]
+    );
+    println!(
+        "   connect with: {}",
+        link["status"]["connect"]["ssh"].as_str().unwrap_or("")
+    );
+
+    let front = SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), 2222);
+    step("an SSH session from the client, through the link, to the device");
     let out = device.ssh(
         &topology.client,
         front,
@@ -59,7 +130,6 @@ pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
     let upload = device.dir.join("demo-upload.bin");
     random_file(&upload, FILE_MB << 20)?;
     let on_device = device.dir.join("demo-on-device.bin");
-    let cpu_before = proxy.process.cpu_time();
     let started = Instant::now();
     device.scp(
         &topology.client,
@@ -68,17 +138,15 @@ pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
         &format!("remote:{}", on_device.display()),
     )?;
     let took = started.elapsed();
-    let cpu = proxy.process.cpu_time() - cpu_before;
     let (sent, arrived) = (sha256(&upload)?, sha256(&on_device)?);
     if sent != arrived {
         bail!("the file arrived damaged: {sent} vs {arrived}");
     }
     println!("   sha256 {sent}: identical on both ends");
     println!(
-        "   {FILE_MB} MiB in {:.2} s ({:.0} Mbit/s, bounded by scp's encryption); proxy process CPU: {:?}",
+        "   {FILE_MB} MiB in {:.2} s ({:.0} Mbit/s, bounded by scp's encryption)",
         took.as_secs_f64(),
         (FILE_MB << 23) as f64 / took.as_secs_f64() / 1e6,
-        cpu
     );
 
     step("a client at a disallowed address (10.77.1.3) tries to connect");
@@ -93,45 +161,113 @@ pub fn run(proxy_binary: &Path) -> anyhow::Result<()> {
         Ok(_) => bail!("a disallowed source got a connection"),
     }
 
+    step("extending the link by an hour, then disabling it");
+    let extend = json!({"by": "1h"});
+    println!("   $ curl ... -X POST {LINKS}/pump-17-ssh/extend -d '{extend}'");
+    let (_, extended) = api.call(
+        "POST",
+        &format!("{LINKS}/pump-17-ssh/extend"),
+        Some(&extend),
+    )?;
+    println!("   expires at {}", extended["status"]["expiresAt"]);
+    println!("   $ curl ... -X POST {LINKS}/pump-17-ssh/disable");
+    api.call("POST", &format!("{LINKS}/pump-17-ssh/disable"), None)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topology
+        .client
+        .run(move || connect_from(IpAddr::V4(CLIENT_V4), front, Duration::from_secs(1)).is_ok())
+    {
+        if Instant::now() > deadline {
+            bail!("the disabled link still listens");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("   {front}: nothing listens any more");
+
+    step("the link's audit trail (GET .../links/pump-17-ssh/events)");
+    let (_, events) = api.call("GET", &format!("{LINKS}/pump-17-ssh/events"), None)?;
+    for event in events["items"].as_array().into_iter().flatten() {
+        println!(
+            "   {}  {:<15} {:<11} {}",
+            event["at"].as_str().unwrap_or(""),
+            event["kind"].as_str().unwrap_or(""),
+            event["actor"].as_str().unwrap_or(""),
+            event["detail"].as_str().unwrap_or("")
+        );
+    }
+
     step("what the proxy counted (from its /metrics)");
+    let (_, metrics) = http_get_in(&api.netns, PROXY_METRICS, "/metrics")?;
     for (label, series) in [
-        (
-            "data plane eBPF",
-            "devicelink_data_plane_info{mode=\"ebpf\"}",
-        ),
         (
             "connections spliced in the kernel",
             "devicelink_connections_carried_total{path=\"kernel\"}",
-        ),
-        (
-            "connections completed",
-            "devicelink_connections_total{result=\"completed\"}",
         ),
         (
             "bytes to the device",
             "devicelink_bytes_total{direction=\"to_device\"}",
         ),
         (
-            "bytes from the device",
-            "devicelink_bytes_total{direction=\"from_device\"}",
-        ),
-        (
-            "XDP packets passed (allowed source)",
-            "devicelink_xdp_packets_total{verdict=\"pass\",reason=\"allowed\"}",
-        ),
-        (
             "XDP packets dropped (source not allowed)",
             "devicelink_xdp_packets_total{verdict=\"drop\",reason=\"source_not_allowed\"}",
         ),
     ] {
-        println!("   {label:<42} {}", proxy.metric(series));
+        println!(
+            "   {label:<42} {}",
+            parse_metric(&metrics, series).unwrap_or(0.0)
+        );
     }
-    step("cleaning up: the proxy detaches its programs, the namespaces go away");
-    drop(proxy);
+    step("cleaning up: the console stops its proxy, the namespaces go away");
+    drop(console);
     drop(device);
     drop(topology);
+    let _ = std::fs::remove_dir_all(&data);
     println!("done.");
     Ok(())
+}
+
+const CONSOLE_API: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+const PROXY_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+const LINKS: &str = "/api/v1/namespaces/demo/links";
+
+/// The console's API, called as curl would from the host it runs on.
+struct Api {
+    netns: PathBuf,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        let authorization = format!("Bearer {}", self.token);
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let body = body.map(Value::to_string);
+        let (status, text) = request_in(
+            &self.netns,
+            CONSOLE_API,
+            method,
+            path,
+            &headers,
+            body.as_deref(),
+        )?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
+fn wait_ready(api: &Api, console: &Process) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, link) = api.call("GET", &format!("{LINKS}/pump-17-ssh"), None)?;
+        if link["status"]["state"] == "ready" {
+            return Ok(link);
+        }
+        if Instant::now() > deadline {
+            bail!("the link never became ready: {link}\n{}", console.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `cargo xtask demo --vnc`: a TigerVNC server as the device, one full 1920x1080 frame fetched

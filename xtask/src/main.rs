@@ -9,7 +9,7 @@ mod setup;
 mod suite;
 mod workspace;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::Command};
 
 use clap::{Parser, Subcommand};
 
@@ -36,7 +36,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the demo: a real SSH session through the eBPF splice.
+    /// Set up, build, and run the demo: a link opened through the console's API on this host,
+    /// and a real SSH session through it.
     Demo {
         /// Instead: a VNC session to a TigerVNC device, saving the screen it received as a PNG.
         #[arg(long)]
@@ -64,7 +65,16 @@ fn main() -> anyhow::Result<()> {
             if vnc {
                 demo::run_vnc(&proxy, &workspace::root().join(png))
             } else {
-                demo::run(&proxy)
+                workspace::run(Command::new("cargo").args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "devicelink-console",
+                ]))?;
+                demo::run(
+                    &proxy,
+                    &workspace::root().join("target/release/devicelink-console"),
+                )
             }
         }
         Task::ConsoleFuzz => console_fuzz::run(),

@@ -75,11 +75,31 @@ pub struct SessionReport {
     /// A u64 in decimal, as a string (JSON numbers lose precision past 2^53).
     pub id: String,
     pub link: String,
+    #[serde(deserialize_with = "canonical_client")]
     pub client: String,
     pub since: String,
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
     pub data_plane: String,
+}
+
+/// The proxy's dual-stack listeners see IPv4 clients as IPv4-mapped IPv6 (`[::ffff:a.b.c.d]`);
+/// people read and match them as the IPv4 address they are.
+fn canonical(client: String) -> String {
+    match client.parse::<std::net::SocketAddr>() {
+        Ok(addr) => std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string(),
+        Err(_) => client,
+    }
+}
+
+fn canonical_client<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(canonical)
+}
+
+fn canonical_optional_client<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d).map(|c| c.map(canonical))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -97,6 +117,7 @@ pub struct ProxyEvent {
     pub at: String,
     pub link: String,
     pub kind: String,
+    #[serde(default, deserialize_with = "canonical_optional_client")]
     pub client: Option<String>,
     pub bytes_to_device: Option<u64>,
     pub bytes_from_device: Option<u64>,
@@ -261,5 +282,21 @@ impl ProxyControl for UnixControlClient {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_clients_read_as_ipv4_and_ipv6_ones_stay() {
+        let event: ProxyEvent = serde_json::from_str(
+            r#"{"seq":1,"at":"2026-12-04T06:00:00Z","link":"a.b","kind":"session_opened","client":"[::ffff:10.77.1.2]:36126"}"#,
+        )
+        .unwrap();
+        assert_eq!(event.client.as_deref(), Some("10.77.1.2:36126"));
+        assert_eq!(canonical("[2001:db8::1]:22".to_owned()), "[2001:db8::1]:22");
+        assert_eq!(canonical("not an address".to_owned()), "not an address");
     }
 }

@@ -43,6 +43,11 @@ pub struct Xvnc {
 }
 
 impl Xvnc {
+    /// The server's process id (to place it on a CPU of its own).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Starts `Xvnc` in `ns` listening for RFB on `addr` (an address of `ns`), draws the pattern
     /// and returns once a viewer can connect.
     pub fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {

@@ -19,7 +19,9 @@ use devicelink_testbed::{
 pub enum Contender {
     /// No proxy: the client talks to the device through the routing proxy namespace.
     Direct,
-    /// devicelink-proxy, eBPF sockmap splice, XDP ACL attached (skb mode).
+    /// devicelink-proxy as users get it by default (`--data-plane auto`), XDP ACL attached.
+    DevicelinkAuto,
+    /// devicelink-proxy, eBPF sockmap splice only, XDP ACL attached (skb mode).
     DevicelinkEbpf,
     /// devicelink-proxy, userspace copy.
     DevicelinkUserspace,
@@ -32,8 +34,9 @@ pub enum Contender {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Direct,
+        Contender::DevicelinkAuto,
         Contender::DevicelinkEbpf,
         Contender::DevicelinkUserspace,
         Contender::Haproxy,
@@ -44,6 +47,7 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::Direct => "direct",
+            Contender::DevicelinkAuto => "devicelink auto",
             Contender::DevicelinkEbpf => "devicelink eBPF",
             Contender::DevicelinkUserspace => "devicelink userspace",
             Contender::Haproxy => "HAProxy splice",
@@ -130,8 +134,12 @@ pub fn start(
     let front = Topology::front(port);
     let process = match contender {
         Contender::Direct => unreachable!("handled above"),
-        Contender::DevicelinkEbpf | Contender::DevicelinkUserspace => {
-            let ebpf = contender == Contender::DevicelinkEbpf;
+        Contender::DevicelinkAuto | Contender::DevicelinkEbpf | Contender::DevicelinkUserspace => {
+            let data_plane = match contender {
+                Contender::DevicelinkAuto => "auto",
+                Contender::DevicelinkEbpf => "ebpf",
+                _ => "userspace",
+            };
             // Room for the idle-connection measure (1,000 by default) with a margin; the bench's
             // one client stands for many, so it may hold every slot and connect at full speed.
             let mut extra = [
@@ -150,11 +158,11 @@ pub fn start(
                 front,
                 device,
                 ProxyOptions {
-                    data_plane: if ebpf { "ebpf" } else { "userspace" },
+                    data_plane,
                     allow: vec![format!("{CLIENT_V4}/32")],
                     // The XDP ACL stays attached (skb mode, the default) so that its cost is in
                     // the numbers; the userspace mode refuses at accept instead.
-                    xdp: ebpf,
+                    xdp: data_plane != "userspace",
                     extra,
                     ..ProxyOptions::default()
                 },

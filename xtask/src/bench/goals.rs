@@ -17,15 +17,27 @@ pub struct Verdict {
     pub met: Option<bool>,
 }
 
-/// The performance goals, judged on medians: devicelink eBPF against HAProxy splice, and the
-/// userspace fallback against socat ("on par": at least 0.95x).
-pub fn judge(
-    summaries: &[Summary],
-    ebpf: &str,
-    userspace: &str,
-    haproxy: &str,
-    socat: &str,
-) -> Vec<Verdict> {
+/// The names of the rows the goals compare.
+pub struct Rows<'a> {
+    /// What users get by default (`--data-plane auto`).
+    pub auto: &'a str,
+    pub ebpf: &'a str,
+    pub userspace: &'a str,
+    pub haproxy: &'a str,
+    pub socat: &'a str,
+}
+
+/// The performance goals, judged on medians: devicelink eBPF against HAProxy splice, the
+/// userspace fallback against socat ("on par": at least 0.95x), and the default never the
+/// slower of devicelink's own planes.
+pub fn judge(summaries: &[Summary], rows: &Rows<'_>) -> Vec<Verdict> {
+    let Rows {
+        auto,
+        ebpf,
+        userspace,
+        haproxy,
+        socat,
+    } = *rows;
     let mut out = Vec::new();
     let mut judge =
         |goal: String, ours: &str, peer: &str, measure: Measure, ok: &dyn Fn(f64) -> bool| {
@@ -89,6 +101,43 @@ pub fn judge(
             &|r| r >= 0.95,
         );
     }
+    // The default data plane: never the slower choice on a workload users run.
+    for measure in [
+        Measure::VncFps1,
+        Measure::VncFpsMany,
+        Measure::ThroughputBidir8,
+    ] {
+        judge(
+            format!("auto {} >= 0.9x userspace", measure.short()),
+            auto,
+            userspace,
+            measure,
+            &|r| r >= 0.9,
+        );
+    }
+    for measure in [Measure::ThroughputUp, Measure::ThroughputDown] {
+        judge(
+            format!("auto {} >= 1.2x userspace", measure.short()),
+            auto,
+            userspace,
+            measure,
+            &|r| r >= 1.2,
+        );
+    }
+    judge(
+        "auto p99 latency <= userspace".into(),
+        auto,
+        userspace,
+        Measure::LatencyP99,
+        &|r| r <= 1.0,
+    );
+    judge(
+        "auto proxy CPU/GiB <= 0.5x userspace".into(),
+        auto,
+        userspace,
+        Measure::ProxyCpuPerGib,
+        &|r| r <= 0.5,
+    );
     out
 }
 
@@ -107,7 +156,14 @@ mod tests {
             sample(0, "ebpf", Measure::MachineCpuPerGib, 0.8),
             sample(0, "haproxy", Measure::MachineCpuPerGib, 1.0),
         ];
-        let v = judge(&summarize(&samples), "ebpf", "user", "haproxy", "socat");
+        let rows = Rows {
+            auto: "auto",
+            ebpf: "ebpf",
+            userspace: "user",
+            haproxy: "haproxy",
+            socat: "socat",
+        };
+        let v = judge(&summarize(&samples), &rows);
         let met = |prefix: &str| v.iter().find(|v| v.goal.starts_with(prefix)).unwrap().met;
         assert_eq!(
             met("eBPF Gbit/s, 1 stream up"),

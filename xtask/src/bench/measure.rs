@@ -19,10 +19,12 @@ pub enum Measure {
     IdlePss,
     VncFps1,
     VncFpsMany,
+    VncFps1RemoteDevice,
+    VncFpsManyRemoteDevice,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 13] = [
+    pub const ALL: [Measure; 15] = [
         Measure::ThroughputUp,
         Measure::ThroughputDown,
         Measure::ThroughputUp8,
@@ -36,6 +38,8 @@ impl Measure {
         Measure::IdlePss,
         Measure::VncFps1,
         Measure::VncFpsMany,
+        Measure::VncFps1RemoteDevice,
+        Measure::VncFpsManyRemoteDevice,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +59,12 @@ impl Measure {
             Measure::IdlePss => "PSS with idle connections (MiB, shared pages split)",
             Measure::VncFps1 => "VNC 1920x1080 raw frames/s, 1 viewer",
             Measure::VncFpsMany => "VNC 1920x1080 raw frames/s, all viewers summed",
+            Measure::VncFps1RemoteDevice => {
+                "VNC frames/s, 1 viewer, device on its own CPU (a remote device's placement)"
+            }
+            Measure::VncFpsManyRemoteDevice => {
+                "VNC frames/s, all viewers summed, device on its own CPU"
+            }
         }
     }
 
@@ -74,6 +84,8 @@ impl Measure {
             Measure::IdlePss => "PSS MiB, idle conns (lower better)",
             Measure::VncFps1 => "VNC frames/s, 1 viewer",
             Measure::VncFpsMany => "VNC frames/s, many viewers",
+            Measure::VncFps1RemoteDevice => "VNC frames/s, 1 viewer, device own CPU",
+            Measure::VncFpsManyRemoteDevice => "VNC frames/s, many viewers, device own CPU",
         }
     }
 
@@ -85,7 +97,12 @@ impl Measure {
             | Measure::ThroughputUp8
             | Measure::ThroughputBidir8 => 2,
             Measure::MachineCpuPerGib | Measure::ProxyCpuPerGib => 3,
-            Measure::VncFps1 | Measure::VncFpsMany | Measure::IdlePss | Measure::IdleRss => 1,
+            Measure::VncFps1
+            | Measure::VncFpsMany
+            | Measure::VncFps1RemoteDevice
+            | Measure::VncFpsManyRemoteDevice
+            | Measure::IdlePss
+            | Measure::IdleRss => 1,
             _ => 0,
         }
     }
