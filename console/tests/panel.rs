@@ -176,6 +176,26 @@ async fn fill_link(b: &Client, name: &str, port: u16, sources: &str, ttl: &str) 
     type_into(b, "#ttl", ttl).await;
 }
 
+/// An SSH session from the client namespace through the link, held open by `remote`.
+fn held_ssh(topology: &Topology, sshd: &SshDevice, remote: &str) -> Process {
+    let mut ssh = topology.client.command("ssh");
+    ssh.arg("-i").arg(sshd.client_key()).args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &SSH_PORT.to_string(),
+        &format!("root@{PROXY_FRONT_V4}"),
+        remote,
+    ]);
+    Process::start("ssh-held", ssh).expect("ssh starts")
+}
+
 /// A form post the page itself did not build, sent with the session cookie: the status the
 /// browser saw and the page it ended on.
 async fn forged_post(b: &Client, path: &str, body: &str) -> (u64, String) {
@@ -284,25 +304,12 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
                 .expect("ssh through the link");
             assert!(echoed.contains("through-the-panel"), "{echoed}");
             mark_page(&b).await;
-            let mut held = topology.client.command("ssh");
-            held.args([
-                "-i",
-                &sshd.client_key().display().to_string(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                &SSH_PORT.to_string(),
-                &format!("root@{PROXY_FRONT_V4}"),
-                // A steady trickle from the device, for the traffic chart.
+            // A steady trickle from the device, for the traffic chart.
+            let held = held_ssh(
+                &topology,
+                &sshd,
                 "while true; do head -c 131072 /dev/zero; sleep 0.25; done",
-            ]);
-            let mut held = Process::start("ssh-held", held).expect("ssh starts");
+            );
             wait_for(&b, "#sessions tbody", "the session appears", |t| {
                 t.contains(&CLIENT_V4.to_string())
             })
@@ -330,6 +337,40 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
             }
             assert_not_reloaded(&b, "a session opening").await;
             full_page_screenshot(&b, "link.png").await;
+
+            // A second session, closed from the page.
+            let second = held_ssh(&topology, &sshd, "sleep 120");
+            let deadline = Instant::now() + PATIENCE;
+            while b
+                .find_all(Locator::Css("#sessions tbody tr"))
+                .await
+                .unwrap()
+                .len()
+                < 2
+            {
+                assert!(Instant::now() < deadline, "the second session never showed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            click(&b, "#sessions tbody tr:last-child button").await;
+            wait_for(&b, ".flash", "closing a session", |t| {
+                t == "Session closed."
+            })
+            .await;
+            let mut sessions = [held, second];
+            let deadline = Instant::now() + PATIENCE;
+            let closed = loop {
+                if let Some(closed) = sessions.iter_mut().position(|p| p.try_wait().is_some()) {
+                    break closed;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no ssh was cut by closing its session"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let [first, second] = sessions;
+            let mut held = if closed == 0 { second } else { first };
+            assert!(held.try_wait().is_none(), "only the closed session ended");
 
             // Extend by 1h: the expiry moves an hour.
             let before: jiff::Timestamp =
@@ -452,6 +493,22 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
             )
             .await;
             screenshot(&b, "links.png").await;
+
+            // On a phone's width the list fits without sideways scrolling.
+            b.set_window_size(390, 844).await.unwrap();
+            let fits = b
+                .execute(
+                    "return document.documentElement.scrollWidth <= window.innerWidth;",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                fits,
+                Value::Bool(true),
+                "the list scrolls sideways on a phone"
+            );
+            b.set_window_size(1280, 1000).await.unwrap();
 
             // The state filter.
             b.goto(&url("/?namespace=plant-a&state=expired"))

@@ -87,20 +87,30 @@ pub async fn events(
         after: params.after.max(resumed).max(0),
         limit: 100,
     };
-    Sse::new(stream_events(state, signed_in.caller, query))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Sse::new(stream_events(
+        state,
+        signed_in.caller,
+        signed_in.session_id,
+        query,
+    ))
+    .keep_alive(KeepAlive::default())
+    .into_response()
 }
 
+/// The link's events as they are recorded, until the session is signed out or forgotten.
 fn stream_events(
     state: PanelState,
     caller: Caller,
+    session_id: String,
     query: EventQuery,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> {
     stream::unfold(query, move |mut query| {
-        let (state, caller) = (state.clone(), caller.clone());
+        let (state, caller, session_id) = (state.clone(), caller.clone(), session_id.clone());
         async move {
             loop {
+                if !state.sessions.alive(&session_id) {
+                    return None;
+                }
                 match state.app.backend.events(&caller, query.clone()).await {
                     Ok(list) if !list.items.is_empty() => {
                         query.after = list.items.last().map_or(query.after, |e| e.seq);

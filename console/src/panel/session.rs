@@ -112,6 +112,14 @@ impl Sessions {
         Some(session.clone())
     }
 
+    /// Whether the session still exists, without counting this as a use (a page left open
+    /// with a live stream does not keep its session alive).
+    pub fn alive(&self, id: &str) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|s| s.last_used.elapsed() < IDLE_LIMIT)
+    }
+
     pub fn close(&self, id: &str) {
         self.lock().remove(id);
     }
