@@ -28,6 +28,7 @@ use tower::ServiceExt;
 struct Console {
     app: Router,
     viewer: String,
+    operator: String,
     admin: String,
     tokens: Arc<std::sync::Mutex<rusqlite::Connection>>,
     dir: PathBuf,
@@ -49,6 +50,7 @@ fn console() -> Console {
     let _ = std::fs::remove_dir_all(&dir);
     let conn = db::open(&dir).unwrap();
     let viewer = tokens::create(&conn, "vera", Role::Viewer).unwrap();
+    let operator = tokens::create(&conn, "otto", Role::Operator).unwrap();
     let admin = tokens::create(&conn, "ada", Role::Admin).unwrap();
     let backend = LocalBackend::new(
         conn,
@@ -67,6 +69,7 @@ fn console() -> Console {
     Console {
         app: api::router(state.clone()).merge(panel::router(state)),
         viewer,
+        operator,
         admin,
         tokens: backend.connection(),
         dir,
@@ -349,4 +352,50 @@ async fn an_admin_creates_a_token_shown_once_and_cannot_revoke_their_own() {
         "{}",
         page.body
     );
+}
+
+#[tokio::test]
+async fn an_operator_gets_the_open_time_controls_but_not_the_admins() {
+    let console = console();
+    let (admin, admin_csrf) = console.sign_in(&console.admin).await;
+    console.create_link(&admin, &admin_csrf, "pump").await;
+
+    let (operator, csrf) = console.sign_in(&console.operator).await;
+    let page = console.get("/links/default/pump", &operator).await;
+    for control in ["/extend", "/disable"] {
+        assert!(page.body.contains(control), "an operator lacks {control}");
+    }
+    for control in [
+        "/sources/remove",
+        "/sources/add-mine",
+        "/links/new",
+        "/tokens",
+    ] {
+        assert!(!page.body.contains(control), "an operator sees {control}");
+    }
+    let extended = console
+        .post(
+            "/links/default/pump/extend",
+            &operator,
+            &format!("csrf={csrf}&by=4h"),
+        )
+        .await;
+    assert_eq!(extended.status, StatusCode::SEE_OTHER);
+    let after = console.get("/links/default/pump", &operator).await;
+    assert!(
+        after.body.contains("Extended: the link now expires at"),
+        "{}",
+        after.body
+    );
+    let refused = console
+        .post(
+            "/links/default/pump/sources/remove",
+            &operator,
+            &format!("csrf={csrf}&range=203.0.113.0%2F24"),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER);
+    let after = console.get("/links/default/pump", &operator).await;
+    assert!(after.body.contains("may not edit links"), "{}", after.body);
+    assert!(after.body.contains("203.0.113.0/24"), "the range is kept");
 }

@@ -199,6 +199,19 @@ mod tests {
     }
 
     #[test]
+    fn the_session_cookie_is_secure_under_tls_and_never_readable_by_scripts() {
+        let plain = cookie("abc", false);
+        let tls = cookie("abc", true);
+        for flags in [&plain, &tls] {
+            assert!(flags.contains("HttpOnly") && flags.contains("SameSite=Strict"));
+            assert!(flags.contains("Path=/"));
+        }
+        assert!(!plain.contains("Secure"));
+        assert!(tls.ends_with("; Secure"));
+        assert!(cleared_cookie(true).contains("Max-Age=0"));
+    }
+
+    #[test]
     fn a_flash_is_shown_once() {
         let sessions = Sessions::default();
         let id = sessions
