@@ -271,7 +271,7 @@ fn a_user_runs_a_link_from_the_panel_in_a_real_browser() {
                     .contains("sources-error"),
                 "the error is tied to its field"
             );
-            screenshot(&b, "create-form-error.png").await;
+            full_page_screenshot(&b, "create-form-error.png").await;
 
             // Put right, the link is created and turns ready on the page by itself.
             type_into(&b, "#sources", &format!("{OTHER_CLIENT_V4}/32")).await;

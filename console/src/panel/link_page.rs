@@ -22,7 +22,7 @@ use crate::{
     api::{Peer, client_address},
     backend::EventQuery,
     caller::Role,
-    model::{Extend, Link, LinkPatch},
+    model::{Event, Extend, Link, LinkPatch},
     problem::ApiError,
 };
 
@@ -85,19 +85,7 @@ pub async fn page(
         Ok(list) => (list.items.iter().map(SessionRow::new).collect(), None),
         Err(err) => (Vec::new(), Some(err.to_problem().detail)),
     };
-    let events = backend
-        .events(
-            caller,
-            EventQuery {
-                namespace: Some(namespace.clone()),
-                link: Some(name.clone()),
-                after: 0,
-                limit: 1000,
-            },
-        )
-        .await
-        .map(|list| list.items)
-        .unwrap_or_default();
+    let events = latest_events(&state, &signed_in, &namespace, &name).await;
     let last_seq = events.last().map_or(0, |e| e.seq);
     let row = views::LinkRow::new(&link);
     let connect = link
@@ -141,16 +129,54 @@ pub async fn page(
             connect,
             sessions,
             sessions_error,
-            events: events
-                .iter()
-                .rev()
-                .take(TIMELINE_LEN)
-                .map(EventRow::new)
-                .collect(),
+            events: events.iter().rev().map(EventRow::new).collect(),
             last_seq,
             link,
         },
     )
+}
+
+/// The link's latest events, oldest first: the trail is read page by page from the start, since
+/// the backend reads forwards only.
+async fn latest_events(
+    state: &PanelState,
+    signed_in: &SignedIn,
+    namespace: &str,
+    name: &str,
+) -> Vec<Event> {
+    const PAGE: usize = 1000;
+    let mut query = EventQuery {
+        namespace: Some(namespace.to_owned()),
+        link: Some(name.to_owned()),
+        after: 0,
+        limit: PAGE,
+    };
+    let mut latest: Vec<Event> = Vec::new();
+    loop {
+        let page = match state
+            .app
+            .backend
+            .events(&signed_in.caller, query.clone())
+            .await
+        {
+            Ok(list) => list.items,
+            Err(err) => {
+                tracing::warn!(%err, %namespace, link = %name, "panel: reading the link's events failed");
+                break;
+            }
+        };
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            query.after = last.seq;
+        }
+        latest.extend(page);
+        let keep_from = latest.len().saturating_sub(TIMELINE_LEN);
+        latest.drain(..keep_from);
+        if !full {
+            break;
+        }
+    }
+    latest
 }
 
 /// Back to the link's page with what happened (or why not) shown once.

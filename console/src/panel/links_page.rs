@@ -33,6 +33,8 @@ struct LinksPage {
     states: Vec<(&'static str, bool)>,
     filtered: bool,
     soon_minutes: u64,
+    /// More links exist than one page shows.
+    more: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,7 @@ pub async fn page(
                 .map(|s| (s.as_str(), Some(s) == chosen))
                 .collect(),
             filtered: chosen.is_some(),
+            more: list.continue_token.is_some(),
             namespace,
             soon_minutes: EXPIRING_SOON_SECS / 60,
         },
