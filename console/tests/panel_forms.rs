@@ -13,6 +13,7 @@ use std::{
 use axum::{
     Router,
     body::Body,
+    extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
 use devicelink_console::{
@@ -64,7 +65,7 @@ fn console() -> Console {
         tokens: Some(backend.connection()),
         backend: Arc::new(backend.clone()),
         metrics: Arc::new(Metrics::default()),
-        trusted_proxies: Arc::new(Vec::new()),
+        trusted_proxies: Arc::new(vec!["10.0.0.0/8".parse().unwrap()]),
     };
     Console {
         app: api::router(state.clone()).merge(panel::router(state)),
@@ -398,4 +399,33 @@ async fn an_operator_gets_the_open_time_controls_but_not_the_admins() {
     let after = console.get("/links/default/pump", &operator).await;
     assert!(after.body.contains("may not edit links"), "{}", after.body);
     assert!(after.body.contains("203.0.113.0/24"), "the range is kept");
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_when_a_trusted_reverse_proxy_says_the_browser_used_https() {
+    let console = console();
+    let sign_in_from = |peer: &str| {
+        let mut request = Request::post("/sign-in")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("x-forwarded-proto", "https")
+            .body(Body::from(format!("token={}", console.viewer)))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(peer.parse::<std::net::SocketAddr>().unwrap()));
+        request
+    };
+    let proxied = console.send(sign_in_from("10.0.0.1:40000")).await;
+    assert!(
+        proxied.set_cookie.ends_with("; Secure"),
+        "{}",
+        proxied.set_cookie
+    );
+    let direct = console.send(sign_in_from("203.0.113.9:40000")).await;
+    assert_eq!(direct.status, StatusCode::SEE_OTHER);
+    assert!(
+        !direct.set_cookie.contains("Secure"),
+        "anyone may send the header: {}",
+        direct.set_cookie
+    );
 }

@@ -9,6 +9,8 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 
+use ipnet::IpNet;
+
 use super::{
     render,
     session::{self, same_secret},
@@ -36,11 +38,28 @@ impl SignedIn {
     }
 }
 
-/// Whether the request came over TLS (then cookies are marked Secure).
-pub fn over_tls(parts_extensions: &axum::http::Extensions) -> bool {
-    parts_extensions
+/// Whether the browser reached the console over TLS (then cookies are marked Secure): served
+/// with TLS here, or by a trusted reverse proxy that says so in `X-Forwarded-Proto`.
+pub fn over_tls(request: &Request, trusted_proxies: &[IpNet]) -> bool {
+    let extensions = request.extensions();
+    if extensions
         .get::<ConnectInfo<crate::tls::TlsPeer>>()
         .is_some()
+    {
+        return true;
+    }
+    let from_trusted_proxy = extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|peer| {
+            let ip = peer.0.ip().to_canonical();
+            trusted_proxies.iter().any(|net| net.contains(&ip))
+        });
+    from_trusted_proxy
+        && request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 impl FromRequestParts<PanelState> for SignedIn {
@@ -122,14 +141,19 @@ pub async fn check_form_post(
 }
 
 /// A post is same-origin when its `Origin` (if the browser sent one) names the `Host` it was
-/// sent to.
+/// sent to, or the `X-Forwarded-Host` a reverse proxy in front passed on (a page on another
+/// site cannot set that header on a form post).
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = origin.to_str().ok().and_then(|o| o.split_once("://"));
-    matches!((origin, host), (Some((_, origin_host)), Some(host)) if origin_host == host)
+    let Some((_, origin_host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return false;
+    };
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name)?.to_str().ok())
+        .any(|host| host == origin_host)
 }
 
 #[cfg(test)]
@@ -150,5 +174,9 @@ mod tests {
         assert!(!same_origin(&headers));
         headers.insert(header::ORIGIN, "null".parse().unwrap());
         assert!(!same_origin(&headers));
+        headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        headers.insert("x-forwarded-host", "console.example".parse().unwrap());
+        headers.insert(header::ORIGIN, "https://console.example".parse().unwrap());
+        assert!(same_origin(&headers), "behind a reverse proxy");
     }
 }

@@ -50,7 +50,7 @@ pub async fn sign_in(
     State(state): State<PanelState>,
     request: Request,
 ) -> Result<Response, Response> {
-    let secure = over_tls(request.extensions());
+    let secure = over_tls(&request, &state.app.trusted_proxies);
     let axum::Form(form) = axum::Form::<SignInForm>::from_request(request, &())
         .await
         .map_err(IntoResponse::into_response)?;
@@ -100,7 +100,7 @@ pub async fn sign_out(
     (
         [(
             header::SET_COOKIE,
-            session::cleared_cookie(over_tls(request.extensions())),
+            session::cleared_cookie(over_tls(&request, &state.app.trusted_proxies)),
         )],
         Redirect::to("/sign-in"),
     )
