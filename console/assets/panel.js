@@ -106,6 +106,9 @@
     async function refresh() {
       try {
         const list = await getJson(url);
+        const shown = [...table.querySelectorAll("tbody tr")].map((r) => r.dataset.link).join(",");
+        const now = list.items.map((l) => l.name).join(",");
+        document.getElementById("list-changed").hidden = shown === now;
         for (const link of list.items) {
           const row = table.querySelector(`tr[data-link="${CSS.escape(link.name)}"]`);
           if (!row) continue;

@@ -240,6 +240,7 @@ async fn a_viewer_sees_no_controls_and_the_server_refuses_their_posts_by_role() 
         "/extend",
         "/sources/remove",
         "/sources/add-mine",
+        "/delete",
     ] {
         assert!(!page.body.contains(control), "a viewer sees {control}");
     }
@@ -371,6 +372,7 @@ async fn an_operator_gets_the_open_time_controls_but_not_the_admins() {
         "/sources/add-mine",
         "/links/new",
         "/tokens",
+        "/delete",
     ] {
         assert!(!page.body.contains(control), "an operator sees {control}");
     }
@@ -428,4 +430,35 @@ async fn the_cookie_is_secure_when_a_trusted_reverse_proxy_says_the_browser_used
         "anyone may send the header: {}",
         direct.set_cookie
     );
+}
+
+#[tokio::test]
+async fn an_admin_deletes_a_link_only_when_the_box_is_ticked() {
+    let console = console();
+    let (cookie, csrf) = console.sign_in(&console.admin).await;
+    console.create_link(&cookie, &csrf, "pump").await;
+    let unticked = console
+        .post(
+            "/links/default/pump/delete",
+            &cookie,
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(unticked.location, "/links/default/pump");
+    let page = console.get("/links/default/pump", &cookie).await;
+    assert!(page.body.contains("the link was kept"), "{}", page.body);
+
+    let ticked = console
+        .post(
+            "/links/default/pump/delete",
+            &cookie,
+            &format!("csrf={csrf}&confirm=on"),
+        )
+        .await;
+    assert_eq!(ticked.location, "/?namespace=default");
+    let list = console.get("/?namespace=default", &cookie).await;
+    assert!(list.body.contains("Link pump deleted."));
+    assert!(!list.body.contains("data-link=\"pump\""));
+    let gone = console.get("/links/default/pump", &cookie).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
 }

@@ -394,3 +394,48 @@ pub async fn close_session(
     .await;
     done(&state, &signed_in, &namespace, &name, outcome)
 }
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+pub async fn delete(
+    State(state): State<PanelState>,
+    signed_in: SignedIn,
+    Path((namespace, name)): Path<(String, String)>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let deleted = async {
+        signed_in.caller.require(Role::Admin, "delete links")?;
+        if form.confirm.is_none() {
+            return Err(ApiError::from(crate::validate::FieldError::new(
+                "confirm",
+                "was not ticked, so the link was kept",
+                "tick \"Yes, delete this link\" to delete it",
+            )));
+        }
+        state
+            .app
+            .backend
+            .delete(&signed_in.caller, &namespace, &name, None)
+            .await?;
+        tracing::info!(caller = %signed_in.caller.name, %namespace, link = %name, "link deleted from the panel");
+        Ok(())
+    }
+    .await;
+    match deleted {
+        Ok(()) => {
+            state.sessions.set_flash(
+                &signed_in.session_id,
+                Flash {
+                    error: false,
+                    text: format!("Link {name} deleted."),
+                },
+            );
+            Redirect::to(&format!("/?namespace={namespace}")).into_response()
+        }
+        Err(err) => done(&state, &signed_in, &namespace, &name, Err(err)),
+    }
+}

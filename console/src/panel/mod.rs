@@ -47,6 +47,7 @@ pub fn router(app: AppState) -> Router {
         .route(&format!("{link}/enable"), post(link_page::enable))
         .route(&format!("{link}/disable"), post(link_page::disable))
         .route(&format!("{link}/extend"), post(link_page::extend))
+        .route(&format!("{link}/delete"), post(link_page::delete))
         .route(
             &format!("{link}/sources/add-mine"),
             post(link_page::add_my_address),
