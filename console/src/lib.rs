@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod local;
 pub mod metrics;
 pub mod model;
+pub mod panel;
 pub mod problem;
 pub mod proxy;
 pub mod rules;

@@ -13,6 +13,7 @@ use devicelink_console::{
         proxy_sync::{self, ProxyCommand},
     },
     metrics::Metrics,
+    panel,
     proxy::{
         config_file,
         control::{ProxyControl, UnixControlClient},
@@ -259,7 +260,8 @@ async fn serve_api(args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies: Arc::new(args.trusted_proxies),
     };
     tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), data = %data.display(), "console serving");
-    let served = serve_until_signal(listener, tls, api::router(state)).await;
+    let app = api::router(state.clone()).merge(panel::router(state));
+    let served = serve_until_signal(listener, tls, app).await;
     // The API has drained: stop the proxy and the sync tasks.
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
@@ -281,7 +283,8 @@ async fn cluster_app(args: &ServeArgs) -> anyhow::Result<(axum::Router, String)>
         trusted_proxies: Arc::new(args.trusted_proxies.clone()),
         tokens: None,
     };
-    Ok((api::router(state), format!("kubernetes at {server}")))
+    let app = api::router(state.clone()).merge(panel::router(state));
+    Ok((app, format!("kubernetes at {server}")))
 }
 
 async fn serve_until_signal(

@@ -4,9 +4,7 @@
 //! the HTTP API as a user with a token and curl would. Needs root.
 
 use std::{
-    io::Read as _,
-    net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    net::{IpAddr, SocketAddr},
     process::Command,
     sync::atomic::AtomicU64,
     thread,
@@ -14,133 +12,16 @@ use std::{
 };
 
 use devicelink_testbed::{
-    CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology,
-    connect_from, http,
+    CLIENT_V4, DEVICE_V4, OTHER_CLIENT_V4, Topology, connect_from,
     peers::{self, Behavior},
     proxy_binary,
     ssh::SshDevice,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-const CONSOLE: &str = env!("CARGO_BIN_EXE_devicelink-console");
-const API: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18_080);
-const SSH_PORT: u16 = 2222;
-const DATA_PORT: u16 = 2223;
+mod common;
 
-struct Console {
-    process: Process,
-    netns: PathBuf,
-    token: String,
-}
-
-impl Console {
-    fn start(topology: &Topology, data: &Path, token: &str) -> Self {
-        let mut cmd = topology.proxy.command(CONSOLE);
-        cmd.env("RUST_LOG", "info")
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", &API.to_string()])
-            .arg("--proxy-binary")
-            .arg(proxy_binary().expect("the proxy is built"))
-            .args(["--data-plane", "ebpf", "--xdp-interface", PROXY_FRONT_IFACE])
-            .args(["--public-host", &PROXY_FRONT_V4.to_string()]);
-        let process = Process::start("devicelink-console", cmd).expect("console starts");
-        let console = Self {
-            process,
-            netns: PathBuf::from(format!("/run/netns/{}", topology.proxy.name())),
-            token: token.to_string(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while console.call("GET", "/healthz", None).0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "console not up:\n{}",
-                console.process.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        console
-    }
-
-    /// One HTTP request from inside the proxy namespace: `(status, JSON body or Null)`.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let body = body.map(Value::to_string);
-        let authorization = format!("Bearer {}", self.token);
-        let headers = [
-            ("Authorization", authorization.as_str()),
-            ("Content-Type", "application/json"),
-        ];
-        match http::request_in(&self.netns, API, method, path, &headers, body.as_deref()) {
-            Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    fn link(&self, name: &str) -> Value {
-        let (status, link) = self.call(
-            "GET",
-            &format!("/api/v1/namespaces/plant-a/links/{name}"),
-            None,
-        );
-        assert_eq!(status, 200, "GET link {name}: {link}");
-        link
-    }
-
-    fn wait_state(&self, name: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let link = self.link(name);
-            if link["status"]["state"] == state {
-                return link;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "link {name} never became {state}: {link}\n{}",
-                self.process.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn front(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), port)
-}
-
-fn token(data: &Path) -> String {
-    let output = Command::new(CONSOLE)
-        .args(["token", "create", "ada", "--role", "admin", "--data"])
-        .arg(data)
-        .output()
-        .expect("token create runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
-fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false;
-            }
-            Err(_) => return true,
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-    }
-}
+use common::console::{Console, DATA_PORT, SSH_PORT, closed_within, front, token};
 
 #[test]
 fn a_link_lives_its_whole_life_through_the_api() {

@@ -31,6 +31,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/xrdp", "xrdp"),
     ("/usr/bin/xfreerdp", "freerdp2-x11"),
     ("/usr/bin/Xvfb", "xvfb"),
+    // The console panel's browser tests: Chromium driven over WebDriver.
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
     // The benchmark chart's labels.
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
