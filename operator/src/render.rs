@@ -243,8 +243,10 @@ pub fn render_service(link: &ValidLink) -> Service {
 
 /// The proxy container's memory limit. The proxy reads it as its budget (`--memory-budget
 /// auto`) and sizes its queues to it; `--max-connections` below is what fits it, by the same
-/// arithmetic (`devicelink_spec::memory::plan`), so the two agree.
-pub const PROXY_MEMORY_LIMIT: u64 = 256 << 20;
+/// arithmetic (`devicelink_spec::memory::plan`), so the two agree: 10 spliced connections at a
+/// 32 MiB queue, the smallest that keeps one stream fast. A limit, not a request: an idle or
+/// interactive link uses a few MiB.
+pub const PROXY_MEMORY_LIMIT: u64 = 1 << 30;
 
 /// The proxy's command line: the links file and the process-wide settings. Nothing in it
 /// changes when the link's ACL, expiry or limits do.
@@ -582,7 +584,7 @@ mod tests {
         assert_eq!(
             proxy_args(&link()).join(" "),
             "--config /etc/devicelink/links.json --data-plane ebpf --xdp-interface eth0 \
-             --metrics [::]:9100 --log-format json --max-connections 67"
+             --metrics [::]:9100 --log-format json --max-connections 10"
         );
     }
 

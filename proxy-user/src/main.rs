@@ -47,13 +47,16 @@ fn main() -> ExitCode {
     // same mistake as a bad flag. One link from flags is made once the data plane is chosen:
     // its connection limit is that plane's.
     let links = match &config.config_file {
-        Some(path) => match links_file::read(path) {
-            Ok(links) => Some(links),
-            Err(err) => {
-                eprintln!("error: --config {err}");
-                return ExitCode::from(2);
+        // Read here to check it; the links are taken from it again once the limit is known.
+        Some(path) => {
+            match links_file::read(path, devicelink_spec::memory::DEFAULT_MAX_CONNECTIONS) {
+                Ok(links) => Some(links),
+                Err(err) => {
+                    eprintln!("error: --config {err}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         None => None,
     };
     // With the kernel carrying the bytes, the process only accepts, sets up and watches: one
@@ -216,6 +219,8 @@ async fn run(config: Config, plans: MemoryPlans, links: Option<Vec<Link>>) -> an
                 table.clone(),
                 Arc::clone(&metrics),
                 Arc::clone(&events),
+                plan.max_connections
+                    .min(devicelink_spec::memory::DEFAULT_MAX_CONNECTIONS),
             ));
             // Checked at start already; read again so that the watch starts from what applied.
             file.reload()

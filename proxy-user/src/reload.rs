@@ -39,6 +39,8 @@ pub struct ConfigFile {
     events: Arc<EventLog>,
     /// One reload at a time (a change, SIGHUP and the control API may ask at once).
     reloading: Mutex<()>,
+    /// `maxConnections` of a link that leaves it out (see `links_file::read`).
+    default_max_connections: u32,
 }
 
 /// The file's identity and times: a change to any of them means the file may have changed.
@@ -68,6 +70,7 @@ impl ConfigFile {
         table: LinkTable,
         metrics: Arc<Metrics>,
         events: Arc<EventLog>,
+        default_max_connections: u32,
     ) -> Self {
         Self {
             path,
@@ -75,6 +78,7 @@ impl ConfigFile {
             metrics,
             events,
             reloading: Mutex::new(()),
+            default_max_connections,
         }
     }
 
@@ -85,7 +89,7 @@ impl ConfigFile {
     /// Reads, validates and applies the file. `Err` is why it was refused (nothing applied).
     pub async fn reload(&self) -> Result<ApplyReport, String> {
         let _one_at_a_time = self.reloading.lock().await;
-        let links = match links_file::read(&self.path) {
+        let links = match links_file::read(&self.path, self.default_max_connections) {
             Ok(links) => links,
             Err(why) => {
                 warn!(

@@ -25,10 +25,10 @@ pub const DEFAULT_BUDGET_WITHOUT_LIMIT: u64 = 2 << 30;
 /// and its map entries.
 pub const CONNECTION_OVERHEAD_BYTES: u64 = 64 << 10;
 
-/// The kernel keeps bytes in skbs whose size (`truesize`, what is charged) exceeds the bytes
-/// they carry: about 1.1x for full-sized segments, more for small ones. The splice's queue
-/// limit counts bytes carried, so its worst case counts it at twice that.
-pub const QUEUE_TRUESIZE_FACTOR: u64 = 2;
+/// The kernel keeps bytes in skbs whose size (`truesize`) exceeds the bytes they carry. The
+/// splice's queue limit counts bytes carried; its worst case counts them at 5/4 of that (seen:
+/// 1.0-1.1x with GRO-merged segments, docs/data-plane.md).
+pub const QUEUE_TRUESIZE_PERCENT: u64 = 125;
 
 /// The copy buffer the userspace copy reads into, per direction.
 pub const COPY_BUFFER_BYTES: u64 = 128 << 10;
@@ -42,8 +42,14 @@ pub const DEFAULT_SPLICE_SNDBUF: u64 = 8 << 20;
 /// connection the userspace copy carries.
 pub const DEFAULT_COPY_SOCKET_BUFFER: u64 = 1 << 20;
 
-/// The smallest sizes the proxy shrinks defaulted sizes to: below these a bulk transfer slows
-/// to a crawl, and fewer connections is the better trade.
+/// How far defaulted sizes shrink when no connection limit is given: below these one bulk
+/// transfer slows to a crawl (one stream through the splice, veth: 64M 12.5 Gbit/s, 8M 0.3-0.5,
+/// 2M and 512K 0.05, persist-timer stalls), and fewer connections is the better trade.
+pub const FLOOR_SPLICE_MAX_QUEUED: u64 = 32 << 20;
+pub const FLOOR_COPY_SOCKET_BUFFER: u64 = 256 << 10;
+
+/// The smallest sizes defaulted sizes shrink to when a given connection limit needs it (or not
+/// even one connection fits at the floors above): slow, but what was asked for.
 pub const MIN_SPLICE_MAX_QUEUED: u64 = 256 << 10;
 pub const MIN_COPY_SOCKET_BUFFER: u64 = 64 << 10;
 
@@ -70,11 +76,12 @@ pub fn splice_receive_buffer(max_queued: u64) -> u64 {
     (max_queued / 8).clamp(256 << 10, 4 << 20)
 }
 
-/// One spliced connection's worst case: per direction, its queue at the limit (charged at
-/// [`QUEUE_TRUESIZE_FACTOR`]) and the feeding socket's receive buffer full (twice what was
+/// One spliced connection's worst case: per direction, its queue at the limit (at
+/// [`QUEUE_TRUESIZE_PERCENT`]) and the feeding socket's receive buffer full (twice what was
 /// asked, as the kernel keeps it). The send buffer holds part of the queue, so it adds nothing.
 pub fn splice_worst_case(max_queued: u64) -> u64 {
-    let per_direction = max_queued * QUEUE_TRUESIZE_FACTOR + 2 * splice_receive_buffer(max_queued);
+    let per_direction =
+        max_queued * QUEUE_TRUESIZE_PERCENT / 100 + 2 * splice_receive_buffer(max_queued);
     2 * per_direction + CONNECTION_OVERHEAD_BYTES
 }
 
@@ -133,65 +140,68 @@ pub enum MemoryPlanError {
     },
 }
 
-/// Sizes the connections to the budget. Defaulted sizes are halved (not below the minimums
-/// above) until the connection limit fits: the given limit, or [`SIZED_FOR_CONNECTIONS`].
-/// A given limit that does not fit is an error; a defaulted one becomes what fits (at least 1,
-/// at most [`DEFAULT_MAX_CONNECTIONS`]).
+/// Sizes the connections to the budget. Defaulted sizes are halved until the connection limit
+/// fits: a given limit (down to the minimums above, else an error), or, with none given,
+/// [`SIZED_FOR_CONNECTIONS`] (down to the floors above; the limit is then what fits, at most
+/// [`DEFAULT_MAX_CONNECTIONS`], and at least 1, shrinking further if even one does not fit).
 pub fn plan(request: &MemoryRequest) -> Result<MemoryPlan, MemoryPlanError> {
-    let target = request.max_connections.unwrap_or(SIZED_FOR_CONNECTIONS);
-    let (mut queue, queue_min, mut buffer, buffer_min) = match request.plane {
+    let given = request.max_connections;
+    let (mut queue, mut buffer) = match request.plane {
         Plane::Splice => (
             request.queue.unwrap_or(DEFAULT_SPLICE_MAX_QUEUED),
-            request.queue.map_or(MIN_SPLICE_MAX_QUEUED, |given| given),
             request.socket_buffer.unwrap_or(DEFAULT_SPLICE_SNDBUF),
-            request
-                .socket_buffer
-                .map_or(MIN_COPY_SOCKET_BUFFER, |given| given),
         ),
         Plane::Copy => (
             0,
-            0,
             request.socket_buffer.unwrap_or(DEFAULT_COPY_SOCKET_BUFFER),
-            request
-                .socket_buffer
-                .map_or(MIN_COPY_SOCKET_BUFFER, |given| given),
         ),
     };
     let worst = |queue: u64, buffer: u64| match request.plane {
         Plane::Splice => splice_worst_case(queue),
         Plane::Copy => copy_worst_case(buffer),
     };
-    let fits = |queue, buffer| {
-        connections_within(request.budget, worst(queue, buffer), request.reserve) >= target
+    let fit =
+        |queue, buffer| connections_within(request.budget, worst(queue, buffer), request.reserve);
+    // The size that shrinks (the splice's queue, the copy's buffers), if it was defaulted.
+    let shrinkable = match request.plane {
+        Plane::Splice => request.queue.is_none(),
+        Plane::Copy => request.socket_buffer.is_none(),
+    };
+    let (floor, min) = match request.plane {
+        Plane::Splice => (FLOOR_SPLICE_MAX_QUEUED, MIN_SPLICE_MAX_QUEUED),
+        Plane::Copy => (FLOOR_COPY_SOCKET_BUFFER, MIN_COPY_SOCKET_BUFFER),
     };
     let mut shrunk = false;
-    while !fits(queue, buffer) {
-        let smaller = match request.plane {
-            Plane::Splice if queue / 2 >= queue_min => {
-                queue /= 2;
+    let mut halve_until = |wanted: u32, lowest: u64, queue: &mut u64, buffer: &mut u64| {
+        while shrinkable && fit(*queue, *buffer) < wanted {
+            let size = match request.plane {
+                Plane::Splice => &mut *queue,
+                Plane::Copy => &mut *buffer,
+            };
+            if *size / 2 < lowest {
+                break;
+            }
+            *size /= 2;
+            shrunk = true;
+            if request.plane == Plane::Splice && request.socket_buffer.is_none() {
                 // A send buffer larger than the queue could never fill.
-                if request.socket_buffer.is_none() {
-                    buffer = buffer.min(queue).max(buffer_min);
-                }
-                true
+                *buffer = (*buffer).min(*queue);
             }
-            Plane::Copy if buffer / 2 >= buffer_min => {
-                buffer /= 2;
-                true
-            }
-            _ => false,
-        };
-        if !smaller {
-            break;
         }
-        shrunk = true;
+    };
+    match given {
+        Some(wanted) => halve_until(wanted, min, &mut queue, &mut buffer),
+        None => {
+            halve_until(SIZED_FOR_CONNECTIONS, floor, &mut queue, &mut buffer);
+            halve_until(1, min, &mut queue, &mut buffer);
+        }
     }
     let per_connection = worst(queue, buffer);
-    let fit = connections_within(request.budget, per_connection, request.reserve);
-    let max_connections = match request.max_connections {
-        Some(given) if fit >= given => given,
-        None if fit >= 1 => fit.min(DEFAULT_MAX_CONNECTIONS),
-        given => {
+    let fits = fit(queue, buffer);
+    let max_connections = match given {
+        Some(wanted) if fits >= wanted => wanted,
+        None if fits >= 1 => fits.min(DEFAULT_MAX_CONNECTIONS),
+        _ => {
             let connections = given.unwrap_or(1);
             return Err(MemoryPlanError::Overcommitted {
                 connections,
@@ -240,10 +250,10 @@ mod tests {
 
     #[test]
     fn worst_cases_count_every_buffer_a_stalled_connection_can_fill() {
-        // 64 MiB queue: 2 x (128 MiB + 2 x 4 MiB) + overhead.
+        // 64 MiB queue: 2 x (80 MiB + 2 x 4 MiB) + overhead.
         assert_eq!(
             splice_worst_case(64 << 20),
-            2 * ((128 << 20) + (8 << 20)) + CONNECTION_OVERHEAD_BYTES
+            2 * ((80 << 20) + (8 << 20)) + CONNECTION_OVERHEAD_BYTES
         );
         assert_eq!(splice_receive_buffer(1 << 20), 256 << 10);
         assert_eq!(
@@ -261,11 +271,14 @@ mod tests {
     }
 
     #[test]
-    fn defaulted_sizes_shrink_to_fit_and_the_defaulted_limit_is_what_fits() {
+    fn defaulted_sizes_shrink_to_their_floor_and_the_defaulted_limit_is_what_fits() {
         let plan = plan(&request(Plane::Splice, 256 << 20)).unwrap();
         assert!(plan.shrunk);
-        assert_eq!(plan.queue, 512 << 10, "halved until 64 connections fit");
-        assert!(plan.max_connections >= SIZED_FOR_CONNECTIONS);
+        assert_eq!(
+            plan.queue, FLOOR_SPLICE_MAX_QUEUED,
+            "halved towards 64 connections, not below the floor"
+        );
+        assert_eq!(plan.max_connections, 2);
         assert!(plan.socket_buffer <= plan.queue);
         let needed = u64::from(plan.max_connections) * plan.per_connection + RESERVE_BYTES;
         assert!(needed <= 256 << 20, "the worst case fits: {needed}");
@@ -283,7 +296,7 @@ mod tests {
         assert_eq!(plan.max_connections, 16);
         assert!(16 * plan.per_connection + RESERVE_BYTES <= 4 << 30);
         assert!(
-            32 * splice_worst_case(plan.queue * 2) + RESERVE_BYTES > 4 << 30,
+            16 * splice_worst_case(plan.queue * 2) + RESERVE_BYTES > 4 << 30,
             "one halving fewer would not fit"
         );
     }
@@ -308,6 +321,16 @@ mod tests {
             err.to_string()
                 .contains("over the memory budget of 1073741824 bytes")
         );
+    }
+
+    #[test]
+    fn a_given_limit_shrinks_below_the_floor_and_so_does_a_budget_too_small_for_one() {
+        let mut asked = request(Plane::Splice, 256 << 20);
+        asked.max_connections = Some(64);
+        let plan = plan(&asked).unwrap();
+        assert_eq!(plan.queue, 512 << 10, "halved until the 64 asked for fit");
+        let small = super::plan(&request(Plane::Splice, 100 << 20)).unwrap();
+        assert_eq!((small.queue, small.max_connections), (16 << 20, 1));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use devicelink_testbed::{
 const DEVICE_PORT: u16 = 7980;
 const PROXY_PORT: u16 = 2980;
 /// The proxy's memory limit, and so its budget.
-const BUDGET: u64 = 256 << 20;
+const BUDGET: u64 = 1 << 30;
 const STALLED: usize = 200;
 /// How long the stalled connections are left to fill every buffer they can.
 const FILL_FOR: Duration = Duration::from_secs(8);
