@@ -4,6 +4,7 @@ mod bench;
 mod console_fuzz;
 mod crd;
 mod demo;
+mod image;
 mod kernel;
 mod setup;
 mod suite;
@@ -50,6 +51,13 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz the console's API from its OpenAPI document (schemathesis) against a running console.
     ConsoleFuzz,
+    /// Build the OCI images of the proxy, the operator and the console (buildah, from scratch).
+    Image {
+        /// Also write each image as an OCI archive into this directory (for `kind load
+        /// image-archive` or `ctr import`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +86,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Task::ConsoleFuzz => console_fuzz::run(),
+        Task::Image { archive } => {
+            setup::run()?;
+            image::run(archive.as_deref())
+        }
         Task::Bench(args) => {
             setup::run()?;
             workspace::build_proxy()?;
