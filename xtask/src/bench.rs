@@ -331,6 +331,7 @@ impl Bench<'_> {
             self.topology,
             iperf::PORT,
             &self.args.devicelink_flag,
+            contenders::Slots::Default,
         )?;
         let (mut bytes, mut machine, mut proxy) = (0.0, 0.0, 0.0);
         for flow in iperf::Flow::ALL {
@@ -377,6 +378,7 @@ impl Bench<'_> {
             self.topology,
             ECHO_PORT,
             &self.args.devicelink_flag,
+            contenders::Slots::Default,
         )?;
         let sorted =
             traffic::latencies(&self.topology.client, running.target, self.args.round_trips)?;
@@ -401,6 +403,7 @@ impl Bench<'_> {
             self.topology,
             ECHO_PORT,
             &self.args.devicelink_flag,
+            contenders::Slots::Default,
         )?;
         let (rate, failed) = traffic::setup_rate(
             &self.topology.client,
@@ -428,6 +431,7 @@ impl Bench<'_> {
             self.topology,
             ECHO_PORT,
             &self.args.devicelink_flag,
+            contenders::Slots::Many,
         )?;
         let idle = traffic::idle_connections(
             &self.topology.client,
@@ -461,6 +465,7 @@ impl Bench<'_> {
             self.topology,
             vnc::PORT,
             &self.args.devicelink_flag,
+            contenders::Slots::Default,
         )?;
         let duration = Duration::from_secs_f64(self.args.vnc_seconds);
         let measures = [
@@ -526,6 +531,7 @@ impl Bench<'_> {
             self.topology,
             iperf::PORT,
             &flags,
+            contenders::Slots::Default,
         )?;
         for (flow, measure) in [
             (iperf::Flow::Upload, Measure::ThroughputUp),

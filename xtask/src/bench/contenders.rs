@@ -113,6 +113,15 @@ impl Drop for TempFile {
     }
 }
 
+/// How many connections devicelink must admit at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slots {
+    /// What the memory budget gives with the default sizes.
+    Default,
+    /// Thousands, for the idle-connection measure.
+    Many,
+}
+
 /// Starts `contender` forwarding a fresh port of the proxy to the device's `device_port`.
 /// `devicelink_flags` go to devicelink-proxy only (e.g. the `--splice-sndbuf` sweep).
 pub fn start(
@@ -120,6 +129,7 @@ pub fn start(
     topology: &Topology,
     device_port: u16,
     devicelink_flags: &[String],
+    slots: Slots,
 ) -> anyhow::Result<Running> {
     let device = Topology::device_addr(device_port);
     let proxy_ns = topology.proxy.name().to_string();
@@ -140,11 +150,9 @@ pub fn start(
                 Contender::DevicelinkEbpf => "ebpf",
                 _ => "userspace",
             };
-            // Room for the idle-connection measure (1,000 by default) with a margin; the bench's
-            // one client stands for many, so it may hold every slot and connect at full speed.
+            // The bench's one client stands for many, so it may hold every slot and connect at
+            // full speed.
             let mut extra = [
-                "--max-connections",
-                "4096",
                 "--max-connections-per-source",
                 "4096",
                 "--connect-rate-per-source",
@@ -152,6 +160,13 @@ pub fn start(
             ]
             .map(String::from)
             .to_vec();
+            // Room for the idle-connection measure (1,000 by default) with a margin. That many
+            // slots make the proxy shrink each connection's queues so the worst case fits its
+            // memory budget, as a user asking for them gets; every other measure runs with the
+            // sizes and limit the budget gives by default.
+            if slots == Slots::Many {
+                extra.extend(["--max-connections", "4096"].map(String::from));
+            }
             extra.extend_from_slice(devicelink_flags);
             let proxy = Proxy::start(
                 topology,
