@@ -4,7 +4,9 @@
 //! ([`lifecycle::decide`]), then applies or deletes the children, writes the status if it
 //! changed, publishes an event on a change of phase, and asks to be called again at the exact
 //! instant the link expires. The children carry owner references, so deleting the DeviceLink
-//! lets the garbage collector remove them: no finalizer, nothing to block a deletion.
+//! lets the garbage collector remove them: no finalizer, nothing to block a deletion. An
+//! object of a child's name without the link's controller reference is never applied over or
+//! deleted: the link reports the name as taken instead.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,11 +16,12 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Pod, Service},
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{
         Controller,
         controller::Action,
@@ -34,12 +37,12 @@ use tracing::{info, warn};
 use crate::{
     Error, Result,
     clock::{Clock, until},
-    lifecycle::{self, Desired, Observed},
+    lifecycle::{self, Desired, Observed, Problem},
     metrics::Metrics,
     render::{
         FIELD_MANAGER, LINKS_REVISION_ANNOTATION, MANAGED_BY, ProxyImage, child_labels, render,
     },
-    resource::{DeviceLink, DeviceLinkStatus, ValidLink, child_name},
+    resource::{DeviceLink, DeviceLinkStatus, Phase, ValidLink, child_name},
 };
 
 /// What every reconcile shares.
@@ -64,6 +67,10 @@ impl Context {
     }
 }
 
+/// How long to wait before looking again at a link that is open but not yet serving: a proxy
+/// pod's trouble (a crash loop, an image not pulled) shows on the pod, which is not watched.
+const RECHECK_NOT_READY: Duration = Duration::from_secs(15);
+
 /// Brings one DeviceLink's children, status and events in line with its spec.
 pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
@@ -74,34 +81,46 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
     let namespace = link.namespace().ok_or(Error::NotNamespaced)?;
     let name = link.name_any();
     let now = ctx.clock.now();
+    let uid = link.uid().unwrap_or_default();
 
     let desired = lifecycle::decide(&link, now);
+    let mut refusal = None;
     let observed = match &desired {
         Desired::Open {
             link: valid,
             expires_at,
             ..
-        } => apply_children(&ctx, valid, *expires_at).await?,
+        } => match apply_children(&ctx, valid, *expires_at).await? {
+            Applied::Done(observed) => observed,
+            Applied::NameTaken(problem) => Observed::blocked(problem),
+            Applied::Refused { problem, error } => {
+                refusal = Some(error);
+                Observed::blocked(problem)
+            }
+        },
         Desired::Disabled { .. } | Desired::Expired { .. } | Desired::Invalid(_) => {
-            delete_children(&ctx.client, &namespace, &name).await?;
+            delete_children(&ctx.client, &namespace, &name, &uid).await?;
             Observed::default()
         }
     };
 
     let status = lifecycle::status_for(&link, &desired, &observed, now);
-    let previous_phase = link.status.as_ref().and_then(|s| s.phase);
     if link.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, &namespace, &name, &status).await?;
     }
-    if let Some(transition) = lifecycle::transition(previous_phase, &status) {
-        info!(link = %name, namespace = %namespace, reason = transition.reason, "{}", transition.note);
+    if let Some(transition) = lifecycle::transition(link.status.as_ref(), &status) {
+        if transition.warning {
+            warn!(link = %name, namespace = %namespace, reason = %transition.reason, "{}", transition.note);
+        } else {
+            info!(link = %name, namespace = %namespace, reason = %transition.reason, "{}", transition.note);
+        }
         let event = Event {
             type_: if transition.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: transition.reason.to_owned(),
+            reason: transition.reason,
             note: Some(transition.note),
             action: "Reconcile".to_owned(),
             secondary: None,
@@ -111,9 +130,18 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
             warn!(link = %name, namespace = %namespace, %error, "could not publish event");
         }
     }
+    // A refused apply is on the link now; the error retries it with backoff and counts it.
+    if let Some(error) = refusal {
+        return Err(Error::Apply(error));
+    }
 
     Ok(match desired {
-        Desired::Open { expires_at, .. } => Action::requeue(until(now, expires_at)),
+        Desired::Open { expires_at, .. } if status.phase == Some(Phase::Active) => {
+            Action::requeue(until(now, expires_at))
+        }
+        Desired::Open { expires_at, .. } => {
+            Action::requeue(until(now, expires_at).min(RECHECK_NOT_READY))
+        }
         _ => Action::await_change(),
     })
 }
@@ -125,40 +153,158 @@ pub fn error_policy(link: Arc<DeviceLink>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(10))
 }
 
-async fn apply_children(
-    ctx: &Context,
-    link: &ValidLink,
-    expires_at: Timestamp,
-) -> Result<Observed> {
+/// What became of applying an open link's children.
+enum Applied {
+    /// Applied; what the API server reported of them.
+    Done(Observed),
+    /// A child's name is held by an object that is not this link's: nothing was applied.
+    NameTaken(Problem),
+    /// The API server refused a child (admission, quota, an invalid field).
+    Refused {
+        problem: Problem,
+        error: kube::Error,
+    },
+}
+
+/// Whether `meta` is the metadata of one of this link's children: its controller owner
+/// reference names the link's uid. A namesake created by anyone else is never ours.
+pub fn is_ours(meta: &ObjectMeta, link_uid: &str) -> bool {
+    !link_uid.is_empty()
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.controller == Some(true) && owner.uid == link_uid)
+}
+
+/// Who an object that is not ours belongs to, as far as its metadata says.
+fn described_owner(meta: &ObjectMeta) -> String {
+    if let Some(owner) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        return format!("it is controlled by {} {}", owner.kind, owner.name);
+    }
+    match meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .find_map(|f| f.manager.as_deref())
+    {
+        Some(manager) => format!("it was written by {manager}, not by this DeviceLink"),
+        None => "it does not belong to this DeviceLink".to_owned(),
+    }
+}
+
+/// Reads a child by name: None when absent, a problem when the name is someone else's.
+async fn check_name<K>(api: &Api<K>, name: &str, link: &ValidLink) -> Result<Option<Problem>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = api.get_opt(name).await.map_err(Error::Apply)? else {
+        return Ok(None);
+    };
+    let meta = existing.meta();
+    if is_ours(meta, link.uid.as_deref().unwrap_or_default()) {
+        return Ok(None);
+    }
+    let kind = K::kind(&());
+    Ok(Some(Problem::new(
+        "NameTaken",
+        format!(
+            "{kind} {}/{name} already exists and {}; the operator neither changes nor deletes it. Rename the link, or remove or rename that {kind}",
+            link.namespace,
+            described_owner(meta)
+        ),
+    )))
+}
+
+/// What the API server said when it refused a child, with the fields it named.
+fn refusal(kind: &str, namespace: &str, name: &str, error: &kube::Error) -> Option<Problem> {
+    let kube::Error::Api(status) = error else {
+        return None;
+    };
+    // 400, 403 and 422 are the API server's or an admission plugin's judgment (quota, pod
+    // security, a webhook, an invalid value): the user has something to change. Anything else
+    // (a timeout, a conflict, a server error) is retried quietly.
+    if !matches!(status.code, 400 | 403 | 422) {
+        return None;
+    }
+    let mut message = format!(
+        "the API server refused {kind} {namespace}/{name} ({}): {}",
+        status.reason, status.message
+    );
+    for cause in status
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .filter(|c| !status.message.contains(&c.message))
+    {
+        message.push_str(&format!("; {}: {}", cause.field, cause.message));
+    }
+    Some(Problem::new("ApplyRefused", message))
+}
+
+async fn apply_children(ctx: &Context, link: &ValidLink, expires_at: Timestamp) -> Result<Applied> {
     let children = render(link, expires_at, &ctx.proxy);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = link.child_name();
-    // The links file first: a new pod mounts it, a running one re-reads it.
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    config_maps
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    // Every name is checked before anything is applied, so a taken name leaves nothing half
+    // done, and a server-side apply (which would take the object over) never meets a stranger.
+    let taken = [
+        check_name(&config_maps, &name, link).await?,
+        check_name(&services, &name, link).await?,
+        check_name(&deployments, &name, link).await?,
+    ];
+    if let Some(problem) = taken.into_iter().flatten().next() {
+        return Ok(Applied::NameTaken(problem));
+    }
+    let refused =
+        |kind: &str, error: kube::Error| match refusal(kind, &link.namespace, &name, &error) {
+            Some(problem) => Ok(Applied::Refused { problem, error }),
+            None => Err(Error::Apply(error)),
+        };
+    // The links file first: a new pod mounts it, a running one re-reads it.
+    if let Err(error) = config_maps
         .patch(&name, &params, &Patch::Apply(&children.config_map))
         .await
-        .map_err(Error::Apply)?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    let service = services
+    {
+        return refused("ConfigMap", error);
+    }
+    let service = match services
         .patch(&name, &params, &Patch::Apply(&children.service))
         .await
-        .map_err(Error::Apply)?;
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    let deployment = deployments
+    {
+        Ok(service) => service,
+        Err(error) => return refused("Service", error),
+    };
+    let deployment = match deployments
         .patch(&name, &params, &Patch::Apply(&children.deployment))
         .await
-        .map_err(Error::Apply)?;
-    nudge_proxy_pods(ctx, link, &children.links_revision()).await;
-    Ok(Observed::from_children(&service, &deployment))
+    {
+        Ok(deployment) => deployment,
+        Err(error) => return refused("Deployment", error),
+    };
+    let pods = nudge_proxy_pods(ctx, link, &children.links_revision()).await;
+    let mut observed = Observed::from_children(&service, &deployment);
+    if observed.problem.is_none() && !observed.proxy_ready {
+        observed.problem = lifecycle::pod_problem(&pods);
+    }
+    Ok(Applied::Done(observed))
 }
 
 /// Marks the link's running proxy pods with the links file's revision. A pod whose annotation
 /// changes is synced by its kubelet at once, and that sync refreshes the ConfigMap volume: the
 /// proxy sees the new file within seconds instead of at the kubelet's next periodic sync (a
 /// minute or more), which matters most for a source removed from the ACL. Best effort: a pod
-/// not marked still gets the file on that periodic sync.
-async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) {
+/// not marked still gets the file on that periodic sync. Returns the pods, whose container
+/// states say why a proxy is not ready.
+async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &link.namespace);
     let labels = child_labels(&link.name);
     let selector = format!(
@@ -166,13 +312,13 @@ async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) {
         labels["app.kubernetes.io/name"], link.name
     );
     let list = match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list,
+        Ok(list) => list.items,
         Err(error) => {
             warn!(link = %link.name, namespace = %link.namespace, %error, "cannot list the proxy pods to hand them the new links file; they read it at the kubelet's next sync");
-            return;
+            return Vec::new();
         }
     };
-    for pod in list {
+    for pod in &list {
         let current = pod
             .metadata
             .annotations
@@ -190,16 +336,30 @@ async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) {
             warn!(link = %link.name, pod = %pod_name, %error, "cannot mark the proxy pod with the new links file; it reads it at the kubelet's next sync");
         }
     }
+    list
 }
 
-async fn delete_children(client: &Client, namespace: &str, link_name: &str) -> Result<()> {
+/// Deletes the link's children, and only them: a namesake that is not the link's is left as
+/// it is, and the delete is conditional on the uid read, so an object replaced in between is
+/// not deleted either.
+async fn delete_children(
+    client: &Client,
+    namespace: &str,
+    link_name: &str,
+    link_uid: &str,
+) -> Result<()> {
     let name = child_name(link_name);
-    delete_if_present::<Service>(client, namespace, &name).await?;
-    delete_if_present::<Deployment>(client, namespace, &name).await?;
-    delete_if_present::<ConfigMap>(client, namespace, &name).await
+    delete_if_ours::<Service>(client, namespace, &name, link_uid).await?;
+    delete_if_ours::<Deployment>(client, namespace, &name, link_uid).await?;
+    delete_if_ours::<ConfigMap>(client, namespace, &name, link_uid).await
 }
 
-async fn delete_if_present<K>(client: &Client, namespace: &str, name: &str) -> Result<()>
+async fn delete_if_ours<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    link_uid: &str,
+) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -207,9 +367,23 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    match api.delete(name, &DeleteParams::background()).await {
+    let Some(existing) = api.get_opt(name).await.map_err(Error::Delete)? else {
+        return Ok(());
+    };
+    if !is_ours(existing.meta(), link_uid) {
+        info!(namespace, name, kind = %K::kind(&()), "not deleting an object of the child's name that is not this link's");
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => Ok(()),
         Err(error) => Err(Error::Delete(error)),
     }
 }

@@ -94,6 +94,7 @@ impl DeviceLink {
         let observed = crate::lifecycle::Observed {
             endpoint: Some("198.51.100.7:22".into()),
             proxy_ready: true,
+            problem: None,
         };
         let status = crate::lifecycle::status_for(&self, &desired, &observed, at(enabled_at));
         self.with_status(status)
@@ -149,6 +150,10 @@ pub enum LoadBalancer {
 pub enum Proxy {
     NotReady,
     Ready,
+    /// The template changed; the new pod is not available, an old one (old settings) is.
+    OldPodServing,
+    /// The ReplicaSet cannot create pods: pod security admission refuses them.
+    PodsRefused,
 }
 
 /// Whether a server-side apply creates the object (201) or updates it (200).
@@ -158,11 +163,63 @@ pub enum Exists {
     Yes,
 }
 
-/// Whether the object to delete is there (200) or already gone (404).
+/// Whether the object to delete is there (and this link's), already gone (404), or a
+/// namesake that is not this link's.
 #[derive(Clone, Copy, Debug)]
 pub enum Present {
     Yes,
     No,
+    NotOurs,
+}
+
+/// What a GET of a child's name finds.
+#[derive(Clone, Copy, Debug)]
+pub enum Found {
+    Absent,
+    /// The link's own child: its controller owner reference names the link.
+    Ours,
+    /// An object of that name someone else made (no owner reference to the link).
+    Foreign,
+}
+
+/// The paths (and resource names, for a 404) of the ConfigMap, Service and Deployment.
+fn child_paths() -> [(String, &'static str); 3] {
+    [
+        (
+            format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            "configmaps",
+        ),
+        (
+            format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            "services",
+        ),
+        (
+            format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            "deployments",
+        ),
+    ]
+}
+
+/// A child as a GET returns it; owned by the link when `owner` is its uid, else made by hand.
+fn existing_child(path: &str, owner: Option<&str>) -> Value {
+    let (api_version, kind) = if path.contains("/deployments/") {
+        ("apps/v1", "Deployment")
+    } else if path.contains("/services/") {
+        ("v1", "Service")
+    } else {
+        ("v1", "ConfigMap")
+    };
+    let mut object = json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": CHILD, "namespace": NAMESPACE, "uid": format!("uid-of-{CHILD}"), "resourceVersion": "77",
+                     "managedFields": [{"manager": "kubectl-create", "operation": "Update", "apiVersion": api_version}]},
+    });
+    if let Some(uid) = owner {
+        object["metadata"]["ownerReferences"] = json!([{"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
+            "name": LINK, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+        object["metadata"]["managedFields"][0]["manager"] = json!("devicelink-operator");
+    }
+    object
 }
 
 struct Captured {
@@ -332,6 +389,66 @@ impl ApiServerVerifier {
         self
     }
 
+    /// The list of the link's proxy pods, answered with `pods` as given (statuses and all);
+    /// then the mark of each that carries no links revision yet.
+    pub async fn proxy_pods(mut self, pods: Vec<Value>) -> Self {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::GET, "listing the proxy pods");
+        assert!(
+            request
+                .uri
+                .starts_with(&format!("/api/v1/namespaces/{NAMESPACE}/pods?"))
+        );
+        respond(
+            request.send,
+            StatusCode::OK,
+            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "900"}, "items": pods.clone()}),
+        );
+        for pod in pods
+            .iter()
+            .filter(|p| p["metadata"]["annotations"][LINKS_REVISION_ANNOTATION].is_null())
+        {
+            let request = self.next().await;
+            assert_eq!(
+                request.method,
+                Method::PATCH,
+                "marking pod {}",
+                pod["metadata"]["name"]
+            );
+            respond(request.send, StatusCode::OK, pod);
+        }
+        self
+    }
+
+    /// A server-side apply of the child at `resource` (configmaps, services, deployments)
+    /// refused by the API server with `code`, `reason`, `message` and field `causes`.
+    pub async fn refuse_apply(
+        mut self,
+        resource: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+        causes: Value,
+    ) -> Self {
+        let request = self.next().await;
+        let prefix = if resource == "deployments" {
+            "/apis/apps/v1"
+        } else {
+            "/api/v1"
+        };
+        Self::assert_apply(
+            &request,
+            &format!("{prefix}/namespaces/{NAMESPACE}/{resource}/{CHILD}"),
+        );
+        respond(
+            request.send,
+            StatusCode::from_u16(code).unwrap(),
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+                    "reason": reason, "details": {"name": CHILD, "kind": resource, "causes": causes}, "code": code}),
+        );
+        self
+    }
+
     /// Server-side apply of the link's Service; `check` sees what was applied.
     pub async fn apply_service(
         mut self,
@@ -389,6 +506,13 @@ impl ApiServerVerifier {
             Proxy::Ready => {
                 json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1})
             }
+            Proxy::OldPodServing => {
+                json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1})
+            }
+            Proxy::PodsRefused => json!({"observedGeneration": 1, "replicas": 0, "conditions": [
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": format!("pods \"{CHILD}-7d9f4-x2v8k\" is forbidden: violates PodSecurity \"restricted:latest\": unrestricted capabilities (container \"proxy\" must not include \"BPF\", \"NET_ADMIN\", \"PERFMON\" in securityContext.capabilities.add)")}]}),
         };
         let code = match exists {
             Exists::No => StatusCode::CREATED,
@@ -398,7 +522,50 @@ impl ApiServerVerifier {
         self
     }
 
+    /// The GET of a child before it is applied or deleted, answered with `found`.
+    async fn read_child(&mut self, path: &str, kind: &str, found: Found) {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::GET, "expected a GET of {path}");
+        assert_eq!(request.uri, path, "the child is read by name");
+        match found {
+            Found::Absent => respond(request.send, StatusCode::NOT_FOUND, &not_found(kind, CHILD)),
+            Found::Ours => respond(
+                request.send,
+                StatusCode::OK,
+                &existing_child(path, Some(LINK_UID)),
+            ),
+            Found::Foreign => respond(request.send, StatusCode::OK, &existing_child(path, None)),
+        }
+    }
+
+    /// The GETs of the ConfigMap, Service and Deployment before an apply; `exists` says whether
+    /// they are there (and this link's).
+    pub async fn read_children(self, exists: Exists) -> Self {
+        let found = match exists {
+            Exists::No => Found::Absent,
+            Exists::Yes => Found::Ours,
+        };
+        self.read_children_as([found; 3]).await
+    }
+
+    /// The GETs of the ConfigMap, Service and Deployment, each answered as given.
+    pub async fn read_children_as(mut self, found: [Found; 3]) -> Self {
+        for ((path, kind), found) in child_paths().into_iter().zip(found) {
+            self.read_child(&path, kind, found).await;
+        }
+        self
+    }
+
     async fn delete(mut self, path: String, kind: &str, present: Present) -> Self {
+        let found = match present {
+            Present::Yes => Found::Ours,
+            Present::No => Found::Absent,
+            Present::NotOurs => Found::Foreign,
+        };
+        self.read_child(&path, kind, found).await;
+        if !matches!(present, Present::Yes) {
+            return self;
+        }
         let request = self.next().await;
         assert_eq!(
             request.method,
@@ -410,15 +577,17 @@ impl ApiServerVerifier {
             request.body["propagationPolicy"], "Background",
             "children go with their pods"
         );
-        match present {
-            Present::No => respond(request.send, StatusCode::NOT_FOUND, &not_found(kind, CHILD)),
-            Present::Yes => respond(
-                request.send,
-                StatusCode::OK,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                        "details": {"name": CHILD, "kind": kind, "uid": "child-uid-17"}}),
-            ),
-        }
+        assert_eq!(
+            request.body["preconditions"]["uid"],
+            format!("uid-of-{CHILD}"),
+            "only the object read (and found ours) is deleted"
+        );
+        respond(
+            request.send,
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": CHILD, "kind": kind, "uid": "child-uid-17"}}),
+        );
         self
     }
 

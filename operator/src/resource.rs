@@ -176,7 +176,10 @@ pub struct DeviceLinkStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`: whether the endpoint accepts connections, with the reason.
+    /// `Ready`: whether the endpoint accepts connections, with the reason (Active,
+    /// WaitingForLoadBalancer, WaitingForProxy, Disabled, Expired, InvalidSpec, NameTaken,
+    /// ApplyRefused, PolicyDenied, ProxyPodsRefused, ProxyRolloutStalled, ProxyCrashLooping,
+    /// ProxyImagePullFailed, ProxyCannotStart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -192,7 +195,9 @@ pub enum Phase {
     Disabled,
     /// The TTL or `expiresAt` has passed; no children.
     Expired,
-    /// The spec is invalid; no children. The Ready condition says which field and how to fix it.
+    /// The link cannot serve until something is changed: an invalid spec (no children), a
+    /// child's name taken by another object, a child refused by the API server, proxy pods
+    /// refused or crash-looping. The Ready condition's reason and message say what and how.
     Failed,
 }
 

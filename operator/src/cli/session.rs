@@ -394,9 +394,12 @@ impl Session {
                 return Ok(false);
             }
             if status.phase == Some(Phase::Failed) && phase != Phase::Failed {
+                // NameTaken, PolicyDenied, ApplyRefused, ProxyCrashLooping...: waiting longer
+                // would not help, the reason and message say what to change.
+                let reason = crate::lifecycle::ready_reason(Some(status)).unwrap_or("Failed");
                 return Err(CliError::LinkFailed {
                     name: name.to_owned(),
-                    message: ready_message(link),
+                    message: format!("{reason}: {}", ready_message(link)),
                 });
             }
             Ok(status.phase == Some(phase))

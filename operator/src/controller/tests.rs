@@ -28,6 +28,8 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
     let stored = link.clone();
     let mock = server.run(move |server| async move {
         server
+            .read_children(Exists::No)
+            .await
             .apply_config_map(Exists::No, |link| {
                 assert_eq!(link["device"], "10.20.30.40:22");
                 assert_eq!(
@@ -106,8 +108,8 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
     scenario_completes(mock).await;
     assert_eq!(
         action,
-        Action::requeue(Duration::from_secs(2 * 3600)),
-        "requeued at the expiry instant, not polled"
+        Action::requeue(Duration::from_secs(15)),
+        "not serving yet: looked at again soon, since a proxy pod's trouble shows on the pod"
     );
 }
 
@@ -125,6 +127,8 @@ async fn endpoint_appearing_later_makes_the_link_active_with_an_opened_event() {
     let stored = pending.clone();
     let mock = server.run(move |server| async move {
         server
+            .read_children(Exists::Yes)
+            .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
@@ -159,6 +163,8 @@ async fn steady_active_link_is_reapplied_without_status_write_or_event() {
     let active = DeviceLink::test().active_since(NOW, now);
     let mock = server.run(|server| async move {
         server
+            .read_children(Exists::Yes)
+            .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
@@ -218,6 +224,8 @@ async fn re_enabling_reapplies_and_restarts_the_ttl() {
     let stored = reenabled.clone();
     let mock = server.run(move |server| async move {
         server
+            .read_children(Exists::No)
+            .await
             .apply_config_map(Exists::No, |link| {
                 assert_eq!(
                     link["expiresAt"], "2026-11-25T14:00:00Z",
@@ -267,6 +275,8 @@ async fn acl_change_updates_the_children_in_place() {
     .links_revision();
     let mock = server.run(move |server| async move {
         server
+            .read_children(Exists::Yes)
+            .await
             .apply_config_map(Exists::Yes, |link| {
                 assert_eq!(link["allowedSourceRanges"], json!(["198.51.100.0/25"]));
                 assert_eq!(
@@ -329,6 +339,8 @@ async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
     let active = DeviceLink::test().active_since(NOW, one_hour_in);
     let mock = server.run(|server| async move {
         server
+            .read_children(Exists::Yes)
+            .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
@@ -436,7 +448,7 @@ async fn invalid_spec_fails_naming_the_field_and_leaves_no_children() {
                 );
             })
             .await
-            .event("Failed", "Warning")
+            .event("InvalidSpec", "Warning")
             .await
     });
     let action = reconcile(Arc::new(invalid), ctx)
@@ -454,10 +466,36 @@ async fn invalid_spec_fails_naming_the_field_and_leaves_no_children() {
 async fn api_errors_fail_the_reconcile_and_count_by_kind() {
     let (ctx, server) = Context::test(at(NOW));
     let link = Arc::new(DeviceLink::test());
-    let mock = server.run(|server| async move { server.forbidden().await });
+    let stored = DeviceLink::test();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::No)
+            .await
+            .forbidden()
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(
+                    (condition.status.as_str(), condition.reason.as_str()),
+                    ("False", "ApplyRefused")
+                );
+                assert!(
+                    condition
+                        .message
+                        .contains("ConfigMap plant-a/devicelink-pump-17-ssh")
+                        && condition.message.contains("forbidden"),
+                    "names the object and the API server's words: {}",
+                    condition.message
+                );
+            })
+            .await
+            .event("ApplyRefused", "Warning")
+            .await
+    });
     let error = reconcile(link.clone(), ctx.clone())
         .await
-        .expect_err("a 403 is an error");
+        .expect_err("a 403 is an error, retried with backoff");
     scenario_completes(mock).await;
     assert!(matches!(error, Error::Apply(_)), "{error:?}");
     assert!(error.to_string().contains("forbidden"), "{error}");
@@ -687,6 +725,17 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 (Method::GET, "/apis/apps/v1/deployments") => {
                     reply(send, StatusCode::OK, list("DeploymentList", vec![]))
                 }
+                (
+                    Method::GET,
+                    "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh"
+                    | "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh"
+                    | "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh",
+                ) => reply(
+                    send,
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
                 (Method::PATCH, "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh") => {
                     let mut config_map = body.clone();
                     config_map["metadata"]["uid"] = json!("cm-uid-17");
@@ -721,8 +770,9 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 ) => {
                     let mut deployment = body.clone();
                     deployment["metadata"]["uid"] = json!("deploy-uid-17");
-                    deployment["status"] =
-                        json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1});
+                    deployment["metadata"]["generation"] = json!(1);
+                    deployment["status"] = json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                                                  "readyReplicas": 1, "availableReplicas": 1});
                     reply(send, StatusCode::OK, deployment);
                 }
                 (
@@ -873,6 +923,8 @@ async fn ttl_and_device_changes_update_the_children_in_place() {
     let stored = edited.clone();
     let mock = server.run(move |server| async move {
         server
+            .read_children(Exists::Yes)
+            .await
             .apply_config_map(Exists::Yes, |link| {
                 assert_eq!(link["device"], "10.20.30.41:22");
                 assert_eq!(
@@ -900,4 +952,251 @@ async fn ttl_and_device_changes_update_the_children_in_place() {
         Action::requeue(Duration::from_secs(2 * 3600)),
         "requeued at the new expiry"
     );
+}
+
+#[tokio::test]
+async fn a_service_of_the_childs_name_made_by_someone_else_is_left_alone_and_the_name_reported_taken()
+ {
+    let (ctx, server) = Context::test(at(NOW));
+    let link = DeviceLink::test();
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            // Nothing is applied: not the ConfigMap (which is free), not over the Service.
+            .read_children_as([Found::Absent, Found::Foreign, Found::Absent])
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(
+                    (condition.status.as_str(), condition.reason.as_str()),
+                    ("False", "NameTaken")
+                );
+                assert!(
+                    condition
+                        .message
+                        .contains("Service plant-a/devicelink-pump-17-ssh already exists")
+                        && condition.message.contains("kubectl-create"),
+                    "names the object and who made it: {}",
+                    condition.message
+                );
+                assert_eq!(
+                    status.expires_at,
+                    Some(Time(at("2026-11-25T10:00:00Z"))),
+                    "the TTL still runs"
+                );
+            })
+            .await
+            .event("NameTaken", "Warning")
+            .await
+    });
+    let action = reconcile(Arc::new(link), ctx)
+        .await
+        .expect("a taken name is a status, not an error");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(15)),
+        "looked at again: the namesake may be removed"
+    );
+}
+
+#[tokio::test]
+async fn closing_deletes_only_the_links_own_children_and_never_a_namesake() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let disabled = DeviceLink::test()
+        .active_since(NOW, now)
+        .edited(|spec| spec.enabled = false);
+    let stored = disabled.clone();
+    let mock = server.run(move |server| async move {
+        server
+            // The GET finds a Service of that name without the link's owner reference: no DELETE.
+            .delete_service(Present::NotOurs)
+            .await
+            .delete_deployment(Present::Yes)
+            .await
+            .delete_config_map(Present::Yes)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Disabled))
+            })
+            .await
+            .event("Closed", "Normal")
+            .await
+    });
+    reconcile(Arc::new(disabled), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn a_deployment_the_api_server_refuses_with_422_shows_the_field_on_the_link_and_in_an_event()
+{
+    let (ctx, server) = Context::test(at(NOW));
+    let link = Arc::new(DeviceLink::test());
+    let stored = DeviceLink::test();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::No)
+            .await
+            .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_service(Exists::No, LoadBalancer::NoAddressYet, |_| {})
+            .await
+            .refuse_apply(
+                "deployments",
+                422,
+                "Invalid",
+                "Deployment.apps \"devicelink-pump-17-ssh\" is invalid",
+                json!([{"reason": "FieldValueInvalid", "message": "Invalid value: \"2\": must be less than or equal to memory limit of 1Mi",
+                        "field": "spec.template.spec.containers[0].resources.requests"}]),
+            )
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(condition.reason, "ApplyRefused");
+                assert!(
+                    condition
+                        .message
+                        .contains("Deployment plant-a/devicelink-pump-17-ssh (Invalid)")
+                        && condition
+                            .message
+                            .contains("spec.template.spec.containers[0].resources.requests: Invalid value"),
+                    "the object, the reason and the field: {}",
+                    condition.message
+                );
+            })
+            .await
+            .event("ApplyRefused", "Warning")
+            .await
+    });
+    let error = reconcile(link, ctx)
+        .await
+        .expect_err("retried with backoff");
+    scenario_completes(mock).await;
+    assert!(matches!(error, Error::Apply(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn proxy_pods_refused_by_pod_security_fail_the_link_with_the_admission_message() {
+    let (ctx, server) = Context::test(at(NOW));
+    let link = DeviceLink::test();
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::No)
+            .await
+            .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::No, Proxy::PodsRefused, |_| {})
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(condition.reason, "ProxyPodsRefused");
+                assert!(
+                    condition.message.contains("violates PodSecurity"),
+                    "{}",
+                    condition.message
+                );
+            })
+            .await
+            .event("ProxyPodsRefused", "Warning")
+            .await
+    });
+    reconcile(Arc::new(link), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn a_crash_looping_proxy_fails_the_link_with_its_exit_message() {
+    let now = "2026-11-25T08:03:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let pending = DeviceLink::test().with_status(DeviceLinkStatus {
+        phase: Some(Phase::Pending),
+        enabled_at: Some(Time(at(NOW))),
+        ..DeviceLinkStatus::default()
+    });
+    let stored = pending.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::Yes)
+            .await
+            .apply_config_map(Exists::Yes, |_| {})
+            .await
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::NotReady, |_| {})
+            .await
+            .proxy_pods(vec![json!({
+                "metadata": {"name": "devicelink-pump-17-ssh-7d9f4-x2v8k", "namespace": NAMESPACE},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "name": "proxy", "image": PROXY_IMAGE, "imageID": "", "ready": false, "restartCount": 5,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=proxy"}},
+                    "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                        "message": "--data-plane ebpf: loading the XDP program: Operation not permitted (is bpf() allowed by seccomp?)"}}}]},
+            })])
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(condition.reason, "ProxyCrashLooping");
+                assert!(
+                    condition.message.contains("code 2")
+                        && condition.message.contains("Operation not permitted")
+                        && condition.message.contains("logs devicelink-pump-17-ssh-7d9f4-x2v8k --previous"),
+                    "{}",
+                    condition.message
+                );
+            })
+            .await
+            .event("ProxyCrashLooping", "Warning")
+            .await
+    });
+    let action = reconcile(Arc::new(pending), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(15)),
+        "looked at again: it may recover"
+    );
+}
+
+#[tokio::test]
+async fn an_old_pod_still_serving_after_a_template_change_is_not_ready() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let edited = DeviceLink::test()
+        .active_since(NOW, now)
+        .edited(|spec| spec.data_plane = crate::resource::DataPlane::Userspace);
+    let stored = edited.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::Yes)
+            .await
+            .apply_config_map(Exists::Yes, |_| {})
+            .await
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::OldPodServing, |_| {})
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(
+                    status.phase,
+                    Some(Phase::Pending),
+                    "the pod serving is the old one: not Active until the new one is available"
+                );
+                assert_eq!(status.conditions[0].reason, "WaitingForProxy");
+            })
+            .await
+    });
+    reconcile(Arc::new(edited), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
 }
