@@ -11,7 +11,8 @@ use k8s_openapi::{
 };
 
 use crate::resource::{
-    DeviceLink, DeviceLinkStatus, InvalidSpec, Phase, ValidLink, format_instant,
+    DeviceLink, DeviceLinkStatus, InvalidSpec, OPEN_REQUEST_ANNOTATION, Phase, ValidLink,
+    format_instant,
 };
 
 /// The decision for one link at one instant.
@@ -37,8 +38,9 @@ pub enum Desired {
 /// Decides from the spec, the previous status and the clock.
 ///
 /// A TTL counts from `status.enabledAt`, which is set when the link goes from disabled (or
-/// never enabled) to enabled: so re-enabling restarts the TTL, and anything else (an ACL
-/// change, an operator restart) keeps it.
+/// never enabled) to enabled, or is asked to open again by a new
+/// [`OPEN_REQUEST_ANNOTATION`]: so re-enabling or re-opening restarts the TTL, and anything
+/// else (an ACL change, an operator restart) keeps it.
 pub fn decide(link: &DeviceLink, now: Timestamp) -> Desired {
     let valid = match link.validate() {
         Ok(valid) => valid,
@@ -52,8 +54,10 @@ pub fn decide(link: &DeviceLink, now: Timestamp) -> Desired {
         };
     }
     let was_disabled = previous.and_then(|s| s.phase) == Some(Phase::Disabled);
+    let open_requested = open_request(link)
+        .is_some_and(|request| previous.and_then(|s| s.open_request.as_deref()) != Some(request));
     let enabled_at = match previous_enabled_at {
-        Some(at) if !was_disabled => at,
+        Some(at) if !was_disabled && !open_requested => at,
         _ => now,
     };
     let expires_at = valid.lifetime.expires_at(enabled_at);
@@ -86,6 +90,15 @@ impl Problem {
             message: message.into(),
         }
     }
+}
+
+/// The link's open request (the annotation `devicelink open` sets), if any.
+pub fn open_request(link: &DeviceLink) -> Option<&str> {
+    link.metadata
+        .annotations
+        .as_ref()?
+        .get(OPEN_REQUEST_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// What the API server said about the applied children.
@@ -337,7 +350,7 @@ pub fn status_for(
             )
         }
     };
-    with_condition(
+    let mut status = with_condition(
         link,
         now,
         DeviceLinkStatus {
@@ -350,7 +363,12 @@ pub fn status_for(
         ready,
         reason,
         message,
-    )
+    );
+    if matches!(desired, Desired::Invalid(_)) {
+        // An invalid link did not act on a request: it is honoured once the spec is fixed.
+        status.open_request = link.status.as_ref().and_then(|s| s.open_request.clone());
+    }
+    status
 }
 
 /// `status` with its generation and its one `Ready` condition filled in.
@@ -363,6 +381,8 @@ fn with_condition(
     message: String,
 ) -> DeviceLinkStatus {
     let generation = link.metadata.generation;
+    let previous_request = link.status.as_ref().and_then(|s| s.open_request.clone());
+    let open_request = open_request(link).map(str::to_owned).or(previous_request);
     let ready_status = if ready { "True" } else { "False" };
     let previous_ready = link
         .status
@@ -375,6 +395,7 @@ fn with_condition(
     };
     DeviceLinkStatus {
         observed_generation: generation,
+        open_request,
         conditions: vec![Condition {
             type_: "Ready".to_owned(),
             status: ready_status.to_owned(),
@@ -540,6 +561,64 @@ mod tests {
             }
             other => panic!("expected Open, got {other:?}"),
         }
+    }
+
+    fn requested(mut link: DeviceLink, request: &str) -> DeviceLink {
+        link.metadata.annotations = Some(
+            [(OPEN_REQUEST_ANNOTATION.to_owned(), request.to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        link
+    }
+
+    #[test]
+    fn an_open_request_on_a_link_enabled_hours_ago_restarts_the_ttl_from_now() {
+        let mut enabled = status(Phase::Active, "2026-11-25T08:00:00Z");
+        enabled.open_request = Some("2026-11-25T08:00:00Z".into());
+        let now = at("2026-11-25T09:30:00Z");
+        let asked = requested(
+            link("  ttl: 2h\n", Some(enabled.clone())),
+            "2026-11-25T09:29:59Z",
+        );
+        match decide(&asked, now) {
+            Desired::Open {
+                enabled_at,
+                expires_at,
+                ..
+            } => {
+                assert_eq!(enabled_at, now, "counted from the request, not from 08:00");
+                assert_eq!(expires_at, at("2026-11-25T11:30:00Z"));
+            }
+            other => panic!("expected Open, got {other:?}"),
+        }
+        let seen = requested(link("  ttl: 2h\n", Some(enabled)), "2026-11-25T08:00:00Z");
+        assert!(
+            matches!(decide(&seen, now), Desired::Open { enabled_at, .. } if enabled_at == at("2026-11-25T08:00:00Z")),
+            "a request already acted on does not restart it again"
+        );
+    }
+
+    #[test]
+    fn an_open_request_reopens_an_expired_link_at_once() {
+        let link = requested(
+            link(
+                "  ttl: 2h\n",
+                Some(status(Phase::Expired, "2026-11-25T08:00:00Z")),
+            ),
+            "2026-11-25T12:00:00Z",
+        );
+        let now = at("2026-11-25T12:00:01Z");
+        let desired = decide(&link, now);
+        assert!(
+            matches!(desired, Desired::Open { expires_at, .. } if expires_at == at("2026-11-25T14:00:01Z"))
+        );
+        let status = status_for(&link, &desired, &Observed::default(), now);
+        assert_eq!(
+            status.open_request.as_deref(),
+            Some("2026-11-25T12:00:00Z"),
+            "recorded, so the next reconcile keeps the new start"
+        );
     }
 
     #[test]

@@ -26,6 +26,11 @@ use serde::{Deserialize, Serialize};
 /// API group of every devicelink resource.
 pub const GROUP: &str = "devicelink.io";
 
+/// Annotation by which `devicelink open` asks for the link to be (re)opened now: whenever its
+/// value differs from `status.openRequest`, the TTL restarts at the operator's present, so
+/// `--for 2h` means two hours from the command, even on a link enabled hours before.
+pub const OPEN_REQUEST_ANNOTATION: &str = "devicelink.io/open-request";
+
 /// Child objects are named `devicelink-<link>`: the prefix keeps them from colliding with (and
 /// server-side apply from taking over) a user's own Service or Deployment of the same name.
 pub const CHILD_NAME_PREFIX: &str = "devicelink-";
@@ -61,7 +66,8 @@ pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceLinkSpec {
-    /// Whether the link is open. Setting it back to true after false restarts the TTL.
+    /// Whether the link is open. Setting it back to true after false restarts the TTL, as does
+    /// a new value of the annotation devicelink.io/open-request (what `devicelink open` sets).
     #[serde(default = "enabled_by_default")]
     #[schemars(default = "enabled_by_default")]
     pub enabled: bool,
@@ -173,6 +179,9 @@ pub struct DeviceLinkStatus {
     /// When the link closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// The `devicelink.io/open-request` annotation the TTL was last restarted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_request: Option<String>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -242,3 +242,17 @@ fn kustomization_lists_every_manifest() {
         );
     }
 }
+
+#[test]
+fn the_crd_bounds_connection_limits_at_what_the_proxy_carries() {
+    let schema = crd_schema();
+    for field in ["maxConnections", "maxConnectionsPerSource"] {
+        let bounds = &schema["properties"]["spec"]["properties"][field];
+        assert_eq!(
+            bounds["maximum"].as_f64(),
+            Some(f64::from(devicelink_spec::MAX_CONNECTIONS)),
+            "{field}: a value the API server accepts is one the proxy accepts"
+        );
+        assert_eq!(bounds["minimum"].as_f64(), Some(1.0), "{field}");
+    }
+}

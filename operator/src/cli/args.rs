@@ -71,7 +71,7 @@ pub struct OpenArgs {
     /// Public port of the endpoint (default: the device's port).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// How long the link stays open, e.g. 2h, 90m, 1h30m.
+    /// How long the link stays open from now (even if it was enabled before), e.g. 2h, 90m.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lifetime)]
     pub duration: Duration,
     /// Source block allowed to connect (repeatable), e.g. 203.0.113.0/24.

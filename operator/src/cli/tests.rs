@@ -198,7 +198,7 @@ fn ssh_spec() -> Value {
 
 fn status(phase: &str, generation: i64, endpoint: Option<&str>, message: &str) -> Value {
     let mut status = json!({
-        "phase": phase, "observedGeneration": generation,
+        "phase": phase, "observedGeneration": generation, "openRequest": NOW,
         "enabledAt": "2026-11-25T08:00:00Z", "expiresAt": "2026-11-25T10:00:00Z",
         "conditions": [{"type": "Ready", "status": if phase == "Active" {"True"} else {"False"},
                         "reason": phase, "message": message, "lastTransitionTime": "2026-11-25T08:00:00Z"}],
@@ -337,44 +337,39 @@ async fn open_creates_the_link_then_waits_for_the_endpoint_and_says_how_to_conne
 }
 
 #[tokio::test]
-async fn open_on_an_expired_link_disables_then_reenables_so_the_ttl_restarts() {
-    let expired = link(
-        2,
-        ssh_spec(),
-        status("Expired", 2, None, "closed at 2026-11-25T10:00:00Z"),
-    );
-    let mut disabled_spec = ssh_spec();
-    disabled_spec["enabled"] = json!(false);
+async fn open_on_a_link_enabled_hours_ago_asks_for_a_fresh_start_and_waits_for_it() {
+    // Expired since 10:00 (enabled at 08:00 for 2h); `open --for 2h` at 09:00+ must mean two
+    // hours from now, not from 08:00.
+    let mut expired_status = status("Expired", 2, None, "closed at 2026-11-25T10:00:00Z");
+    expired_status["openRequest"] = json!("2026-11-25T08:00:00Z");
+    let expired = link(2, ssh_spec(), expired_status.clone());
     let steps = vec![
-        get_link(expired),
+        get_link(expired.clone()),
         step(|method, uri, body| {
             assert_eq!(
                 (method, uri),
                 (&Method::PATCH, format!("{LINK_PATH}/pump-17-ssh?").as_str())
             );
-            assert_eq!(body, &json!({"spec": {"enabled": false}}));
-            (StatusCode::OK, link(2, ssh_spec(), Value::Null)) // the patched object, as the API server answers
-        }),
-        get_link(link(
-            3,
-            disabled_spec.clone(),
-            status("Disabled", 3, None, "spec.enabled is false"),
-        )),
-        step(|method, _, body| {
-            assert_eq!(method, Method::PATCH);
+            assert_eq!(
+                body["metadata"]["annotations"]["devicelink.io/open-request"], NOW,
+                "the request the operator restarts the TTL for"
+            );
             assert_eq!(body["spec"]["enabled"], true);
+            assert_eq!(body["spec"]["ttl"], "2h");
             assert_eq!(
                 body["spec"]["expiresAt"],
                 Value::Null,
                 "an absolute expiry is cleared (merge patch null)"
             );
             assert!(body["spec"].as_object().unwrap().contains_key("expiresAt"));
-            (StatusCode::OK, link(2, ssh_spec(), Value::Null)) // the patched object, as the API server answers
+            (StatusCode::OK, link(2, ssh_spec(), expired_status)) // the patched object, as the API server answers
         }),
+        // The operator has not acted on the request yet: the old Expired status is not the answer.
+        get_link(expired),
         get_link(link(
-            4,
+            2,
             ssh_spec(),
-            status("Active", 4, Some("198.51.100.7:22"), "open"),
+            status("Active", 2, Some("198.51.100.7:22"), "open"),
         )),
         step(|_, uri, _| {
             assert!(uri.starts_with("/api/v1/namespaces/plant-a/pods?"));

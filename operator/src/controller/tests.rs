@@ -1200,3 +1200,45 @@ async fn an_old_pod_still_serving_after_a_template_change_is_not_ready() {
     reconcile(Arc::new(edited), ctx).await.expect("reconcile");
     scenario_completes(mock).await;
 }
+
+#[tokio::test]
+async fn an_open_request_restarts_the_ttl_of_a_link_enabled_earlier_from_the_operators_now() {
+    let now = "2026-11-25T09:30:00Z";
+    let (ctx, server) = Context::test(at(now));
+    let mut asked = DeviceLink::test().active_since(NOW, now);
+    asked.metadata.annotations = Some(
+        [(
+            crate::resource::OPEN_REQUEST_ANNOTATION.to_owned(),
+            "2026-11-25T09:29:58Z".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let stored = asked.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::Yes)
+            .await
+            .apply_config_map(Exists::Yes, |link| {
+                assert_eq!(
+                    link["expiresAt"], "2026-11-25T11:30:00Z",
+                    "two hours from the request, not from the first enable at 08:00"
+                );
+            })
+            .await
+            .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
+            .await
+            .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.enabled_at, Some(Time(at(now))));
+                assert_eq!(status.open_request.as_deref(), Some("2026-11-25T09:29:58Z"));
+            })
+            .await
+    });
+    let action = reconcile(Arc::new(asked), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2 * 3600)));
+}
