@@ -8,7 +8,11 @@
 //! object of a child's name without the link's controller reference is never applied over or
 //! deleted: the link reports the name as taken instead.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -23,10 +27,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::Store,
+        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
@@ -39,9 +43,11 @@ use crate::{
     clock::{Clock, until},
     lifecycle::{self, Desired, Observed, Problem},
     metrics::Metrics,
+    policy::{self, DeviceLinkPolicy},
     render::{
         FIELD_MANAGER, LINKS_REVISION_ANNOTATION, MANAGED_BY, ProxyImage, child_labels, render,
     },
+    resolve::Resolver,
     resource::{DeviceLink, DeviceLinkStatus, Phase, ValidLink, child_name},
 };
 
@@ -53,18 +59,64 @@ pub struct Context {
     pub metrics: Metrics,
     pub proxy: ProxyImage,
     pub clock: Clock,
+    /// Every DeviceLinkPolicy in the cluster, as the policy watch last reported them.
+    pub policies: Store<DeviceLinkPolicy>,
+    /// Feeds [`Self::policies`]; taken by [`controller`], which runs the watch.
+    pub policy_writer: Arc<Mutex<Option<Writer<DeviceLinkPolicy>>>>,
+    /// Resolves device names for the policies' allowed networks.
+    pub resolver: Resolver,
 }
 
 impl Context {
     pub fn new(client: Client, reporter: Reporter, metrics: Metrics, proxy: ProxyImage) -> Self {
+        let (policies, writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             proxy,
             clock: Clock::System,
+            policies,
+            policy_writer: Arc::new(Mutex::new(Some(writer))),
+            resolver: Resolver::System,
         }
     }
+}
+
+/// How long a reconcile waits for the first list of DeviceLinkPolicies: judging a link before
+/// they are known could open what a policy refuses.
+const POLICIES_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the policies refuse `link`, opened at `enabled_at`, if they do.
+async fn policy_refusal(
+    ctx: &Context,
+    link: &ValidLink,
+    enabled_at: Timestamp,
+) -> Result<Option<Problem>> {
+    match tokio::time::timeout(POLICIES_WAIT, ctx.policies.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::PoliciesNotReady),
+    }
+    let mut policies: Vec<DeviceLinkPolicy> =
+        ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+    policies.sort_by_key(|p| p.metadata.name.clone());
+    let host = &link.device.host;
+    let resolved = if let Ok(address) = host.parse::<IpAddr>() {
+        vec![address]
+    } else if policy::device_addresses_needed(link, &policies) {
+        // A lookup that fails is retried rather than judged: a DNS outage must not close
+        // links that are allowed.
+        ctx.resolver
+            .addresses(host, link.device.port)
+            .await
+            .map_err(|source| Error::Resolve {
+                host: host.clone(),
+                source,
+            })?
+    } else {
+        Vec::new()
+    };
+    Ok(policy::check(link, enabled_at, &resolved, &policies).err())
 }
 
 /// How long to wait before looking again at a link that is open but not yet serving: a proxy
@@ -88,15 +140,22 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
     let observed = match &desired {
         Desired::Open {
             link: valid,
+            enabled_at,
             expires_at,
-            ..
-        } => match apply_children(&ctx, valid, *expires_at).await? {
-            Applied::Done(observed) => observed,
-            Applied::NameTaken(problem) => Observed::blocked(problem),
-            Applied::Refused { problem, error } => {
-                refusal = Some(error);
+        } => match policy_refusal(&ctx, valid, *enabled_at).await? {
+            // Refused by the admin's policy: whatever was applied before goes.
+            Some(problem) => {
+                delete_children(&ctx.client, &namespace, &name, &uid).await?;
                 Observed::blocked(problem)
             }
+            None => match apply_children(&ctx, valid, *expires_at).await? {
+                Applied::Done(observed) => observed,
+                Applied::NameTaken(problem) => Observed::blocked(problem),
+                Applied::Refused { problem, error } => {
+                    refusal = Some(error);
+                    Observed::blocked(problem)
+                }
+            },
         },
         Desired::Disabled { .. } | Desired::Expired { .. } | Desired::Invalid(_) => {
             delete_children(&ctx.client, &namespace, &name, &uid).await?;
@@ -431,13 +490,31 @@ pub fn controller(
     let client = ctx.client.clone();
     let children =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         Api::<DeviceLink>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<Deployment>::all(client), children)
-    .graceful_shutdown_on(shutdown);
+    .owns(Api::<Deployment>::all(client.clone()), children);
+    let writer = ctx
+        .policy_writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(writer) = writer {
+        // A policy created, changed or deleted re-judges every link.
+        let policy_changes = reflector::reflector(
+            writer,
+            watcher::watcher(
+                Api::<DeviceLinkPolicy>::all(client),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .filter_map(|event| async move { event.ok().map(|_| ()) });
+        controller = controller.reconcile_all_on(policy_changes);
+    }
+    let controller = controller.graceful_shutdown_on(shutdown);
     let store = controller.store();
     let run = controller
         .run(reconcile, error_policy, ctx)

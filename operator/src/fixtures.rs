@@ -7,7 +7,7 @@
 //! dropped its handle and the call fails, so the test sees an error rather than a silent pass.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -24,7 +24,7 @@ use k8s_openapi::{
 use kube::{
     Client, Resource,
     client::Body,
-    runtime::events::{Recorder, Reporter},
+    runtime::{events::Reporter, watcher},
 };
 use serde_json::{Value, json};
 
@@ -32,7 +32,9 @@ use crate::{
     clock::Clock,
     controller::Context,
     metrics::Metrics,
+    policy::DeviceLinkPolicy,
     render::{LINKS_FILE, LINKS_REVISION_ANNOTATION, ProxyImage},
+    resolve::Resolver,
     resource::{DeviceLink, DeviceLinkStatus, Phase},
 };
 
@@ -107,22 +109,58 @@ impl DeviceLink {
 }
 
 impl Context {
-    /// A context over kube's mock service, with the clock fixed at `now`.
+    /// A context over kube's mock service, with the clock fixed at `now`, no DeviceLinkPolicy
+    /// and no name that resolves.
     pub fn test(now: Timestamp) -> (Arc<Self>, ApiServerVerifier) {
+        Self::test_with_policies(now, Vec::new(), &[])
+    }
+
+    /// As [`Context::test`], with these DeviceLinkPolicies in the cluster and these names
+    /// resolving to these addresses.
+    pub fn test_with_policies(
+        now: Timestamp,
+        policies: Vec<DeviceLinkPolicy>,
+        names: &[(&str, &[&str])],
+    ) -> (Arc<Self>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NAMESPACE);
-        let ctx = Context {
-            recorder: Recorder::new(client.clone(), Reporter::from("devicelink-operator")),
+        let mut ctx = Context::new(
             client,
-            metrics: Metrics::default(),
-            proxy: ProxyImage {
+            Reporter::from("devicelink-operator"),
+            Metrics::default(),
+            ProxyImage {
                 image: PROXY_IMAGE.into(),
                 pull_policy: None,
             },
-            clock: Clock::Fixed(now),
-        };
+        );
+        ctx.clock = Clock::Fixed(now);
+        ctx.resolver = Resolver::Fixed(Arc::new(
+            names
+                .iter()
+                .map(|(name, addresses)| {
+                    let addresses = addresses.iter().map(|a| a.parse().unwrap()).collect();
+                    ((*name).to_owned(), addresses)
+                })
+                .collect::<HashMap<_, _>>(),
+        ));
+        // As the policy watch's first list would: these, and the store is ready.
+        if let Some(writer) = ctx.policy_writer.lock().unwrap().as_mut() {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for policy in policies {
+                writer.apply_watcher_event(&watcher::Event::InitApply(policy));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
+}
+
+/// A DeviceLinkPolicy as an admin writes it: `spec` in YAML flow form.
+pub fn policy(name: &str, spec: &str) -> DeviceLinkPolicy {
+    serde_yaml::from_str(&format!(
+        "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLinkPolicy\nmetadata: {{name: {name}, uid: policy-uid-{name}}}\nspec: {spec}\n"
+    ))
+    .expect("fixture DeviceLinkPolicy")
 }
 
 /// Waits for a scenario to have answered every request it expected.

@@ -721,6 +721,12 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 (Method::GET, "/api/v1/services") => {
                     reply(send, StatusCode::OK, list("ServiceList", vec![]))
                 }
+                (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinkpolicies") if watching => {
+                    held_watches.push(send)
+                }
+                (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinkpolicies") => {
+                    reply(send, StatusCode::OK, list("DeviceLinkPolicyList", vec![]))
+                }
                 (Method::GET, "/apis/apps/v1/deployments") if watching => held_watches.push(send),
                 (Method::GET, "/apis/apps/v1/deployments") => {
                     reply(send, StatusCode::OK, list("DeploymentList", vec![]))
@@ -1241,4 +1247,128 @@ async fn an_open_request_restarts_the_ttl_of_a_link_enabled_earlier_from_the_ope
     let action = reconcile(Arc::new(asked), ctx).await.expect("reconcile");
     scenario_completes(mock).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(2 * 3600)));
+}
+
+#[tokio::test]
+async fn a_link_the_policy_refuses_fails_naming_the_field_and_the_rule_and_gets_no_children() {
+    let (ctx, server) =
+        Context::test_with_policies(at(NOW), vec![policy("plants", "{maxTtl: 1h}")], &[]);
+    let link = DeviceLink::test();
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::No)
+            .await
+            .delete_deployment(Present::No)
+            .await
+            .delete_config_map(Present::No)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                let condition = &status.conditions[0];
+                assert_eq!(
+                    (condition.status.as_str(), condition.reason.as_str()),
+                    ("False", "PolicyDenied")
+                );
+                assert!(
+                    condition
+                        .message
+                        .starts_with("spec.ttl: the link would stay open 2h")
+                        && condition.message.contains("DeviceLinkPolicy plants")
+                        && condition.message.contains("maxTtl: 1h"),
+                    "{}",
+                    condition.message
+                );
+            })
+            .await
+            .event("PolicyDenied", "Warning")
+            .await
+    });
+    reconcile(Arc::new(link), ctx)
+        .await
+        .expect("a refusal is a status, not an error");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn a_device_name_resolving_outside_the_allowed_networks_closes_an_open_link() {
+    let now = "2026-11-25T09:00:00Z";
+    let (ctx, server) = Context::test_with_policies(
+        at(now),
+        vec![policy("plants", "{allowedDeviceNetworks: [10.20.0.0/16]}")],
+        &[(
+            "pump-17.plant-a.internal",
+            &["10.20.30.40", "169.254.169.254"],
+        )],
+    );
+    let renamed = DeviceLink::test()
+        .active_since(NOW, now)
+        .edited(|spec| spec.device.host = "pump-17.plant-a.internal".into());
+    let stored = renamed.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::Yes)
+            .await
+            .delete_deployment(Present::Yes)
+            .await
+            .delete_config_map(Present::Yes)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Failed));
+                assert_eq!(status.endpoint, None, "the endpoint is gone");
+                let condition = &status.conditions[0];
+                assert_eq!(condition.reason, "PolicyDenied");
+                assert!(
+                    condition
+                        .message
+                        .contains("pump-17.plant-a.internal resolves to 169.254.169.254"),
+                    "{}",
+                    condition.message
+                );
+            })
+            .await
+            .event("PolicyDenied", "Warning")
+            .await
+    });
+    reconcile(Arc::new(renamed), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn a_link_within_every_policy_opens_as_usual() {
+    let (ctx, server) = Context::test_with_policies(
+        at(NOW),
+        vec![
+            policy(
+                "plants",
+                "{allowedDeviceNetworks: [10.20.0.0/16], maxTtl: 8h}",
+            ),
+            policy(
+                "sources",
+                "{forbiddenSourceRanges: ['0.0.0.0/0', '::/0', 10.0.0.0/8]}",
+            ),
+        ],
+        &[],
+    );
+    let link = DeviceLink::test();
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::No)
+            .await
+            .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_service(Exists::No, LoadBalancer::NoAddressYet, |_| {})
+            .await
+            .apply_deployment(Exists::No, Proxy::NotReady, |_| {})
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |status| {
+                assert_eq!(status.phase, Some(Phase::Pending))
+            })
+            .await
+    });
+    reconcile(Arc::new(link), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
 }
