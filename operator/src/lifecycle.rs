@@ -20,7 +20,7 @@ use crate::resource::{
 pub enum Desired {
     /// Apply the children; the link closes at `expires_at`.
     Open {
-        link: ValidLink,
+        link: Box<ValidLink>,
         enabled_at: Timestamp,
         expires_at: Timestamp,
     },
@@ -68,7 +68,7 @@ pub fn decide(link: &DeviceLink, now: Timestamp) -> Desired {
         }
     } else {
         Desired::Open {
-            link: valid,
+            link: Box::new(valid),
             enabled_at,
             expires_at,
         }

@@ -213,9 +213,14 @@ fn child_metadata(link: &ValidLink) -> ObjectMeta {
 /// The public endpoint: only the allowed ranges get through the load balancer, and
 /// `externalTrafficPolicy: Local` keeps the client's address so the proxy's own ACL sees it.
 pub fn render_service(link: &ValidLink) -> Service {
+    let annotations = &link.service.annotations;
     Service {
-        metadata: child_metadata(link),
+        metadata: ObjectMeta {
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            ..child_metadata(link)
+        },
         spec: Some(ServiceSpec {
+            load_balancer_class: link.service.load_balancer_class.clone(),
             type_: Some("LoadBalancer".to_owned()),
             external_traffic_policy: Some("Local".to_owned()),
             load_balancer_source_ranges: Some(
@@ -243,7 +248,7 @@ pub fn render_service(link: &ValidLink) -> Service {
 /// The proxy's command line: the links file and the process-wide settings. Nothing in it
 /// changes when the link's ACL, expiry or limits do.
 pub fn proxy_args(link: &ValidLink) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--config".to_owned(),
         format!("{LINKS_DIR}/{LINKS_FILE}"),
         "--data-plane".to_owned(),
@@ -254,7 +259,11 @@ pub fn proxy_args(link: &ValidLink) -> Vec<String> {
         format!("[::]:{PROXY_METRICS_PORT}"),
         "--log-format".to_owned(),
         "json".to_owned(),
-    ]
+    ];
+    if link.service.proxy_protocol {
+        args.push("--proxy-protocol".to_owned());
+    }
+    args
 }
 
 fn http_probe(path: &str, period_seconds: i32) -> Probe {
@@ -390,7 +399,7 @@ fn proxy_security_context() -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{DataPlane, DeviceAddr, Lifetime, format_instant};
+    use crate::resource::{DataPlane, DeviceAddr, Lifetime, ServiceOptions, format_instant};
 
     fn link() -> ValidLink {
         ValidLink {
@@ -413,6 +422,7 @@ mod tests {
             max_connections_per_source: None,
             connect_rate_per_source: None,
             data_plane: DataPlane::Ebpf,
+            service: ServiceOptions::default(),
         }
     }
 
@@ -486,6 +496,40 @@ mod tests {
                 "garbage collection deletes children with the link"
             );
         }
+    }
+
+    #[test]
+    fn service_options_reach_the_service_and_the_proxy_flag() {
+        let plain = render(&link(), expires(), &image());
+        assert!(plain.service.metadata.annotations.is_none());
+        assert!(!proxy_args(&link()).contains(&"--proxy-protocol".to_owned()));
+        let mut behind = link();
+        behind.service = ServiceOptions {
+            annotations: [(
+                "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol".to_owned(),
+                "*".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+            load_balancer_class: Some("service.k8s.aws/nlb".to_owned()),
+            proxy_protocol: true,
+        };
+        let children = render(&behind, expires(), &image());
+        assert_eq!(
+            children.service.metadata.annotations,
+            Some(behind.service.annotations.clone())
+        );
+        let spec = children.service.spec.unwrap();
+        assert_eq!(
+            spec.load_balancer_class.as_deref(),
+            Some("service.k8s.aws/nlb")
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            proxy_args(&behind).last().map(String::as_str),
+            Some("--proxy-protocol"),
+            "the proxy reads each client's address from the PROXY header"
+        );
     }
 
     #[test]

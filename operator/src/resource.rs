@@ -7,7 +7,7 @@
 //! instants as strings) so that a bad value still deserializes and can be reported in the
 //! object's status, naming the field and the fix, instead of breaking the watch.
 
-use std::{fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 pub use devicelink_spec::{DeviceAddress as DeviceAddr, format_duration, parse_duration};
 use devicelink_spec::{
@@ -122,6 +122,34 @@ pub struct DeviceLinkSpec {
     /// only the userspace copy.
     #[serde(default)]
     pub data_plane: DataPlane,
+
+    /// How the public endpoint's load balancer is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceOptions>,
+}
+
+/// The link's LoadBalancer Service, as the cluster's load balancer needs it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceOptions {
+    /// Annotations for the load balancer implementation (e.g. an internal or a proxying load
+    /// balancer), put on the Service as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub annotations: BTreeMap<String, String>,
+    /// spec.loadBalancerClass of the Service: which load balancer implementation serves it.
+    /// Kubernetes does not let it change once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub load_balancer_class: Option<String>,
+    /// The load balancer speaks the PROXY protocol (v1 or v2) to the proxy, which then reads
+    /// each client's address from it (`--proxy-protocol`). Needed behind a proxying load
+    /// balancer, whose connections otherwise all come from its own addresses;
+    /// externalTrafficPolicy Local keeps client addresses only behind pass-through ones. Never
+    /// set it for a load balancer that does not send the header: every connection would be
+    /// refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -275,6 +303,7 @@ pub struct ValidLink {
     pub max_connections_per_source: Option<u32>,
     pub connect_rate_per_source: Option<u32>,
     pub data_plane: DataPlane,
+    pub service: ServiceOptions,
 }
 
 impl ValidLink {
@@ -356,6 +385,7 @@ impl DeviceLink {
             max_connections_per_source,
             connect_rate_per_source,
             data_plane: spec.data_plane,
+            service: spec.service.clone().unwrap_or_default(),
         })
     }
 }

@@ -1372,3 +1372,54 @@ async fn a_link_within_every_policy_opens_as_usual() {
     reconcile(Arc::new(link), ctx).await.expect("reconcile");
     scenario_completes(mock).await;
 }
+
+#[tokio::test]
+async fn service_annotations_class_and_proxy_protocol_reach_the_service_and_the_proxy() {
+    let (ctx, server) = Context::test(at(NOW));
+    let link = DeviceLink::test().edited(|spec| {
+        spec.service = Some(crate::resource::ServiceOptions {
+            annotations: [(
+                "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol".to_owned(),
+                "*".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+            load_balancer_class: Some("service.k8s.aws/nlb".into()),
+            proxy_protocol: true,
+        })
+    });
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .read_children(Exists::No)
+            .await
+            .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
+                assert_eq!(
+                    service.metadata.annotations.as_ref().unwrap()
+                        ["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"],
+                    "*"
+                );
+                assert_eq!(
+                    service.spec.as_ref().unwrap().load_balancer_class.as_deref(),
+                    Some("service.k8s.aws/nlb")
+                );
+            })
+            .await
+            .apply_deployment(Exists::No, Proxy::NotReady, |deployment| {
+                assert!(
+                    proxy_args(deployment).contains(&"--proxy-protocol".to_owned()),
+                    "{:?}",
+                    proxy_args(deployment)
+                );
+            })
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |_| {})
+            .await
+    });
+    reconcile(Arc::new(link), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
+}
