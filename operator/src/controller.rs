@@ -19,6 +19,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Pod, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
@@ -41,6 +42,7 @@ use tracing::{info, warn};
 use crate::{
     Error, Result,
     clock::{Clock, until},
+    egress::render_network_policy,
     lifecycle::{self, Desired, Observed, Problem},
     metrics::Metrics,
     policy::{self, DeviceLinkPolicy},
@@ -87,11 +89,30 @@ impl Context {
 /// they are known could open what a policy refuses.
 const POLICIES_WAIT: Duration = Duration::from_secs(10);
 
-/// Why the policies refuse `link`, opened at `enabled_at`, if they do.
+/// The device's addresses: its literal address, or every address its name resolves to now.
+/// A lookup that fails is retried rather than judged: a DNS outage must not close links that
+/// are allowed.
+async fn device_addresses(ctx: &Context, link: &ValidLink) -> Result<Vec<IpAddr>> {
+    let host = &link.device.host;
+    if let Ok(address) = host.parse::<IpAddr>() {
+        return Ok(vec![address]);
+    }
+    ctx.resolver
+        .addresses(host, link.device.port)
+        .await
+        .map_err(|source| Error::Resolve {
+            host: host.clone(),
+            source,
+        })
+}
+
+/// Why the policies refuse `link`, opened at `enabled_at` with its device at `addresses`, if
+/// they do.
 async fn policy_refusal(
     ctx: &Context,
     link: &ValidLink,
     enabled_at: Timestamp,
+    addresses: &[IpAddr],
 ) -> Result<Option<Problem>> {
     match tokio::time::timeout(POLICIES_WAIT, ctx.policies.wait_until_ready()).await {
         Ok(Ok(())) => {}
@@ -100,24 +121,12 @@ async fn policy_refusal(
     let mut policies: Vec<DeviceLinkPolicy> =
         ctx.policies.state().iter().map(|p| (**p).clone()).collect();
     policies.sort_by_key(|p| p.metadata.name.clone());
-    let host = &link.device.host;
-    let resolved = if let Ok(address) = host.parse::<IpAddr>() {
-        vec![address]
-    } else if policy::device_addresses_needed(link, &policies) {
-        // A lookup that fails is retried rather than judged: a DNS outage must not close
-        // links that are allowed.
-        ctx.resolver
-            .addresses(host, link.device.port)
-            .await
-            .map_err(|source| Error::Resolve {
-                host: host.clone(),
-                source,
-            })?
-    } else {
-        Vec::new()
-    };
-    Ok(policy::check(link, enabled_at, &resolved, &policies).err())
+    Ok(policy::check(link, enabled_at, addresses, &policies).err())
 }
+
+/// How often an open link whose device is given by name is looked at again, so that its
+/// egress NetworkPolicy (and the policy's network check) follows the name's addresses.
+const RECHECK_NAMED_DEVICE: Duration = Duration::from_secs(300);
 
 /// How long to wait before looking again at a link that is open but not yet serving: a proxy
 /// pod's trouble (a crash loop, an image not pulled) shows on the pod, which is not watched.
@@ -142,21 +151,24 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
             link: valid,
             enabled_at,
             expires_at,
-        } => match policy_refusal(&ctx, valid, *enabled_at).await? {
-            // Refused by the admin's policy: whatever was applied before goes.
-            Some(problem) => {
-                delete_children(&ctx.client, &namespace, &name, &uid).await?;
-                Observed::blocked(problem)
-            }
-            None => match apply_children(&ctx, valid, *expires_at).await? {
-                Applied::Done(observed) => observed,
-                Applied::NameTaken(problem) => Observed::blocked(problem),
-                Applied::Refused { problem, error } => {
-                    refusal = Some(error);
+        } => {
+            let addresses = device_addresses(&ctx, valid).await?;
+            match policy_refusal(&ctx, valid, *enabled_at, &addresses).await? {
+                // Refused by the admin's policy: whatever was applied before goes.
+                Some(problem) => {
+                    delete_children(&ctx.client, &namespace, &name, &uid).await?;
                     Observed::blocked(problem)
                 }
-            },
-        },
+                None => match apply_children(&ctx, valid, *expires_at, &addresses).await? {
+                    Applied::Done(observed) => observed,
+                    Applied::NameTaken(problem) => Observed::blocked(problem),
+                    Applied::Refused { problem, error } => {
+                        refusal = Some(error);
+                        Observed::blocked(problem)
+                    }
+                },
+            }
+        }
         Desired::Disabled { .. } | Desired::Expired { .. } | Desired::Invalid(_) => {
             delete_children(&ctx.client, &namespace, &name, &uid).await?;
             Observed::default()
@@ -195,8 +207,16 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
     }
 
     Ok(match desired {
-        Desired::Open { expires_at, .. } if status.phase == Some(Phase::Active) => {
-            Action::requeue(until(now, expires_at))
+        Desired::Open {
+            link, expires_at, ..
+        } if status.phase == Some(Phase::Active) => {
+            let named = link.device.host.parse::<IpAddr>().is_err();
+            let next = until(now, expires_at);
+            Action::requeue(if named {
+                next.min(RECHECK_NAMED_DEVICE)
+            } else {
+                next
+            })
         }
         Desired::Open { expires_at, .. } => {
             Action::requeue(until(now, expires_at).min(RECHECK_NOT_READY))
@@ -306,8 +326,15 @@ fn refusal(kind: &str, namespace: &str, name: &str, error: &kube::Error) -> Opti
     Some(Problem::new("ApplyRefused", message))
 }
 
-async fn apply_children(ctx: &Context, link: &ValidLink, expires_at: Timestamp) -> Result<Applied> {
+async fn apply_children(
+    ctx: &Context,
+    link: &ValidLink,
+    expires_at: Timestamp,
+    addresses: &[IpAddr],
+) -> Result<Applied> {
     let children = render(link, expires_at, &ctx.proxy);
+    let network_policy = render_network_policy(link, addresses);
+    let network_policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &link.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = link.child_name();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &link.namespace);
@@ -319,6 +346,7 @@ async fn apply_children(ctx: &Context, link: &ValidLink, expires_at: Timestamp) 
         check_name(&config_maps, &name, link).await?,
         check_name(&services, &name, link).await?,
         check_name(&deployments, &name, link).await?,
+        check_name(&network_policies, &name, link).await?,
     ];
     if let Some(problem) = taken.into_iter().flatten().next() {
         return Ok(Applied::NameTaken(problem));
@@ -334,6 +362,13 @@ async fn apply_children(ctx: &Context, link: &ValidLink, expires_at: Timestamp) 
         .await
     {
         return refused("ConfigMap", error);
+    }
+    // The egress rules before the pod they confine.
+    if let Err(error) = network_policies
+        .patch(&name, &params, &Patch::Apply(&network_policy))
+        .await
+    {
+        return refused("NetworkPolicy", error);
     }
     let service = match services
         .patch(&name, &params, &Patch::Apply(&children.service))
@@ -410,7 +445,8 @@ async fn delete_children(
     let name = child_name(link_name);
     delete_if_ours::<Service>(client, namespace, &name, link_uid).await?;
     delete_if_ours::<Deployment>(client, namespace, &name, link_uid).await?;
-    delete_if_ours::<ConfigMap>(client, namespace, &name, link_uid).await
+    delete_if_ours::<ConfigMap>(client, namespace, &name, link_uid).await?;
+    delete_if_ours::<NetworkPolicy>(client, namespace, &name, link_uid).await
 }
 
 async fn delete_if_ours<K>(

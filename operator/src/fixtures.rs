@@ -17,6 +17,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -221,7 +222,7 @@ pub enum Found {
 }
 
 /// The paths (and resource names, for a 404) of the ConfigMap, Service and Deployment.
-fn child_paths() -> [(String, &'static str); 3] {
+fn child_paths() -> [(String, &'static str); 4] {
     [
         (
             format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
@@ -235,6 +236,10 @@ fn child_paths() -> [(String, &'static str); 3] {
             format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
             "deployments",
         ),
+        (
+            format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+            "networkpolicies",
+        ),
     ]
 }
 
@@ -242,6 +247,8 @@ fn child_paths() -> [(String, &'static str); 3] {
 fn existing_child(path: &str, owner: Option<&str>) -> Value {
     let (api_version, kind) = if path.contains("/deployments/") {
         ("apps/v1", "Deployment")
+    } else if path.contains("/networkpolicies/") {
+        ("networking.k8s.io/v1", "NetworkPolicy")
     } else if path.contains("/services/") {
         ("v1", "Service")
     } else {
@@ -576,18 +583,18 @@ impl ApiServerVerifier {
         }
     }
 
-    /// The GETs of the ConfigMap, Service and Deployment before an apply; `exists` says whether
-    /// they are there (and this link's).
+    /// The GETs of the ConfigMap, Service, Deployment and NetworkPolicy before an apply;
+    /// `exists` says whether they are there (and this link's).
     pub async fn read_children(self, exists: Exists) -> Self {
         let found = match exists {
             Exists::No => Found::Absent,
             Exists::Yes => Found::Ours,
         };
-        self.read_children_as([found; 3]).await
+        self.read_children_as([found; 4]).await
     }
 
-    /// The GETs of the ConfigMap, Service and Deployment, each answered as given.
-    pub async fn read_children_as(mut self, found: [Found; 3]) -> Self {
+    /// The GETs of the ConfigMap, Service, Deployment and NetworkPolicy, each answered as given.
+    pub async fn read_children_as(mut self, found: [Found; 4]) -> Self {
         for ((path, kind), found) in child_paths().into_iter().zip(found) {
             self.read_child(&path, kind, found).await;
         }
@@ -645,6 +652,38 @@ impl ApiServerVerifier {
             present,
         )
         .await
+    }
+
+    pub async fn delete_network_policy(self, present: Present) -> Self {
+        self.delete(
+            format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+            "networkpolicies",
+            present,
+        )
+        .await
+    }
+
+    /// Server-side apply of the link's egress NetworkPolicy; `check` sees what was applied.
+    pub async fn apply_network_policy(
+        mut self,
+        exists: Exists,
+        check: impl FnOnce(&NetworkPolicy),
+    ) -> Self {
+        let request = self.next().await;
+        Self::assert_apply(
+            &request,
+            &format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+        );
+        let applied: NetworkPolicy =
+            serde_json::from_value(request.body.clone()).expect("a NetworkPolicy was applied");
+        check(&applied);
+        let object = stored(request.body, "netpol-uid-17", matches!(exists, Exists::No));
+        let code = match exists {
+            Exists::No => StatusCode::CREATED,
+            Exists::Yes => StatusCode::OK,
+        };
+        respond(request.send, code, &object);
+        self
     }
 
     pub async fn delete_config_map(self, present: Present) -> Self {

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod clock;
 pub mod controller;
+pub mod egress;
 pub mod endpoints;
 pub mod leader;
 pub mod lifecycle;
@@ -98,7 +99,17 @@ pub fn render_manifest(
             link: valid,
             expires_at,
             ..
-        } => Ok(render::render(&valid, expires_at, proxy).to_yaml()?),
+        } => {
+            // A named device's addresses are resolved when the operator applies the policy;
+            // offline, only a literal address can be shown.
+            let addresses: Vec<std::net::IpAddr> = valid.device.host.parse().into_iter().collect();
+            let network_policy = egress::render_network_policy(&valid, &addresses);
+            Ok(format!(
+                "{}---\n{}",
+                render::render(&valid, expires_at, proxy).to_yaml()?,
+                yaml::to_string(&network_policy)?
+            ))
+        }
         lifecycle::Desired::Invalid(invalid) => Err(RenderError::Invalid(invalid)),
         lifecycle::Desired::Disabled { .. } => Err(RenderError::NothingToApply(
             "spec.enabled is false: the operator deletes the Service and Deployment".to_owned(),

@@ -179,7 +179,7 @@ pub fn child_labels(link_name: &str) -> BTreeMap<String, String> {
 }
 
 /// Selects exactly this link's proxy pods (and nothing a user may label alike by accident).
-fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
+pub fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
@@ -189,7 +189,7 @@ fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn child_metadata(link: &ValidLink) -> ObjectMeta {
+pub fn child_metadata(link: &ValidLink) -> ObjectMeta {
     ObjectMeta {
         name: Some(link.child_name()),
         namespace: Some(link.namespace.clone()),

@@ -249,6 +249,9 @@ fn kustomization_lists_every_manifest() {
         "kind: RoleBinding",
         "kind: Deployment",
         "kind: Service",
+        "kind: DeviceLinkPolicy",
+        "kind: ValidatingAdmissionPolicy",
+        "kind: ValidatingAdmissionPolicyBinding",
     ] {
         assert!(
             text.lines().any(|line| line == kind),

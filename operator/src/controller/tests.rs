@@ -40,6 +40,26 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
                 assert_eq!(link["listen"], "[::]:10000");
             })
             .await
+            .apply_network_policy(Exists::No, |policy| {
+                let spec = policy.spec.as_ref().unwrap();
+                assert_eq!(
+                    spec.policy_types.as_deref(),
+                    Some(&["Egress".to_owned()][..])
+                );
+                let device = &spec.egress.as_ref().unwrap()[0];
+                assert_eq!(
+                    device.to.as_ref().unwrap()[0]
+                        .ip_block
+                        .as_ref()
+                        .unwrap()
+                        .cidr,
+                    "10.20.30.40/32",
+                    "the proxy pod reaches its device and nothing else but DNS"
+                );
+                let owner = &policy.metadata.owner_references.as_ref().unwrap()[0];
+                assert_eq!(owner.uid, LINK_UID);
+            })
+            .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
                 let spec = service.spec.as_ref().unwrap();
                 assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
@@ -131,6 +151,8 @@ async fn endpoint_appearing_later_makes_the_link_active_with_an_opened_event() {
             .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
@@ -167,6 +189,8 @@ async fn steady_active_link_is_reapplied_without_status_write_or_event() {
             .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
@@ -193,6 +217,8 @@ async fn disabling_deletes_both_children_and_reports_closed() {
             .delete_deployment(Present::Yes)
             .await
             .delete_config_map(Present::Yes)
+            .await
+            .delete_network_policy(Present::Yes)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Disabled));
@@ -232,6 +258,8 @@ async fn re_enabling_reapplies_and_restarts_the_ttl() {
                     "two hours from the re-enable, not from the first enable"
                 );
             })
+            .await
+            .apply_network_policy(Exists::No, |_| {})
             .await
             .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
@@ -285,8 +313,9 @@ async fn acl_change_updates_the_children_in_place() {
                 );
             })
             .await
-            .apply_service(
-                Exists::Yes,
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
+            .apply_service(Exists::Yes,
                 LoadBalancer::Address("198.51.100.7"),
                 |service| {
                     let ranges = service
@@ -343,6 +372,8 @@ async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
             .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
@@ -368,6 +399,8 @@ async fn expiry_fires_at_the_requeued_instant_and_removes_everything() {
             .delete_deployment(Present::Yes)
             .await
             .delete_config_map(Present::Yes)
+            .await
+            .delete_network_policy(Present::Yes)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Expired));
@@ -405,6 +438,8 @@ async fn expired_link_stays_closed_and_quiet() {
             .await
             .delete_config_map(Present::No)
             .await
+            .delete_network_policy(Present::No)
+            .await
     });
     let action = reconcile(Arc::new(expired), ctx)
         .await
@@ -435,6 +470,8 @@ async fn invalid_spec_fails_naming_the_field_and_leaves_no_children() {
             .delete_deployment(Present::No)
             .await
             .delete_config_map(Present::No)
+            .await
+            .delete_network_policy(Present::No)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Failed));
@@ -735,13 +772,18 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                     Method::GET,
                     "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh"
                     | "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh"
-                    | "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh",
+                    | "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh"
+                    | "/apis/networking.k8s.io/v1/namespaces/plant-a/networkpolicies/devicelink-pump-17-ssh",
                 ) => reply(
                     send,
                     StatusCode::NOT_FOUND,
                     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                            "reason": "NotFound", "code": 404, "message": "not found"}),
                 ),
+                (
+                    Method::PATCH,
+                    "/apis/networking.k8s.io/v1/namespaces/plant-a/networkpolicies/devicelink-pump-17-ssh",
+                ) => reply(send, StatusCode::OK, body.clone()),
                 (Method::PATCH, "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh") => {
                     let mut config_map = body.clone();
                     config_map["metadata"]["uid"] = json!("cm-uid-17");
@@ -939,6 +981,8 @@ async fn ttl_and_device_changes_update_the_children_in_place() {
                 );
             })
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
@@ -969,7 +1013,7 @@ async fn a_service_of_the_childs_name_made_by_someone_else_is_left_alone_and_the
     let mock = server.run(move |server| async move {
         server
             // Nothing is applied: not the ConfigMap (which is free), not over the Service.
-            .read_children_as([Found::Absent, Found::Foreign, Found::Absent])
+            .read_children_as([Found::Absent, Found::Foreign, Found::Absent, Found::Absent])
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Failed));
@@ -1024,6 +1068,8 @@ async fn closing_deletes_only_the_links_own_children_and_never_a_namesake() {
             .await
             .delete_config_map(Present::Yes)
             .await
+            .delete_network_policy(Present::Yes)
+            .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Disabled))
             })
@@ -1046,6 +1092,8 @@ async fn a_deployment_the_api_server_refuses_with_422_shows_the_field_on_the_lin
             .read_children(Exists::No)
             .await
             .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_network_policy(Exists::No, |_| {})
             .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |_| {})
             .await
@@ -1095,6 +1143,8 @@ async fn proxy_pods_refused_by_pod_security_fail_the_link_with_the_admission_mes
             .await
             .apply_config_map(Exists::No, |_| {})
             .await
+            .apply_network_policy(Exists::No, |_| {})
+            .await
             .apply_service(Exists::No, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::No, Proxy::PodsRefused, |_| {})
@@ -1134,6 +1184,8 @@ async fn a_crash_looping_proxy_fails_the_link_with_its_exit_message() {
             .read_children(Exists::Yes)
             .await
             .apply_config_map(Exists::Yes, |_| {})
+            .await
+            .apply_network_policy(Exists::Yes, |_| {})
             .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
@@ -1187,6 +1239,8 @@ async fn an_old_pod_still_serving_after_a_template_change_is_not_ready() {
             .await
             .apply_config_map(Exists::Yes, |_| {})
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::OldPodServing, |_| {})
@@ -1232,6 +1286,8 @@ async fn an_open_request_restarts_the_ttl_of_a_link_enabled_earlier_from_the_ope
                 );
             })
             .await
+            .apply_network_policy(Exists::Yes, |_| {})
+            .await
             .apply_service(Exists::Yes, LoadBalancer::Address("198.51.100.7"), |_| {})
             .await
             .apply_deployment(Exists::Yes, Proxy::Ready, |_| {})
@@ -1262,6 +1318,8 @@ async fn a_link_the_policy_refuses_fails_naming_the_field_and_the_rule_and_gets_
             .delete_deployment(Present::No)
             .await
             .delete_config_map(Present::No)
+            .await
+            .delete_network_policy(Present::No)
             .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Failed));
@@ -1313,6 +1371,8 @@ async fn a_device_name_resolving_outside_the_allowed_networks_closes_an_open_lin
             .await
             .delete_config_map(Present::Yes)
             .await
+            .delete_network_policy(Present::Yes)
+            .await
             .patch_status(&stored, |status| {
                 assert_eq!(status.phase, Some(Phase::Failed));
                 assert_eq!(status.endpoint, None, "the endpoint is gone");
@@ -1358,6 +1418,8 @@ async fn a_link_within_every_policy_opens_as_usual() {
             .await
             .apply_config_map(Exists::No, |_| {})
             .await
+            .apply_network_policy(Exists::No, |_| {})
+            .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |_| {})
             .await
             .apply_deployment(Exists::No, Proxy::NotReady, |_| {})
@@ -1394,6 +1456,8 @@ async fn service_annotations_class_and_proxy_protocol_reach_the_service_and_the_
             .read_children(Exists::No)
             .await
             .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_network_policy(Exists::No, |_| {})
             .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
                 assert_eq!(
