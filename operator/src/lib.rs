@@ -38,6 +38,8 @@ pub enum Error {
     CrdMissing,
     #[error("leader election Lease: {0}")]
     Lease(#[source] kube::Error),
+    #[error("leader election: the API server did not answer within {0:?}")]
+    LeaseTimeout(std::time::Duration),
     #[error("lost leadership: {0}")]
     LostLeadership(String),
     #[error("Kubernetes API: {0}")]
@@ -66,7 +68,7 @@ impl Error {
             Error::Delete(_) => "delete",
             Error::Status(_) => "status",
             Error::CrdMissing => "crd_missing",
-            Error::Lease(_) => "lease",
+            Error::Lease(_) | Error::LeaseTimeout(_) => "lease",
             Error::LostLeadership(_) => "lost_leadership",
             Error::Kube(_) => "kube",
             Error::PoliciesNotReady => "policies_not_ready",

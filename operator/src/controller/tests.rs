@@ -668,6 +668,12 @@ async fn racing_replicas_cannot_both_take_a_lapsed_lease() {
     );
     a.clock = later;
     b.clock = later;
+    // Both first see the Lease as it stands, then see it unchanged 15s later.
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    let lapsed = Clock::Fixed(at("2026-11-25T08:01:15Z"));
+    a.clock = lapsed;
+    b.clock = lapsed;
     let (won_a, won_b) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
     let winners = [won_a.unwrap(), won_b.unwrap()]
         .iter()
@@ -950,7 +956,10 @@ async fn a_leader_that_finds_another_holder_steps_down() {
     );
     first.clock = Clock::Fixed(at(NOW));
     assert!(first.try_acquire_or_renew().await.unwrap());
-    // The first replica was paused past its lease; the second took over meanwhile.
+    // The first replica was paused past its lease; the second, having watched it go
+    // unrenewed for 15s of its own time, took over meanwhile.
+    second.clock = Clock::Fixed(at("2026-11-25T08:00:01Z"));
+    assert!(!second.try_acquire_or_renew().await.unwrap());
     second.clock = Clock::Fixed(at("2026-11-25T08:00:20Z"));
     assert!(second.try_acquire_or_renew().await.unwrap());
     let metrics = Metrics::default();
@@ -1486,4 +1495,58 @@ async fn service_annotations_class_and_proxy_protocol_reach_the_service_and_the_
     });
     reconcile(Arc::new(link), ctx).await.expect("reconcile");
     scenario_completes(mock).await;
+}
+
+#[tokio::test]
+async fn a_follower_whose_clock_runs_an_hour_ahead_does_not_take_over_a_lease_being_renewed() {
+    let store = LeaseStore::default();
+    let lease_duration = Duration::from_secs(15);
+    let election = |identity: &str| {
+        LeaderElection::new(
+            store.client(),
+            "devicelink-system",
+            "devicelink-operator",
+            identity,
+            lease_duration,
+        )
+    };
+    let mut leader = election("replica-a");
+    let mut ahead = election("replica-b");
+    for second in [0, 5, 10, 15, 20, 25] {
+        leader.clock = Clock::Fixed(at(NOW).checked_add(Duration::from_secs(second)).unwrap());
+        ahead.clock = Clock::Fixed(
+            at("2026-11-25T09:00:00Z")
+                .checked_add(Duration::from_secs(second))
+                .unwrap(),
+        );
+        assert!(leader.try_acquire_or_renew().await.unwrap(), "{second}s");
+        assert!(
+            !ahead.try_acquire_or_renew().await.unwrap(),
+            "{second}s: the renewTime it reads is an hour old by its clock, yet it keeps changing"
+        );
+    }
+    assert_eq!(store.holder().as_deref(), Some("replica-a"));
+}
+
+#[tokio::test]
+async fn a_lease_call_that_never_answers_fails_within_its_deadline() {
+    let (service, _silent) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let mut election = LeaderElection::new(
+        kube::Client::new(service, "devicelink-system"),
+        "devicelink-system",
+        "devicelink-operator",
+        "replica-a",
+        Duration::from_secs(15),
+    );
+    election.call_timeout = Duration::from_millis(50);
+    let started = std::time::Instant::now();
+    let error = election
+        .try_acquire_or_renew()
+        .await
+        .expect_err("no answer");
+    assert!(matches!(error, Error::LeaseTimeout(_)), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
