@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use devicelink_operator::resource::{DeviceLink, Phase};
+use devicelink_operator::{
+    policy::DeviceLinkPolicy,
+    resource::{DeviceLink, Phase},
+};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -149,15 +152,37 @@ async fn install_operator(client: &Client) {
     .await
     .expect("install the CRD");
     kube::runtime::wait::await_condition(
-        crds,
+        crds.clone(),
         DeviceLink::crd_name(),
         kube::runtime::wait::conditions::is_crd_established(),
     )
     .await
     .expect("CRD established");
+    crds.patch(
+        DeviceLinkPolicy::crd_name(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(DeviceLinkPolicy::crd()),
+    )
+    .await
+    .expect("install the DeviceLinkPolicy CRD");
+    kube::runtime::wait::await_condition(
+        crds,
+        DeviceLinkPolicy::crd_name(),
+        kube::runtime::wait::conditions::is_crd_established(),
+    )
+    .await
+    .expect("DeviceLinkPolicy CRD established");
     let operator_image = env_or("DEVICELINK_E2E_OPERATOR_IMAGE", "devicelink-operator:0.1.0");
     let proxy_image = env_or("DEVICELINK_E2E_PROXY_IMAGE", "devicelink-proxy:0.1.0");
-    for file in ["namespace.yaml", "rbac.yaml", "operator.yaml"] {
+    // The test's own policy replaces the shipped one (deploy/policy.yaml): its clients may be
+    // anywhere (DEVICELINK_E2E_CLIENT_CIDR defaults to 0.0.0.0/0), and a link may last an hour.
+    apply_yaml(client, &e2e_policy(&[]).to_string(), |_| {}).await;
+    for file in [
+        "namespace.yaml",
+        "rbac.yaml",
+        "policy-admission.yaml",
+        "operator.yaml",
+    ] {
         let text = std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
         apply_yaml(client, &text, |object| {
             if object["kind"] == "Deployment" {
@@ -182,6 +207,17 @@ async fn install_operator(client: &Client) {
         },
     )
     .await;
+}
+
+/// The test's DeviceLinkPolicy: no forbidden source range, at most an hour, and devices in
+/// `networks` (anywhere when empty).
+fn e2e_policy(networks: &[&str]) -> serde_json::Value {
+    let mut spec = json!({"forbiddenSourceRanges": [], "maxTtl": "1h"});
+    if !networks.is_empty() {
+        spec["allowedDeviceNetworks"] = json!(networks);
+    }
+    json!({"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLinkPolicy",
+           "metadata": {"name": "devicelink-e2e"}, "spec": spec})
 }
 
 async fn create_test_namespace(client: &Client) -> String {
@@ -502,6 +538,58 @@ async fn end_to_end_on_a_real_cluster() {
     let message = failed.status.unwrap().conditions[0].message.clone();
     assert!(message.contains("spec.device.host"), "{message}");
     children_gone(&client, &namespace, "e2e-bad").await;
+
+    // The admin's policy: admission refuses what CEL can judge (a TTL past maxTtl); the
+    // operator closes a link whose device leaves the allowed networks, naming the rule, and
+    // opens it again when the policy allows it.
+    step("policy");
+    let refused = links
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(link_manifest(
+                "e2e-long",
+                &device_ip,
+                &cidr,
+                json!({"ttl": "2h"}),
+            ))
+            .unwrap(),
+        )
+        .await
+        .expect_err("admission refuses a TTL past the policy's maxTtl");
+    assert!(refused.to_string().contains("maxTtl: 1h"), "{refused}");
+    let policies: Api<DeviceLinkPolicy> = Api::all(client.clone());
+    policies
+        .patch(
+            "devicelink-e2e",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(e2e_policy(&["192.0.2.0/24"])),
+        )
+        .await
+        .expect("narrow the policy");
+    let denied = wait_for(
+        "e2e refused by the narrowed policy",
+        Duration::from_secs(60),
+        || async {
+            let link = links.get("e2e").await.ok()?;
+            let condition = link.status?.conditions.first()?.clone();
+            (condition.reason == "PolicyDenied").then_some(condition.message)
+        },
+    )
+    .await;
+    assert!(
+        denied.contains("allowedDeviceNetworks: 192.0.2.0/24"),
+        "{denied}"
+    );
+    children_gone(&client, &namespace, "e2e").await;
+    policies
+        .patch(
+            "devicelink-e2e",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(e2e_policy(&[])),
+        )
+        .await
+        .expect("widen the policy again");
+    wait_phase(&links, "e2e", Phase::Active, Duration::from_secs(300)).await;
 
     // The CLI against the same cluster: open, list, extend, status, close.
     step("devicelink CLI");
