@@ -31,7 +31,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store, store::Writer},
+        reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
     },
 };
@@ -47,10 +47,13 @@ use crate::{
     metrics::Metrics,
     policy::{self, DeviceLinkPolicy},
     render::{
-        FIELD_MANAGER, LINKS_REVISION_ANNOTATION, MANAGED_BY, ProxyImage, child_labels, render,
+        FIELD_MANAGER, LINK_LABEL, LINK_NAMESPACE_LABEL, LINK_UID_LABEL, LINKS_REVISION_ANNOTATION,
+        MANAGED_BY, ProxyImage, pod_selector, render,
     },
     resolve::Resolver,
-    resource::{DeviceLink, DeviceLinkStatus, Phase, ValidLink, child_name},
+    resource::{
+        DEFAULT_PROXY_NAMESPACE, DeviceLink, DeviceLinkStatus, Phase, ValidLink, child_name,
+    },
 };
 
 /// What every reconcile shares.
@@ -67,6 +70,9 @@ pub struct Context {
     pub policy_writer: Arc<Mutex<Option<Writer<DeviceLinkPolicy>>>>,
     /// Resolves device names for the policies' allowed networks.
     pub resolver: Resolver,
+    /// Where every link's proxy and other children live: the one namespace allowed the
+    /// proxy's capabilities, so that the links' own namespaces stay restricted.
+    pub proxy_namespace: String,
 }
 
 impl Context {
@@ -81,6 +87,7 @@ impl Context {
             policies,
             policy_writer: Arc::new(Mutex::new(Some(writer))),
             resolver: Resolver::System,
+            proxy_namespace: DEFAULT_PROXY_NAMESPACE.to_owned(),
         }
     }
 }
@@ -135,16 +142,34 @@ const RECHECK_NOT_READY: Duration = Duration::from_secs(15);
 /// Brings one DeviceLink's children, status and events in line with its spec.
 pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
-    if link.metadata.deletion_timestamp.is_some() {
-        // Owner references hand the children to the garbage collector.
-        return Ok(Action::await_change());
-    }
     let namespace = link.namespace().ok_or(Error::NotNamespaced)?;
     let name = link.name_any();
     let now = ctx.clock.now();
     let uid = link.uid().unwrap_or_default();
+    let finalizers = link.finalizers().to_vec();
+    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+    if link.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            // The children are in another namespace: no garbage collector follows the link
+            // there, so they go now, and then the link may.
+            delete_children(&ctx.client, &ctx.proxy_namespace, &namespace, &name, &uid).await?;
+            let remaining: Vec<String> =
+                finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+            patch_finalizers(&ctx.client, &link, &remaining).await?;
+            info!(link = %name, namespace = %namespace, "deleted: its children are removed");
+        }
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        let mut with_ours = finalizers;
+        with_ours.push(FINALIZER.to_owned());
+        patch_finalizers(&ctx.client, &link, &with_ours).await?;
+    }
 
-    let desired = lifecycle::decide(&link, now);
+    let mut desired = lifecycle::decide(&link, now);
+    if let Desired::Open { link: valid, .. } = &mut desired {
+        valid.children_namespace = ctx.proxy_namespace.clone();
+    }
     let mut refusal = None;
     let observed = match &desired {
         Desired::Open {
@@ -156,7 +181,8 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
             match policy_refusal(&ctx, valid, *enabled_at, &addresses).await? {
                 // Refused by the admin's policy: whatever was applied before goes.
                 Some(problem) => {
-                    delete_children(&ctx.client, &namespace, &name, &uid).await?;
+                    delete_children(&ctx.client, &ctx.proxy_namespace, &namespace, &name, &uid)
+                        .await?;
                     Observed::blocked(problem)
                 }
                 None => match apply_children(&ctx, valid, *expires_at, &addresses).await? {
@@ -170,7 +196,7 @@ pub async fn reconcile(link: Arc<DeviceLink>, ctx: Arc<Context>) -> Result<Actio
             }
         }
         Desired::Disabled { .. } | Desired::Expired { .. } | Desired::Invalid(_) => {
-            delete_children(&ctx.client, &namespace, &name, &uid).await?;
+            delete_children(&ctx.client, &ctx.proxy_namespace, &namespace, &name, &uid).await?;
             Observed::default()
         }
     };
@@ -246,14 +272,24 @@ enum Applied {
 }
 
 /// Whether `meta` is the metadata of one of this link's children: its controller owner
-/// reference names the link's uid. A namesake created by anyone else is never ours.
+/// reference or its uid label names the link's uid. A namesake created by anyone else is
+/// never ours.
 pub fn is_ours(meta: &ObjectMeta, link_uid: &str) -> bool {
-    !link_uid.is_empty()
-        && meta
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|owner| owner.controller == Some(true) && owner.uid == link_uid)
+    if link_uid.is_empty() {
+        return false;
+    }
+    let owned = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.controller == Some(true) && owner.uid == link_uid);
+    // In the proxies' namespace, where owner references cannot point, the uid label does.
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(LINK_UID_LABEL))
+        .is_some_and(|uid| uid == link_uid);
+    owned || labelled
 }
 
 /// Who an object that is not ours belongs to, as far as its metadata says.
@@ -294,7 +330,7 @@ where
         "NameTaken",
         format!(
             "{kind} {}/{name} already exists and {}; the operator neither changes nor deletes it. Rename the link, or remove or rename that {kind}",
-            link.namespace,
+            link.children_namespace,
             described_owner(meta)
         ),
     )))
@@ -334,12 +370,14 @@ async fn apply_children(
 ) -> Result<Applied> {
     let children = render(link, expires_at, &ctx.proxy);
     let network_policy = render_network_policy(link, addresses);
-    let network_policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    let network_policies: Api<NetworkPolicy> =
+        Api::namespaced(ctx.client.clone(), &link.children_namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = link.child_name();
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &link.namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &link.children_namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &link.children_namespace);
+    let deployments: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &link.children_namespace);
     // Every name is checked before anything is applied, so a taken name leaves nothing half
     // done, and a server-side apply (which would take the object over) never meets a stranger.
     let taken = [
@@ -351,11 +389,15 @@ async fn apply_children(
     if let Some(problem) = taken.into_iter().flatten().next() {
         return Ok(Applied::NameTaken(problem));
     }
-    let refused =
-        |kind: &str, error: kube::Error| match refusal(kind, &link.namespace, &name, &error) {
-            Some(problem) => Ok(Applied::Refused { problem, error }),
-            None => Err(Error::Apply(error)),
-        };
+    let refused = |kind: &str, error: kube::Error| match refusal(
+        kind,
+        &link.children_namespace,
+        &name,
+        &error,
+    ) {
+        Some(problem) => Ok(Applied::Refused { problem, error }),
+        None => Err(Error::Apply(error)),
+    };
     // The links file first: a new pod mounts it, a running one re-reads it.
     if let Err(error) = config_maps
         .patch(&name, &params, &Patch::Apply(&children.config_map))
@@ -399,12 +441,12 @@ async fn apply_children(
 /// not marked still gets the file on that periodic sync. Returns the pods, whose container
 /// states say why a proxy is not ready.
 async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &link.namespace);
-    let labels = child_labels(&link.name);
-    let selector = format!(
-        "app.kubernetes.io/name={},devicelink.io/link={}",
-        labels["app.kubernetes.io/name"], link.name
-    );
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &link.children_namespace);
+    let selector = pod_selector(link)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let list = match pods.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list.items,
         Err(error) => {
@@ -439,10 +481,11 @@ async fn nudge_proxy_pods(ctx: &Context, link: &ValidLink, revision: &str) -> Ve
 async fn delete_children(
     client: &Client,
     namespace: &str,
+    link_namespace: &str,
     link_name: &str,
     link_uid: &str,
 ) -> Result<()> {
-    let name = child_name(link_name);
+    let name = child_name(link_namespace, link_name);
     delete_if_ours::<Service>(client, namespace, &name, link_uid).await?;
     delete_if_ours::<Deployment>(client, namespace, &name, link_uid).await?;
     delete_if_ours::<ConfigMap>(client, namespace, &name, link_uid).await?;
@@ -483,6 +526,30 @@ where
     }
 }
 
+/// The finalizer that holds a deleted DeviceLink until its children (in the proxies'
+/// namespace, out of the garbage collector's reach) are removed.
+pub const FINALIZER: &str = "devicelink.io/children";
+
+/// Sets the link's finalizers to `finalizers`, conditional on the resourceVersion read, so a
+/// finalizer someone else added meanwhile is never dropped (a conflict retries).
+async fn patch_finalizers(client: &Client, link: &DeviceLink, finalizers: &[String]) -> Result<()> {
+    let links: Api<DeviceLink> =
+        Api::namespaced(client.clone(), &link.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": link.resource_version(),
+    }});
+    links
+        .patch(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::Finalizer)?;
+    Ok(())
+}
+
 async fn patch_status(
     client: &Client,
     namespace: &str,
@@ -517,6 +584,14 @@ pub async fn ensure_crd_installed(client: &Client) -> Result<()> {
     }
 }
 
+/// The DeviceLink a child belongs to, by its labels (owner references cannot cross namespaces).
+fn link_of<K: Resource>(child: K) -> Option<ObjectRef<DeviceLink>> {
+    let labels = child.meta().labels.as_ref()?;
+    let name = labels.get(LINK_LABEL)?;
+    let namespace = labels.get(LINK_NAMESPACE_LABEL)?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
 /// Watches DeviceLinks (and the Services and Deployments it owns) and reconciles until
 /// `shutdown` completes. Returns the cache of links so metrics can count them.
 pub fn controller(
@@ -530,8 +605,16 @@ pub fn controller(
         Api::<DeviceLink>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<Deployment>::all(client.clone()), children);
+    .watches(
+        Api::<Service>::namespaced(client.clone(), &ctx.proxy_namespace),
+        children.clone(),
+        link_of,
+    )
+    .watches(
+        Api::<Deployment>::namespaced(client.clone(), &ctx.proxy_namespace),
+        children,
+        link_of,
+    );
     let writer = ctx
         .policy_writer
         .lock()

@@ -86,7 +86,7 @@ pub fn render_network_policy(link: &ValidLink, addresses: &[IpAddr]) -> NetworkP
         metadata: child_metadata(link),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(pod_selector(&link.name)),
+                match_labels: Some(pod_selector(link)),
                 ..LabelSelector::default()
             }),
             // Egress only: the load balancer's traffic and the kubelet's probes come in freely.

@@ -41,7 +41,10 @@ use crate::{
 
 pub const NAMESPACE: &str = "plant-a";
 pub const LINK: &str = "pump-17-ssh";
-pub const CHILD: &str = "devicelink-pump-17-ssh";
+/// The children's name: the link's, then 8 hex digits of its namespace's.
+pub const CHILD: &str = "pump-17-ssh-8b7d191b";
+/// Where the children live.
+pub const PROXY_NAMESPACE: &str = "devicelink-proxies";
 pub const LINK_UID: &str = "8a3c1f0e-5d2b-4c1a-9e7f-000000000017";
 pub const PROXY_IMAGE: &str = "registry.example/devicelink-proxy:test";
 
@@ -59,6 +62,7 @@ impl DeviceLink {
             "metadata": {
                 "name": LINK, "namespace": NAMESPACE, "uid": LINK_UID,
                 "generation": 1, "resourceVersion": "100",
+                "finalizers": ["devicelink.io/children"],
                 "creationTimestamp": "2026-11-25T07:59:00Z",
             },
             "spec": {
@@ -225,19 +229,21 @@ pub enum Found {
 fn child_paths() -> [(String, &'static str); 4] {
     [
         (
-            format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
             "configmaps",
         ),
         (
-            format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
             "services",
         ),
         (
-            format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
             "deployments",
         ),
         (
-            format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+            format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
             "networkpolicies",
         ),
     ]
@@ -256,12 +262,14 @@ fn existing_child(path: &str, owner: Option<&str>) -> Value {
     };
     let mut object = json!({
         "apiVersion": api_version, "kind": kind,
-        "metadata": {"name": CHILD, "namespace": NAMESPACE, "uid": format!("uid-of-{CHILD}"), "resourceVersion": "77",
+        "metadata": {"name": CHILD, "namespace": PROXY_NAMESPACE, "uid": format!("uid-of-{CHILD}"), "resourceVersion": "77",
                      "managedFields": [{"manager": "kubectl-create", "operation": "Update", "apiVersion": api_version}]},
     });
     if let Some(uid) = owner {
-        object["metadata"]["ownerReferences"] = json!([{"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
-            "name": LINK, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+        // In the proxies' namespace a child is the link's by its labels (no owner reference
+        // can cross namespaces).
+        object["metadata"]["labels"] = json!({"devicelink.io/link": LINK, "devicelink.io/link-namespace": NAMESPACE,
+            "devicelink.io/link-uid": uid, "app.kubernetes.io/managed-by": "devicelink-operator"});
         object["metadata"]["managedFields"][0]["manager"] = json!("devicelink-operator");
     }
     object
@@ -360,7 +368,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            &format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
         );
         let applied: ConfigMap =
             serde_json::from_value(request.body.clone()).expect("a ConfigMap was applied");
@@ -384,15 +392,15 @@ impl ApiServerVerifier {
         let request = self.next().await;
         assert_eq!(request.method, Method::GET, "listing the proxy pods");
         assert!(
-            request.uri.starts_with(&format!("/api/v1/namespaces/{NAMESPACE}/pods?"))
-                && request.uri.contains("labelSelector=app.kubernetes.io%2Fname%3Ddevicelink-proxy%2Cdevicelink.io%2Flink%3D"),
+            request.uri.starts_with(&format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods?"))
+                && request.uri.contains("labelSelector=app.kubernetes.io%2Fname%3Ddevicelink-proxy%2Cdevicelink.io%2Flink%3Dpump-17-ssh%2Cdevicelink.io%2Flink-namespace%3Dplant-a"),
             "the link's pods by label: {}",
             request.uri
         );
         let items: Vec<Value> = pods
             .iter()
             .map(|(name, mark)| {
-                let mut pod = json!({"metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("pod-uid-{name}")}});
+                let mut pod = json!({"metadata": {"name": name, "namespace": PROXY_NAMESPACE, "uid": format!("pod-uid-{name}")}});
                 if let Some(mark) = mark {
                     pod["metadata"]["annotations"] = json!({LINKS_REVISION_ANNOTATION: mark});
                 }
@@ -412,7 +420,7 @@ impl ApiServerVerifier {
             assert_eq!(request.method, Method::PATCH, "marking pod {name}");
             assert_eq!(
                 request.uri,
-                format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}?")
+                format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods/{name}?")
             );
             assert_eq!(
                 request.content_type.as_deref(),
@@ -428,7 +436,7 @@ impl ApiServerVerifier {
             respond(
                 request.send,
                 StatusCode::OK,
-                &json!({"metadata": {"name": name, "namespace": NAMESPACE, "annotations": {LINKS_REVISION_ANNOTATION: marked}}}),
+                &json!({"metadata": {"name": name, "namespace": PROXY_NAMESPACE, "annotations": {LINKS_REVISION_ANNOTATION: marked}}}),
             );
         }
         self
@@ -442,7 +450,7 @@ impl ApiServerVerifier {
         assert!(
             request
                 .uri
-                .starts_with(&format!("/api/v1/namespaces/{NAMESPACE}/pods?"))
+                .starts_with(&format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods?"))
         );
         respond(
             request.send,
@@ -483,7 +491,7 @@ impl ApiServerVerifier {
         };
         Self::assert_apply(
             &request,
-            &format!("{prefix}/namespaces/{NAMESPACE}/{resource}/{CHILD}"),
+            &format!("{prefix}/namespaces/{PROXY_NAMESPACE}/{resource}/{CHILD}"),
         );
         respond(
             request.send,
@@ -504,7 +512,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            &format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
         );
         let applied: Service =
             serde_json::from_value(request.body.clone()).expect("a Service was applied");
@@ -538,7 +546,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            &format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
         );
         let applied: Deployment =
             serde_json::from_value(request.body.clone()).expect("a Deployment was applied");
@@ -638,7 +646,7 @@ impl ApiServerVerifier {
 
     pub async fn delete_service(self, present: Present) -> Self {
         self.delete(
-            format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
             "services",
             present,
         )
@@ -647,7 +655,7 @@ impl ApiServerVerifier {
 
     pub async fn delete_deployment(self, present: Present) -> Self {
         self.delete(
-            format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
             "deployments",
             present,
         )
@@ -656,7 +664,9 @@ impl ApiServerVerifier {
 
     pub async fn delete_network_policy(self, present: Present) -> Self {
         self.delete(
-            format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+            format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
             "networkpolicies",
             present,
         )
@@ -672,7 +682,9 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/{CHILD}"),
+            &format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
         );
         let applied: NetworkPolicy =
             serde_json::from_value(request.body.clone()).expect("a NetworkPolicy was applied");
@@ -688,11 +700,36 @@ impl ApiServerVerifier {
 
     pub async fn delete_config_map(self, present: Present) -> Self {
         self.delete(
-            format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
             "configmaps",
             present,
         )
         .await
+    }
+
+    /// A merge patch of the link's finalizers, conditional on its resourceVersion.
+    pub async fn patch_finalizers(mut self, link: &DeviceLink, expected: &[&str]) -> Self {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::PATCH, "the finalizers are patched");
+        assert_eq!(
+            request.uri,
+            format!("/apis/devicelink.io/v1alpha1/namespaces/{NAMESPACE}/devicelinks/{LINK}?")
+        );
+        assert_eq!(
+            request.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(request.body["metadata"]["finalizers"], json!(expected));
+        assert_eq!(
+            request.body["metadata"]["resourceVersion"],
+            json!(link.metadata.resource_version),
+            "conditional on what was read, so another's finalizer is never dropped"
+        );
+        let mut object = serde_json::to_value(link).unwrap();
+        object["metadata"]["finalizers"] = json!(expected);
+        object["metadata"]["resourceVersion"] = json!("101");
+        respond(request.send, StatusCode::OK, &object);
+        self
     }
 
     /// A status patch (server-side apply on the status subresource); `check` sees the status.

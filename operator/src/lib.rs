@@ -30,6 +30,8 @@ pub enum Error {
     Apply(#[source] kube::Error),
     #[error("deleting the link's Service or Deployment: {0}")]
     Delete(#[source] kube::Error),
+    #[error("writing the DeviceLink's finalizers: {0}")]
+    Finalizer(#[source] kube::Error),
     #[error("writing the DeviceLink status: {0}")]
     Status(#[source] kube::Error),
     #[error(
@@ -67,6 +69,7 @@ impl Error {
             Error::Apply(_) => "apply",
             Error::Delete(_) => "delete",
             Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
             Error::CrdMissing => "crd_missing",
             Error::Lease(_) | Error::LeaseTimeout(_) => "lease",
             Error::LostLeadership(_) => "lost_leadership",
@@ -89,19 +92,22 @@ pub fn crd_yaml() -> String {
 }
 
 /// Renders a DeviceLink manifest (YAML) into the YAML of the children the controller would
-/// apply at `now`, or says why it would not apply any.
+/// apply at `now` in `children_namespace` (the operator's proxies' namespace), or says why it
+/// would not apply any.
 pub fn render_manifest(
     manifest: &str,
     now: k8s_openapi::jiff::Timestamp,
     proxy: &render::ProxyImage,
+    children_namespace: &str,
 ) -> Result<String, RenderError> {
     let link: resource::DeviceLink = serde_yaml::from_str(manifest).map_err(RenderError::Parse)?;
     match lifecycle::decide(&link, now) {
         lifecycle::Desired::Open {
-            link: valid,
+            link: mut valid,
             expires_at,
             ..
         } => {
+            valid.children_namespace = children_namespace.to_owned();
             // A named device's addresses are resolved when the operator applies the policy;
             // offline, only a literal address can be shown.
             let addresses: Vec<std::net::IpAddr> = valid.device.host.parse().into_iter().collect();

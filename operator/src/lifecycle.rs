@@ -163,7 +163,7 @@ pub fn deployment_problem(deployment: &Deployment) -> Option<Problem> {
             ("ReplicaFailure", "True") => Some(Problem::new(
                 "ProxyPodsRefused",
                 format!(
-                    "the proxy pods of Deployment {namespace}/{name} cannot be created: {message} (a quota, a LimitRange or the namespace's pod security level; kubectl -n {namespace} describe replicaset -l devicelink.io/link)"
+                    "the proxy pods of Deployment {namespace}/{name} cannot be created: {message} (a quota, a LimitRange or the namespace's pod security level; kubectl -n {namespace} describe replicasets -l devicelink.io/link)"
                 ),
             )),
             ("Progressing", "False") => Some(Problem::new(
@@ -255,7 +255,11 @@ pub fn status_for(
     observed: &Observed,
     now: Timestamp,
 ) -> DeviceLinkStatus {
-    let child = crate::resource::child_name(&link.metadata.name.clone().unwrap_or_default());
+    // Where the children are, for the messages that send the user to them.
+    let (child_namespace, child) = match desired {
+        Desired::Open { link: valid, .. } => (valid.children_namespace.clone(), valid.child_name()),
+        _ => (String::new(), String::new()),
+    };
     let (phase, endpoint, enabled_at, expires_at, ready, reason, message) = match desired {
         Desired::Open {
             enabled_at,
@@ -297,7 +301,7 @@ pub fn status_for(
                     false,
                     "WaitingForLoadBalancer",
                     format!(
-                        "Service {child} has no load balancer address yet; if this lasts, check that the cluster has a load balancer implementation (kubectl describe service {child})"
+                        "Service {child_namespace}/{child} has no load balancer address yet; if this lasts, check that the cluster has a load balancer implementation (kubectl -n {child_namespace} describe service {child})"
                     ),
                 ),
                 (Some(endpoint), false) => (
@@ -308,7 +312,7 @@ pub fn status_for(
                     false,
                     "WaitingForProxy",
                     format!(
-                        "endpoint {endpoint} assigned, proxy not ready yet; if this lasts, see kubectl logs deployment/{child}"
+                        "endpoint {endpoint} assigned, proxy not ready yet; if this lasts, see kubectl -n {child_namespace} logs deployment/{child}"
                     ),
                 ),
             }

@@ -159,44 +159,59 @@ pub fn render_config_map(link: &ValidLink, expires_at: Timestamp) -> ConfigMap {
     }
 }
 
-/// Labels on both children and on the proxy pods.
-pub fn child_labels(link_name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+/// Label naming the namespace of the DeviceLink a child belongs to: links of every namespace
+/// meet in the proxies' namespace.
+pub const LINK_NAMESPACE_LABEL: &str = "devicelink.io/link-namespace";
+
+/// Label naming the uid of the DeviceLink a child belongs to: what makes a child the link's
+/// when an owner reference cannot (it cannot cross namespaces).
+pub const LINK_UID_LABEL: &str = "devicelink.io/link-uid";
+
+/// Labels on the children and on the proxy pods.
+pub fn child_labels(link: &ValidLink) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
             "devicelink-proxy".to_owned(),
         ),
-        (
-            "app.kubernetes.io/instance".to_owned(),
-            link_name.to_owned(),
-        ),
+        ("app.kubernetes.io/instance".to_owned(), link.name.clone()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
             MANAGED_BY.to_owned(),
         ),
-        (LINK_LABEL.to_owned(), link_name.to_owned()),
-    ])
+        (LINK_LABEL.to_owned(), link.name.clone()),
+        (LINK_NAMESPACE_LABEL.to_owned(), link.namespace.clone()),
+    ]);
+    if let Some(uid) = &link.uid {
+        labels.insert(LINK_UID_LABEL.to_owned(), uid.clone());
+    }
+    labels
 }
 
 /// Selects exactly this link's proxy pods (and nothing a user may label alike by accident).
-pub fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
+pub fn pod_selector(link: &ValidLink) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
             "devicelink-proxy".to_owned(),
         ),
-        (LINK_LABEL.to_owned(), link_name.to_owned()),
+        (LINK_LABEL.to_owned(), link.name.clone()),
+        (LINK_NAMESPACE_LABEL.to_owned(), link.namespace.clone()),
     ])
 }
 
 pub fn child_metadata(link: &ValidLink) -> ObjectMeta {
+    // An owner reference cannot cross namespaces (the garbage collector would take the owner
+    // for gone and delete the child): only children beside their link carry one; the others
+    // are the link's by their uid label, and its finalizer removes them.
+    let beside_the_link = link.children_namespace == link.namespace;
     ObjectMeta {
         name: Some(link.child_name()),
-        namespace: Some(link.namespace.clone()),
-        labels: Some(child_labels(&link.name)),
+        namespace: Some(link.children_namespace.clone()),
+        labels: Some(child_labels(link)),
         // Without a uid (a file given to `render` that never was in a cluster) there is nothing
         // to point at yet; the controller always has one.
-        owner_references: link.uid.as_ref().map(|uid| {
+        owner_references: link.uid.as_ref().filter(|_| beside_the_link).map(|uid| {
             vec![OwnerReference {
                 api_version: format!("{GROUP}/v1alpha1"),
                 kind: "DeviceLink".to_owned(),
@@ -231,7 +246,7 @@ pub fn render_service(link: &ValidLink) -> Service {
             ),
             // Both families where the cluster has them, so IPv6 allowed ranges can be used.
             ip_family_policy: Some("PreferDualStack".to_owned()),
-            selector: Some(pod_selector(&link.name)),
+            selector: Some(pod_selector(link)),
             ports: Some(vec![ServicePort {
                 name: Some("link".to_owned()),
                 protocol: Some("TCP".to_owned()),
@@ -327,12 +342,12 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
-                match_labels: Some(pod_selector(&link.name)),
+                match_labels: Some(pod_selector(link)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(child_labels(&link.name)),
+                    labels: Some(child_labels(link)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -405,6 +420,7 @@ mod tests {
         ValidLink {
             name: "pump-17-ssh".into(),
             namespace: "plant-a".into(),
+            children_namespace: "plant-a".into(),
             uid: Some("5c1c1b5e-0000-4000-8000-000000000017".into()),
             enabled: true,
             device: DeviceAddr {
@@ -471,7 +487,7 @@ mod tests {
     fn both_children_are_owned_by_the_link_and_labelled() {
         let children = render(&link(), expires(), &image());
         for meta in [&children.service.metadata, &children.deployment.metadata] {
-            assert_eq!(meta.name.as_deref(), Some("devicelink-pump-17-ssh"));
+            assert_eq!(meta.name.as_deref(), Some("pump-17-ssh-8b7d191b"));
             assert_eq!(meta.namespace.as_deref(), Some("plant-a"));
             let labels = meta.labels.as_ref().expect("labels");
             assert_eq!(
@@ -529,6 +545,30 @@ mod tests {
             proxy_args(&behind).last().map(String::as_str),
             Some("--proxy-protocol"),
             "the proxy reads each client's address from the PROXY header"
+        );
+    }
+
+    #[test]
+    fn children_in_the_proxies_namespace_are_the_links_by_labels_not_owner_references() {
+        let mut link = link();
+        link.children_namespace = "devicelink-proxies".into();
+        let children = render(&link, expires(), &image());
+        let meta = &children.deployment.metadata;
+        assert_eq!(meta.namespace.as_deref(), Some("devicelink-proxies"));
+        assert!(
+            meta.owner_references.is_none(),
+            "an owner reference across namespaces would have the child collected at once"
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LINK_NAMESPACE_LABEL], "plant-a");
+        assert_eq!(
+            labels[LINK_UID_LABEL],
+            "5c1c1b5e-0000-4000-8000-000000000017"
+        );
+        let selector = children.service.spec.unwrap().selector.unwrap();
+        assert_eq!(
+            selector[LINK_NAMESPACE_LABEL], "plant-a",
+            "a namesake link of another namespace has pods of its own"
         );
     }
 
@@ -615,7 +655,7 @@ mod tests {
         let volume = &pod.volumes.as_ref().unwrap()[0];
         assert_eq!(
             volume.config_map.as_ref().unwrap().name,
-            "devicelink-pump-17-ssh"
+            "pump-17-ssh-8b7d191b"
         );
         let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
         assert_eq!(mount.mount_path, LINKS_DIR);

@@ -31,13 +31,19 @@ pub const GROUP: &str = "devicelink.io";
 /// `--for 2h` means two hours from the command, even on a link enabled hours before.
 pub const OPEN_REQUEST_ANNOTATION: &str = "devicelink.io/open-request";
 
-/// Child objects are named `devicelink-<link>`: the prefix keeps them from colliding with (and
-/// server-side apply from taking over) a user's own Service or Deployment of the same name.
-pub const CHILD_NAME_PREFIX: &str = "devicelink-";
+/// Child objects live in the proxies' namespace, where links of every namespace meet: each is
+/// named `<link>-<8 hex digits of its namespace>`, so that two namespaces' links of the same
+/// name never share one.
+pub const CHILD_NAME_SUFFIX_LEN: usize = 1 + 8;
 
-/// A Service name is a DNS-1035 label of at most 63 characters; minus the prefix, that is
-/// what a link's name may use.
-pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
+/// Where the proxy pods and every link's children live unless the operator is told otherwise:
+/// the one namespace allowed the proxy's capabilities.
+pub const DEFAULT_PROXY_NAMESPACE: &str = "devicelink-proxies";
+
+/// A Service name is a DNS-1035 label of at most 63 characters; with room for the namespace's
+/// digits (and as many as the name had with its former `devicelink-` prefix), a link's name may
+/// use 52.
+pub const MAX_LINK_NAME_LEN: usize = 52;
 
 /// An on-demand, source-restricted TCP path from the internet to one device on a private network.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -291,6 +297,9 @@ impl Lifetime {
 pub struct ValidLink {
     pub name: String,
     pub namespace: String,
+    /// Where the children are applied: the operator's proxies' namespace, or the link's own
+    /// (what [`DeviceLink::validate`] fills in, for rendering a file offline).
+    pub children_namespace: String,
     pub uid: Option<String>,
     pub enabled: bool,
     pub device: DeviceAddr,
@@ -307,15 +316,20 @@ pub struct ValidLink {
 }
 
 impl ValidLink {
-    /// Name of the Service and the Deployment.
+    /// Name of the link's children.
     pub fn child_name(&self) -> String {
-        child_name(&self.name)
+        child_name(&self.namespace, &self.name)
     }
 }
 
-/// Name of a link's Service and Deployment.
-pub fn child_name(link_name: &str) -> String {
-    format!("{CHILD_NAME_PREFIX}{link_name}")
+/// Name of the children of link `link_name` in `namespace`: unique in the proxies' namespace.
+pub fn child_name(namespace: &str, link_name: &str) -> String {
+    let hash = namespace
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{link_name}-{:08x}", hash >> 32)
 }
 
 impl DeviceLink {
@@ -373,6 +387,7 @@ impl DeviceLink {
 
         Ok(ValidLink {
             name,
+            children_namespace: namespace.clone(),
             namespace,
             uid: self.uid(),
             enabled: spec.enabled,
@@ -402,7 +417,10 @@ fn validate_name(name: &str) -> Result<(), InvalidSpec> {
     } else {
         Err(InvalidSpec::new(
             "metadata.name",
-            format!("{name:?} cannot name the link's Service ({CHILD_NAME_PREFIX}{name})"),
+            format!(
+                "{name:?} cannot name the link's Service ({})",
+                child_name("NAMESPACE", name)
+            ),
             format!(
                 "use at most {MAX_LINK_NAME_LEN} lowercase letters, digits and '-', starting with a letter, e.g. pump-17-ssh"
             ),
@@ -444,6 +462,12 @@ mod tests {
             .expect_err("spec should be rejected")
     }
 
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
     #[test]
     fn a_minimal_link_is_valid_with_defaults_filled_in() {
         let valid = link(GOOD).validate().expect("the minimal link is valid");
@@ -453,7 +477,13 @@ mod tests {
         assert_eq!(valid.lifetime, Lifetime::Ttl(Duration::from_secs(7200)));
         assert_eq!(valid.data_plane, DataPlane::Auto);
         assert_eq!(valid.allowed_source_ranges.len(), 2);
-        assert_eq!(valid.child_name(), "devicelink-pump-17-ssh");
+        assert_eq!(
+            valid.child_name(),
+            format!("pump-17-ssh-{:08x}", fnv("plant-a") >> 32),
+            "the link's name, then its namespace's digits"
+        );
+        assert!(child_name("plant-a", &"a".repeat(MAX_LINK_NAME_LEN)).len() <= 63);
+        assert_ne!(child_name("plant-a", "x"), child_name("plant-b", "x"));
     }
 
     #[test]

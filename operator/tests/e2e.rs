@@ -22,7 +22,7 @@ use std::{
 
 use devicelink_operator::{
     policy::DeviceLinkPolicy,
-    resource::{DeviceLink, Phase},
+    resource::{DeviceLink, Phase, child_name},
 };
 use k8s_openapi::{
     api::{
@@ -42,6 +42,8 @@ use serde_json::json;
 
 const MANAGER: &str = "devicelink-e2e";
 const OPERATOR_NAMESPACE: &str = "devicelink-system";
+/// Where the operator runs every link's proxy (deploy/namespace.yaml).
+const PROXY_NAMESPACE: &str = "devicelink-proxies";
 
 /// Written straight to the process's stderr: libtest captures `eprintln!` of passing tests,
 /// and a skip must be seen.
@@ -225,10 +227,8 @@ async fn create_test_namespace(client: &Client) -> String {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {
-            // The proxy's capabilities (BPF, NET_ADMIN, PERFMON) are outside the baseline level.
-            "pod-security.kubernetes.io/enforce": "privileged",
-        }},
+        // No Pod Security label: the proxy runs in devicelink-proxies, not here.
+        "metadata": {"name": name},
     }))
     .unwrap();
     namespaces
@@ -309,9 +309,9 @@ async fn wait_phase(
 }
 
 async fn children_gone(client: &Client, namespace: &str, link: &str) {
-    let child = format!("devicelink-{link}");
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let child = child_name(namespace, link);
+    let services: Api<Service> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
     wait_for(
         &format!("{child} Service and Deployment gone"),
         Duration::from_secs(60),
@@ -376,11 +376,13 @@ async fn end_to_end_on_a_real_cluster() {
     // ACL change: updated in place (same Service object, new ranges), and the same proxy pod
     // takes the new links file: its sessions are not dropped by a restart.
     step("ACL change");
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let uid_before = services.get("devicelink-e2e").await.unwrap().uid();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let child = child_name(&namespace, "e2e");
+    let uid_before = services.get(&child).await.unwrap().uid();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let link_pods = format!("devicelink.io/link=e2e,devicelink.io/link-namespace={namespace}");
     let proxy_pods = || async {
-        pods.list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+        pods.list(&kube::api::ListParams::default().labels(&link_pods))
             .await
             .map(|list| list.items.iter().map(|pod| pod.uid()).collect::<Vec<_>>())
             .unwrap_or_default()
@@ -395,14 +397,14 @@ async fn end_to_end_on_a_real_cluster() {
         "Service carries the new range",
         Duration::from_secs(60),
         || async {
-            let service = services.get("devicelink-e2e").await.ok()?;
+            let service = services.get(&child).await.ok()?;
             (service.spec?.load_balancer_source_ranges? == vec!["198.51.100.0/24".to_owned()])
                 .then_some(())
         },
     )
     .await;
     assert_eq!(
-        services.get("devicelink-e2e").await.unwrap().uid(),
+        services.get(&child).await.unwrap().uid(),
         uid_before,
         "updated, not recreated"
     );
@@ -412,11 +414,11 @@ async fn end_to_end_on_a_real_cluster() {
         Duration::from_secs(30),
         || async {
             let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                Api::namespaced(client.clone(), &namespace);
-            let data = config_maps.get("devicelink-e2e").await.ok()?.data?;
+                Api::namespaced(client.clone(), PROXY_NAMESPACE);
+            let data = config_maps.get(&child).await.ok()?.data?;
             let revision = devicelink_operator::render::revision_of(data.get("links.json")?);
             let list = pods
-                .list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+                .list(&kube::api::ListParams::default().labels(&link_pods))
                 .await
                 .ok()?;
             list.items

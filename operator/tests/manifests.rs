@@ -104,7 +104,7 @@ fn every_example_renders_children_that_pass_kubernetes_validate_strict() {
     let mut rendered = Vec::new();
     for example in examples() {
         let manifest = std::fs::read_to_string(&example).unwrap();
-        let yaml = render_manifest(&manifest, render_time(), &proxy)
+        let yaml = render_manifest(&manifest, render_time(), &proxy, "devicelink-proxies")
             .unwrap_or_else(|e| panic!("{} should render: {e}", example.display()));
         let path = out_dir.join(example.file_name().unwrap());
         std::fs::write(&path, yaml).unwrap();

@@ -26,6 +26,9 @@ pub struct Cli {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
+    /// Namespace where the operator runs the proxy pods (for connection counts).
+    #[arg(long, global = true, env = "DEVICELINK_PROXY_NAMESPACE", default_value = crate::resource::DEFAULT_PROXY_NAMESPACE)]
+    pub proxy_namespace: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

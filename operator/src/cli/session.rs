@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    render::{LINK_LABEL, PROXY_METRICS_PORT},
+    render::{LINK_LABEL, LINK_NAMESPACE_LABEL, PROXY_METRICS_PORT},
     resource::{DeviceLink, OPEN_REQUEST_ANNOTATION, Phase, format_duration, format_instant},
 };
 
@@ -57,6 +57,8 @@ pub struct Session {
     client: Client,
     namespace: String,
     links: Api<DeviceLink>,
+    /// Where the operator runs the proxy pods (for connection counts).
+    pub proxy_namespace: String,
     /// How often to look at a link while waiting.
     pub poll_every: Duration,
     pub clock: Clock,
@@ -68,6 +70,7 @@ impl Session {
             links: Api::namespaced(client.clone(), namespace),
             client,
             namespace: namespace.to_owned(),
+            proxy_namespace: crate::resource::DEFAULT_PROXY_NAMESPACE.to_owned(),
             poll_every: Duration::from_millis(500),
             clock: Clock::System,
         }
@@ -450,10 +453,14 @@ impl Session {
     /// Connections the link's proxy carries now, read from its metrics through the API
     /// server's pod proxy. Best effort: None when the pod or the permission is missing.
     async fn connections(&self, name: &str) -> Option<u64> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        // The proxies run in the operator's proxies' namespace, labelled with their link's.
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.proxy_namespace);
         let read = async {
             let list = pods
-                .list(&ListParams::default().labels(&format!("{LINK_LABEL}={name}")))
+                .list(&ListParams::default().labels(&format!(
+                    "{LINK_LABEL}={name},{LINK_NAMESPACE_LABEL}={}",
+                    self.namespace
+                )))
                 .await
                 .ok()?;
             let mut total = 0;
@@ -466,7 +473,7 @@ impl Session {
                 };
                 let path = format!(
                     "/api/v1/namespaces/{}/pods/{pod_name}:{PROXY_METRICS_PORT}/proxy/metrics",
-                    self.namespace
+                    self.proxy_namespace
                 );
                 let request = http::Request::get(path).body(Vec::new()).ok()?;
                 let Ok(text) = self.client.request_text(request).await else {

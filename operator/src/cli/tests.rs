@@ -234,7 +234,7 @@ fn pods_then_metrics(active: u64) -> Vec<Step> {
             assert_eq!(method, Method::GET);
             assert_eq!(
                 uri,
-                "/api/v1/namespaces/plant-a/pods?&labelSelector=devicelink.io%2Flink%3Dpump-17-ssh"
+                "/api/v1/namespaces/devicelink-proxies/pods?&labelSelector=devicelink.io%2Flink%3Dpump-17-ssh%2Cdevicelink.io%2Flink-namespace%3Dplant-a"
             );
             (
                 StatusCode::OK,
@@ -246,7 +246,7 @@ fn pods_then_metrics(active: u64) -> Vec<Step> {
             assert_eq!(method, Method::GET);
             assert_eq!(
                 uri,
-                "/api/v1/namespaces/plant-a/pods/devicelink-pump-17-ssh-7d9f-abcde:9100/proxy/metrics"
+                "/api/v1/namespaces/devicelink-proxies/pods/devicelink-pump-17-ssh-7d9f-abcde:9100/proxy/metrics"
             );
             (
                 StatusCode::OK,
@@ -372,7 +372,7 @@ async fn open_on_a_link_enabled_hours_ago_asks_for_a_fresh_start_and_waits_for_i
             status("Active", 2, Some("198.51.100.7:22"), "open"),
         )),
         step(|_, uri, _| {
-            assert!(uri.starts_with("/api/v1/namespaces/plant-a/pods?"));
+            assert!(uri.starts_with("/api/v1/namespaces/devicelink-proxies/pods?"));
             (
                 StatusCode::FORBIDDEN,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "pods is forbidden"}),

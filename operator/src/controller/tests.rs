@@ -56,8 +56,7 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
                     "10.20.30.40/32",
                     "the proxy pod reaches its device and nothing else but DNS"
                 );
-                let owner = &policy.metadata.owner_references.as_ref().unwrap()[0];
-                assert_eq!(owner.uid, LINK_UID);
+                assert_eq!(labels_of(policy)["devicelink.io/link-uid"], LINK_UID);
             })
             .await
             .apply_service(Exists::No, LoadBalancer::NoAddressYet, |service| {
@@ -68,11 +67,16 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
                     Some(&["203.0.113.0/24".to_owned(), "2001:db8::/32".to_owned()][..])
                 );
                 assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
-                let owner = &service.metadata.owner_references.as_ref().unwrap()[0];
-                assert_eq!(
-                    (owner.uid.as_str(), owner.controller),
-                    (LINK_UID, Some(true))
+                assert!(
+                    service.metadata.owner_references.is_none(),
+                    "no owner reference can cross namespaces: the labels say whose it is"
                 );
+                assert_eq!(labels_of(service)["devicelink.io/link-uid"], LINK_UID);
+                assert_eq!(
+                    labels_of(service)["devicelink.io/link-namespace"],
+                    NAMESPACE
+                );
+                assert_eq!(service.metadata.namespace.as_deref(), Some(PROXY_NAMESPACE));
                 assert_eq!(
                     labels_of(service)
                         .get("devicelink.io/link")
@@ -92,8 +96,7 @@ async fn new_link_applies_owned_children_and_requeues_at_its_expiry() {
                     flag_value(&proxy_args(deployment), "--config").as_deref(),
                     Some("/etc/devicelink/links.json")
                 );
-                let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
-                assert_eq!(owner.uid, LINK_UID);
+                assert_eq!(labels_of(deployment)["devicelink.io/link-uid"], LINK_UID);
                 let image = deployment
                     .spec
                     .as_ref()
@@ -290,10 +293,11 @@ async fn acl_change_updates_the_children_in_place() {
         .active_since(NOW, now)
         .edited(|spec| spec.allowed_source_ranges = vec!["198.51.100.0/25".into()]);
     let stored = edited.clone();
-    let original = DeviceLink::test()
+    let mut original = DeviceLink::test()
         .active_since(NOW, now)
         .validate()
         .unwrap();
+    original.children_namespace = PROXY_NAMESPACE.into();
     let unchanged_deployment = render::render_deployment(&original, &ctx.proxy);
     let revision = render::render(
         &edited.validate().unwrap(),
@@ -449,13 +453,61 @@ async fn expired_link_stays_closed_and_quiet() {
 }
 
 #[tokio::test]
-async fn deleted_link_makes_no_calls_because_owner_references_collect_the_children() {
+async fn a_deleted_link_removes_its_children_in_the_proxies_namespace_then_its_finalizer() {
     let (ctx, server) = Context::test(at(NOW));
     let deleted = DeviceLink::test().active_since(NOW, NOW).being_deleted();
-    let mock = server.run(|server| async move { server });
+    let stored = deleted.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .delete_service(Present::Yes)
+            .await
+            .delete_deployment(Present::Yes)
+            .await
+            .delete_config_map(Present::Yes)
+            .await
+            .delete_network_policy(Present::Yes)
+            .await
+            .patch_finalizers(&stored, &[])
+            .await
+    });
     let action = reconcile(Arc::new(deleted), ctx).await.expect("reconcile");
     scenario_completes(mock).await;
     assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_new_link_gets_the_cleanup_finalizer_before_any_child() {
+    let (ctx, server) = Context::test(at(NOW));
+    let mut link = DeviceLink::test();
+    link.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    let stored = link.clone();
+    let mock = server.run(move |server| async move {
+        server
+            .patch_finalizers(&stored, &["example.com/keep", "devicelink.io/children"])
+            .await
+            .read_children(Exists::No)
+            .await
+            .apply_config_map(Exists::No, |_| {})
+            .await
+            .apply_network_policy(Exists::No, |_| {})
+            .await
+            .apply_service(Exists::No, LoadBalancer::NoAddressYet, |_| {})
+            .await
+            .apply_deployment(Exists::No, Proxy::NotReady, |deployment| {
+                assert_eq!(
+                    deployment.metadata.namespace.as_deref(),
+                    Some(PROXY_NAMESPACE),
+                    "the proxy runs in the proxies' namespace, not the tenant's"
+                );
+            })
+            .await
+            .mark_pods(&[], None)
+            .await
+            .patch_status(&stored, |_| {})
+            .await
+    });
+    reconcile(Arc::new(link), ctx).await.expect("reconcile");
+    scenario_completes(mock).await;
 }
 
 #[tokio::test]
@@ -520,7 +572,7 @@ async fn api_errors_fail_the_reconcile_and_count_by_kind() {
                 assert!(
                     condition
                         .message
-                        .contains("ConfigMap plant-a/devicelink-pump-17-ssh")
+                        .contains("ConfigMap devicelink-proxies/pump-17-ssh-8b7d191b")
                         && condition.message.contains("forbidden"),
                     "names the object and the API server's words: {}",
                     condition.message
@@ -748,7 +800,7 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                         list("DeviceLinkList", vec![link.clone()]),
                     );
                 }
-                (Method::GET, "/api/v1/services") if watching => {
+                (Method::GET, "/api/v1/namespaces/devicelink-proxies/services") if watching => {
                     assert!(
                         query.contains(
                             "labelSelector=app.kubernetes.io%2Fmanaged-by%3Ddevicelink-operator"
@@ -761,7 +813,7 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                         held_watches.push(send);
                     }
                 }
-                (Method::GET, "/api/v1/services") => {
+                (Method::GET, "/api/v1/namespaces/devicelink-proxies/services") => {
                     reply(send, StatusCode::OK, list("ServiceList", vec![]))
                 }
                 (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinkpolicies") if watching => {
@@ -770,16 +822,20 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 (Method::GET, "/apis/devicelink.io/v1alpha1/devicelinkpolicies") => {
                     reply(send, StatusCode::OK, list("DeviceLinkPolicyList", vec![]))
                 }
-                (Method::GET, "/apis/apps/v1/deployments") if watching => held_watches.push(send),
-                (Method::GET, "/apis/apps/v1/deployments") => {
+                (Method::GET, "/apis/apps/v1/namespaces/devicelink-proxies/deployments")
+                    if watching =>
+                {
+                    held_watches.push(send)
+                }
+                (Method::GET, "/apis/apps/v1/namespaces/devicelink-proxies/deployments") => {
                     reply(send, StatusCode::OK, list("DeploymentList", vec![]))
                 }
                 (
                     Method::GET,
-                    "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh"
-                    | "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh"
-                    | "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh"
-                    | "/apis/networking.k8s.io/v1/namespaces/plant-a/networkpolicies/devicelink-pump-17-ssh",
+                    "/api/v1/namespaces/devicelink-proxies/configmaps/pump-17-ssh-8b7d191b"
+                    | "/api/v1/namespaces/devicelink-proxies/services/pump-17-ssh-8b7d191b"
+                    | "/apis/apps/v1/namespaces/devicelink-proxies/deployments/pump-17-ssh-8b7d191b"
+                    | "/apis/networking.k8s.io/v1/namespaces/devicelink-proxies/networkpolicies/pump-17-ssh-8b7d191b",
                 ) => reply(
                     send,
                     StatusCode::NOT_FOUND,
@@ -788,18 +844,24 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 ),
                 (
                     Method::PATCH,
-                    "/apis/networking.k8s.io/v1/namespaces/plant-a/networkpolicies/devicelink-pump-17-ssh",
+                    "/apis/networking.k8s.io/v1/namespaces/devicelink-proxies/networkpolicies/pump-17-ssh-8b7d191b",
                 ) => reply(send, StatusCode::OK, body.clone()),
-                (Method::PATCH, "/api/v1/namespaces/plant-a/configmaps/devicelink-pump-17-ssh") => {
+                (
+                    Method::PATCH,
+                    "/api/v1/namespaces/devicelink-proxies/configmaps/pump-17-ssh-8b7d191b",
+                ) => {
                     let mut config_map = body.clone();
                     config_map["metadata"]["uid"] = json!("cm-uid-17");
                     reply(send, StatusCode::OK, config_map);
                 }
                 // No proxy pod has started in this scenario: nothing to mark.
-                (Method::GET, "/api/v1/namespaces/plant-a/pods") => {
+                (Method::GET, "/api/v1/namespaces/devicelink-proxies/pods") => {
                     reply(send, StatusCode::OK, list("PodList", vec![]))
                 }
-                (Method::PATCH, "/api/v1/namespaces/plant-a/services/devicelink-pump-17-ssh") => {
+                (
+                    Method::PATCH,
+                    "/api/v1/namespaces/devicelink-proxies/services/pump-17-ssh-8b7d191b",
+                ) => {
                     let mut service = body.clone();
                     service["metadata"]["uid"] = json!("svc-uid-17");
                     service["metadata"]["resourceVersion"] = json!("150");
@@ -820,7 +882,7 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                 }
                 (
                     Method::PATCH,
-                    "/apis/apps/v1/namespaces/plant-a/deployments/devicelink-pump-17-ssh",
+                    "/apis/apps/v1/namespaces/devicelink-proxies/deployments/pump-17-ssh-8b7d191b",
                 ) => {
                     let mut deployment = body.clone();
                     deployment["metadata"]["uid"] = json!("deploy-uid-17");
@@ -843,9 +905,10 @@ async fn controller_watches_the_service_and_goes_active_when_the_endpoint_appear
                         let service = json!({
                             "apiVersion": "v1", "kind": "Service",
                             "metadata": {
-                                "name": "devicelink-pump-17-ssh", "namespace": "plant-a", "uid": "svc-uid-17",
+                                "name": "pump-17-ssh-8b7d191b", "namespace": "devicelink-proxies", "uid": "svc-uid-17",
                                 "resourceVersion": "160",
-                                "labels": {"app.kubernetes.io/managed-by": "devicelink-operator"},
+                                "labels": {"app.kubernetes.io/managed-by": "devicelink-operator",
+                                           "devicelink.io/link": "pump-17-ssh", "devicelink.io/link-namespace": "plant-a"},
                                 "ownerReferences": [{"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
                                     "name": "pump-17-ssh", "uid": LINK_UID, "controller": true}],
                             },
@@ -1034,7 +1097,7 @@ async fn a_service_of_the_childs_name_made_by_someone_else_is_left_alone_and_the
                 assert!(
                     condition
                         .message
-                        .contains("Service plant-a/devicelink-pump-17-ssh already exists")
+                        .contains("Service devicelink-proxies/pump-17-ssh-8b7d191b already exists")
                         && condition.message.contains("kubectl-create"),
                     "names the object and who made it: {}",
                     condition.message
@@ -1122,7 +1185,7 @@ async fn a_deployment_the_api_server_refuses_with_422_shows_the_field_on_the_lin
                 assert!(
                     condition
                         .message
-                        .contains("Deployment plant-a/devicelink-pump-17-ssh (Invalid)")
+                        .contains("Deployment devicelink-proxies/pump-17-ssh-8b7d191b (Invalid)")
                         && condition
                             .message
                             .contains("spec.template.spec.containers[0].resources.requests: Invalid value"),
