@@ -64,7 +64,7 @@ pub const MAX_LINK_NAME_LEN: usize = 52;
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 52 && !self.metadata.name.contains('.') && self.metadata.name.matches('^[a-z]')")
-        .message("metadata.name must start with a letter, have no '.', and be at most 52 characters (children are named devicelink-<name>, a DNS-1035 label)")
+        .message("metadata.name must start with a letter, have no '.', and be at most 52 characters (children are named <name>-<8 hex digits>, a DNS-1035 label)")
 )]
 #[x_kube(
     validation = Rule::new("has(self.ttl) != has(self.expiresAt)")

@@ -894,3 +894,46 @@ fn active_connections_are_read_from_the_proxy_metrics() {
     assert_eq!(super::session::active_connections(text), Some(4));
     assert_eq!(super::session::active_connections("nothing"), None);
 }
+
+#[tokio::test]
+async fn open_stops_waiting_at_a_failure_condition_and_prints_its_reason() {
+    let mut taken = status(
+        "Failed",
+        1,
+        None,
+        "Service devicelink-proxies/pump-17-ssh-8b7d191b already exists and it was written by kubectl-create",
+    );
+    taken["conditions"][0]["reason"] = json!("NameTaken");
+    let steps = vec![
+        step(|_, _, _| not_found_object()),
+        step(|_, _, body| {
+            (
+                StatusCode::CREATED,
+                link(1, body["spec"].clone(), Value::Null),
+            )
+        }),
+        get_link(link(1, ssh_spec(), taken)),
+    ];
+    let (session, server) = mock_session(steps);
+    let args = open_args(&[
+        "open",
+        "pump-17-ssh",
+        "--device",
+        "10.20.30.40:22",
+        "--for",
+        "2h",
+        "--allow",
+        "203.0.113.0/24",
+    ]);
+    let error = session
+        .open(&args, &mut Progress::new(false))
+        .await
+        .expect_err("a failure ends the wait at once, not at the timeout");
+    finished(server).await;
+    assert_eq!(error.exit(), Exit::LinkFailed);
+    let text = error.to_string();
+    assert!(
+        text.contains("NameTaken: Service devicelink-proxies/pump-17-ssh-8b7d191b already exists"),
+        "{text}"
+    );
+}
