@@ -45,6 +45,11 @@ pub const DEFAULT_PROXY_NAMESPACE: &str = "devicelink-proxies";
 /// use 52.
 pub const MAX_LINK_NAME_LEN: usize = 52;
 
+/// A duration of the proxy's grammar (digits and s, m, h, d, summed) that the proxy accepts:
+/// more than zero and at most devicelink_spec's `MAX_DURATION` (36500d, checked by a test), so
+/// that the API server refuses what the proxy would.
+pub const DURATION_IN_RANGE: &str = "self.findAll('[0-9]+[smhd]').map(p, int(p.substring(0, p.size() - 1)) * (p.endsWith('d') ? 86400 : (p.endsWith('h') ? 3600 : (p.endsWith('m') ? 60 : 1)))).sum() > 0 && self.findAll('[0-9]+[smhd]').map(p, int(p.substring(0, p.size() - 1)) * (p.endsWith('d') ? 86400 : (p.endsWith('h') ? 3600 : (p.endsWith('m') ? 60 : 1)))).sum() <= 3153600000";
+
 /// An on-demand, source-restricted TCP path from the internet to one device on a private network.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -94,7 +99,8 @@ pub struct DeviceLinkSpec {
 
     /// How long the link stays open, counted from when it was last enabled (e.g. 2h, 90m, 1h30m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_IN_RANGE).message("spec.ttl must be a positive duration of at most 36500d, e.g. 2h"))]
     pub ttl: Option<String>,
 
     /// When the link closes (RFC 3339, e.g. 2026-11-25T10:00:00Z).
@@ -104,7 +110,8 @@ pub struct DeviceLinkSpec {
 
     /// Close a connection that carried no byte either way for this long (e.g. 15m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_IN_RANGE).message("spec.idleTimeout must be a positive duration of at most 36500d, e.g. 15m"))]
     pub idle_timeout: Option<String>,
 
     /// Connections carried at once; more are refused. The proxy's default (1024) when unset.
@@ -623,6 +630,13 @@ mod tests {
         assert!(long.validate().is_ok(), "a name of exactly the limit fits");
         long.metadata.name = Some("pump.17".into());
         assert_eq!(long.validate().unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn the_crds_duration_rule_bounds_at_the_proxys_maximum() {
+        assert!(
+            DURATION_IN_RANGE.ends_with(&format!("<= {}", devicelink_spec::MAX_DURATION.as_secs()))
+        );
     }
 
     #[test]

@@ -195,6 +195,22 @@ fn crd_cel_rules_reject_what_the_operator_rejects() {
             link_with(with(serde_json::json!({"ttl": "2h"})), "pump.17"),
             "have no '.'",
         ),
+        // What the proxy refuses, the API server refuses: zero, and past 36500d.
+        (
+            link_with(with(serde_json::json!({"ttl": "0m"})), "pump-17-ssh"),
+            "spec.ttl must be a positive duration",
+        ),
+        (
+            link_with(with(serde_json::json!({"ttl": "36500d1s"})), "pump-17-ssh"),
+            "spec.ttl must be a positive duration of at most 36500d",
+        ),
+        (
+            link_with(
+                with(serde_json::json!({"ttl": "2h", "idleTimeout": "36501d"})),
+                "pump-17-ssh",
+            ),
+            "spec.idleTimeout must be a positive duration",
+        ),
     ];
     for (object, expected) in cases {
         let errors = cel_errors(&object);
@@ -206,6 +222,11 @@ fn crd_cel_rules_reject_what_the_operator_rejects() {
     }
     let good = link_with(with(serde_json::json!({"ttl": "2h"})), "pump-17-ssh");
     assert_eq!(cel_errors(&good), Vec::<String>::new());
+    let longest = link_with(
+        with(serde_json::json!({"ttl": "36500d", "idleTimeout": "1d2h3m4s"})),
+        "pump-17-ssh",
+    );
+    assert_eq!(cel_errors(&longest), Vec::<String>::new());
 }
 
 #[test]
