@@ -191,36 +191,64 @@ const STUCK_WAITING: [(&str, &str); 6] = [
 /// A proxy pod whose container is stuck (crash-looping, its image not pulled): the reason and
 /// the last words of the container, so the user sees why without reading logs first.
 pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
-    pods.iter().find_map(|pod| {
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        statuses.iter().find_map(|container| {
-            let waiting = container.state.as_ref()?.waiting.as_ref()?;
-            let waiting_reason = waiting.reason.as_deref()?;
-            let (_, reason) = STUCK_WAITING.iter().find(|(w, _)| *w == waiting_reason)?;
-            let last_words = container
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .map(|t| {
-                    let said = t
-                        .message
-                        .as_deref()
-                        .or(t.reason.as_deref())
-                        .unwrap_or_default()
-                        .trim();
-                    format!("; it last exited with code {}: {said}", t.exit_code)
-                })
-                .unwrap_or_default();
-            let detail = waiting.message.as_deref().unwrap_or_default();
-            Some(Problem::new(
-                reason,
-                format!(
-                    "proxy pod {namespace}/{name} is {waiting_reason} {detail}{last_words}; see kubectl -n {namespace} logs {name} --previous"
-                ).replace("  ", " ").replace(" ;", ";"),
-            ))
-        })
+    pods.iter()
+        .find_map(container_problem)
+        .or_else(|| pods.iter().find_map(unschedulable))
+}
+
+/// A proxy pod no node can take (not enough CPU or memory, a taint, a node selector), as the
+/// scheduler said.
+fn unschedulable(pod: &Pod) -> Option<Problem> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    (condition.reason.as_deref() == Some("Unschedulable")).then(|| {
+        Problem::new(
+            "ProxyUnschedulable",
+            format!(
+                "proxy pod {namespace}/{name} cannot be scheduled: {}; see kubectl -n {namespace} describe pod {name}",
+                condition.message.as_deref().unwrap_or("no node fits it")
+            ),
+        )
+    })
+}
+
+/// A proxy container stuck waiting (see [`STUCK_WAITING`]).
+fn container_problem(pod: &Pod) -> Option<Problem> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let waiting_reason = waiting.reason.as_deref()?;
+        let (_, reason) = STUCK_WAITING.iter().find(|(w, _)| *w == waiting_reason)?;
+        let last_words = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| {
+                let said = t
+                    .message
+                    .as_deref()
+                    .or(t.reason.as_deref())
+                    .unwrap_or_default()
+                    .trim();
+                format!("; it last exited with code {}: {said}", t.exit_code)
+            })
+            .unwrap_or_default();
+        let detail = waiting.message.as_deref().unwrap_or_default();
+        Some(Problem::new(
+            reason,
+            format!(
+                "proxy pod {namespace}/{name} is {waiting_reason} {detail}{last_words}; see kubectl -n {namespace} logs {name} --previous"
+            ).replace("  ", " ").replace(" ;", ";"),
+        ))
     })
 }
 
@@ -897,5 +925,21 @@ mod tests {
             "{problem:?}"
         );
         assert_eq!(pod_problem(&[]), None);
+    }
+
+    #[test]
+    fn a_proxy_pod_no_node_can_take_is_a_problem_with_the_schedulers_words() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pump-17-ssh-8b7d191b-7d9f-x", "namespace": "devicelink-proxies"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient memory."}]},
+        }))
+        .unwrap();
+        let problem = pod_problem(&[pod]).expect("unschedulable");
+        assert_eq!(problem.reason, "ProxyUnschedulable");
+        assert!(
+            problem.message.contains("3 Insufficient memory"),
+            "{problem:?}"
+        );
     }
 }
