@@ -229,7 +229,7 @@ pub struct DeviceLinkStatus {
     /// `Ready`: whether the endpoint accepts connections, with the reason (Active,
     /// WaitingForLoadBalancer, WaitingForProxy, Disabled, Expired, InvalidSpec, NameTaken,
     /// ApplyRefused, PolicyDenied, ProxyPodsRefused, ProxyRolloutStalled, ProxyCrashLooping,
-    /// ProxyImagePullFailed, ProxyCannotStart).
+    /// ProxyImagePullFailed, ProxyCannotStart, ProxyUnschedulable).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
