@@ -225,6 +225,16 @@ pub fn child_metadata(link: &ValidLink) -> ObjectMeta {
     }
 }
 
+/// The proxy's flags the link's load balancer asks for: `--proxy-protocol` behind one that
+/// sends the PROXY protocol header (`spec.service.proxyProtocol`).
+pub fn load_balancer_args(link: &ValidLink) -> Vec<String> {
+    if link.service.proxy_protocol {
+        vec!["--proxy-protocol".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The public endpoint: only the allowed ranges get through the load balancer, and
 /// `externalTrafficPolicy: Local` keeps the client's address so the proxy's own ACL sees it.
 pub fn render_service(link: &ValidLink) -> Service {
@@ -263,7 +273,7 @@ pub fn render_service(link: &ValidLink) -> Service {
 /// The proxy's command line: the links file and the process-wide settings. Nothing in it
 /// changes when the link's ACL, expiry or limits do.
 pub fn proxy_args(link: &ValidLink) -> Vec<String> {
-    let mut args = vec![
+    vec![
         "--config".to_owned(),
         format!("{LINKS_DIR}/{LINKS_FILE}"),
         "--data-plane".to_owned(),
@@ -274,11 +284,7 @@ pub fn proxy_args(link: &ValidLink) -> Vec<String> {
         format!("[::]:{PROXY_METRICS_PORT}"),
         "--log-format".to_owned(),
         "json".to_owned(),
-    ];
-    if link.service.proxy_protocol {
-        args.push("--proxy-protocol".to_owned());
-    }
-    args
+    ]
 }
 
 fn http_probe(path: &str, period_seconds: i32) -> Probe {
@@ -300,7 +306,7 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
         name: "proxy".to_owned(),
         image: Some(proxy.image.clone()),
         image_pull_policy: proxy.pull_policy.clone(),
-        args: Some(proxy_args(link)),
+        args: Some([proxy_args(link), load_balancer_args(link)].concat()),
         volume_mounts: Some(vec![VolumeMount {
             name: "links".to_owned(),
             mount_path: LINKS_DIR.to_owned(),
@@ -518,7 +524,7 @@ mod tests {
     fn service_options_reach_the_service_and_the_proxy_flag() {
         let plain = render(&link(), expires(), &image());
         assert!(plain.service.metadata.annotations.is_none());
-        assert!(!proxy_args(&link()).contains(&"--proxy-protocol".to_owned()));
+        assert!(load_balancer_args(&link()).is_empty());
         let mut behind = link();
         behind.service = ServiceOptions {
             annotations: [(
@@ -541,8 +547,14 @@ mod tests {
             Some("service.k8s.aws/nlb")
         );
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        let pod = children.deployment.spec.unwrap().template.spec.unwrap();
         assert_eq!(
-            proxy_args(&behind).last().map(String::as_str),
+            pod.containers[0]
+                .args
+                .as_ref()
+                .unwrap()
+                .last()
+                .map(String::as_str),
             Some("--proxy-protocol"),
             "the proxy reads each client's address from the PROXY header"
         );
