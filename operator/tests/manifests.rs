@@ -439,6 +439,58 @@ fn without_a_forbidden_list_admission_still_refuses_the_whole_internet() {
 }
 
 #[test]
+fn admission_and_the_operator_judge_device_host_names_alike() {
+    use devicelink_operator::{policy, resource::DeviceLink};
+    let policy_object = serde_json::json!({"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLinkPolicy",
+        "metadata": {"name": "plants"}, "spec": {"forbiddenSourceRanges": [],
+        "allowedDeviceHosts": ["*.plant-a.internal", "historian.corp"]}});
+    let typed: policy::DeviceLinkPolicy = serde_json::from_value(policy_object.clone()).unwrap();
+    let now: Timestamp = "2026-11-25T08:00:00Z".parse().unwrap();
+    for (host, allowed) in [
+        ("pump-17.plant-a.internal", true),
+        ("PUMP-17.Plant-A.internal", true),
+        ("historian.corp", true),
+        ("10.20.30.40", true),
+        ("plant-a.internal", false),
+        ("evilplant-a.internal", false),
+        ("db.corp", false),
+    ] {
+        let object = serde_json::json!({
+            "apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
+            "metadata": {"name": "pump-17-ssh", "namespace": "plant-a"},
+            "spec": {"device": {"host": host, "port": 22}, "allowedSourceRanges": ["203.0.113.0/24"], "ttl": "2h"},
+        });
+        let refusals = admission_refusals(&object, &policy_object);
+        assert_eq!(
+            refusals.is_empty(),
+            allowed,
+            "admission of {host}: {refusals:?}"
+        );
+        if !allowed {
+            assert!(
+                refusals[0].contains("allowedDeviceHosts: *.plant-a.internal, historian.corp"),
+                "{refusals:?}"
+            );
+        }
+        let valid = serde_json::from_value::<DeviceLink>(object)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let verdict = policy::check(
+            &valid,
+            now,
+            &["10.20.30.40".parse().unwrap()],
+            std::slice::from_ref(&typed),
+        );
+        assert_eq!(
+            verdict.is_ok(),
+            allowed,
+            "the operator on {host}: {verdict:?}"
+        );
+    }
+}
+
+#[test]
 fn the_policy_crd_accepts_the_shipped_policy_and_refuses_a_bad_network() {
     let schema = crd_schema_of("DeviceLinkPolicy");
     let errors = |object: &Value| match Validator::new().validate(&schema, object, None) {
