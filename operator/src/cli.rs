@@ -54,7 +54,8 @@ async fn connect(cli: &Cli) -> Result<(Client, String, String), CliError> {
 /// Runs the parsed command; what it prints goes to stdout, progress and errors to stderr.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
     let (client, namespace, url) = connect(&cli).await?;
-    let session = Session::new(client, &namespace);
+    let mut session = Session::new(client, &namespace);
+    session.proxy_namespace = cli.proxy_namespace.clone();
     let spinner = cli.output == OutputFormat::Table && std::io::stderr().is_terminal();
     session
         .execute(&cli.command, cli.output, spinner)

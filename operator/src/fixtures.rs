@@ -7,7 +7,7 @@
 //! dropped its handle and the call fails, so the test sees an error rather than a silent pass.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,6 +17,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -24,7 +25,7 @@ use k8s_openapi::{
 use kube::{
     Client, Resource,
     client::Body,
-    runtime::events::{Recorder, Reporter},
+    runtime::{events::Reporter, watcher},
 };
 use serde_json::{Value, json};
 
@@ -32,13 +33,18 @@ use crate::{
     clock::Clock,
     controller::Context,
     metrics::Metrics,
+    policy::DeviceLinkPolicy,
     render::{LINKS_FILE, LINKS_REVISION_ANNOTATION, ProxyImage},
+    resolve::Resolver,
     resource::{DeviceLink, DeviceLinkStatus, Phase},
 };
 
 pub const NAMESPACE: &str = "plant-a";
 pub const LINK: &str = "pump-17-ssh";
-pub const CHILD: &str = "devicelink-pump-17-ssh";
+/// The children's name: the link's, then 8 hex digits of its namespace's.
+pub const CHILD: &str = "pump-17-ssh-8b7d191b";
+/// Where the children live.
+pub const PROXY_NAMESPACE: &str = "devicelink-proxies";
 pub const LINK_UID: &str = "8a3c1f0e-5d2b-4c1a-9e7f-000000000017";
 pub const PROXY_IMAGE: &str = "registry.example/devicelink-proxy:test";
 
@@ -56,6 +62,7 @@ impl DeviceLink {
             "metadata": {
                 "name": LINK, "namespace": NAMESPACE, "uid": LINK_UID,
                 "generation": 1, "resourceVersion": "100",
+                "finalizers": ["devicelink.io/children"],
                 "creationTimestamp": "2026-11-25T07:59:00Z",
             },
             "spec": {
@@ -94,6 +101,7 @@ impl DeviceLink {
         let observed = crate::lifecycle::Observed {
             endpoint: Some("198.51.100.7:22".into()),
             proxy_ready: true,
+            problem: None,
         };
         let status = crate::lifecycle::status_for(&self, &desired, &observed, at(enabled_at));
         self.with_status(status)
@@ -106,22 +114,58 @@ impl DeviceLink {
 }
 
 impl Context {
-    /// A context over kube's mock service, with the clock fixed at `now`.
+    /// A context over kube's mock service, with the clock fixed at `now`, no DeviceLinkPolicy
+    /// and no name that resolves.
     pub fn test(now: Timestamp) -> (Arc<Self>, ApiServerVerifier) {
+        Self::test_with_policies(now, Vec::new(), &[])
+    }
+
+    /// As [`Context::test`], with these DeviceLinkPolicies in the cluster and these names
+    /// resolving to these addresses.
+    pub fn test_with_policies(
+        now: Timestamp,
+        policies: Vec<DeviceLinkPolicy>,
+        names: &[(&str, &[&str])],
+    ) -> (Arc<Self>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NAMESPACE);
-        let ctx = Context {
-            recorder: Recorder::new(client.clone(), Reporter::from("devicelink-operator")),
+        let mut ctx = Context::new(
             client,
-            metrics: Metrics::default(),
-            proxy: ProxyImage {
+            Reporter::from("devicelink-operator"),
+            Metrics::default(),
+            ProxyImage {
                 image: PROXY_IMAGE.into(),
                 pull_policy: None,
             },
-            clock: Clock::Fixed(now),
-        };
+        );
+        ctx.clock = Clock::Fixed(now);
+        ctx.resolver = Resolver::Fixed(Arc::new(
+            names
+                .iter()
+                .map(|(name, addresses)| {
+                    let addresses = addresses.iter().map(|a| a.parse().unwrap()).collect();
+                    ((*name).to_owned(), addresses)
+                })
+                .collect::<HashMap<_, _>>(),
+        ));
+        // As the policy watch's first list would: these, and the store is ready.
+        if let Some(writer) = ctx.policy_writer.lock().unwrap().as_mut() {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for policy in policies {
+                writer.apply_watcher_event(&watcher::Event::InitApply(policy));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
+}
+
+/// A DeviceLinkPolicy as an admin writes it: `spec` in YAML flow form.
+pub fn policy(name: &str, spec: &str) -> DeviceLinkPolicy {
+    serde_yaml::from_str(&format!(
+        "apiVersion: devicelink.io/v1alpha1\nkind: DeviceLinkPolicy\nmetadata: {{name: {name}, uid: policy-uid-{name}}}\nspec: {spec}\n"
+    ))
+    .expect("fixture DeviceLinkPolicy")
 }
 
 /// Waits for a scenario to have answered every request it expected.
@@ -149,6 +193,10 @@ pub enum LoadBalancer {
 pub enum Proxy {
     NotReady,
     Ready,
+    /// The template changed; the new pod is not available, an old one (old settings) is.
+    OldPodServing,
+    /// The ReplicaSet cannot create pods: pod security admission refuses them.
+    PodsRefused,
 }
 
 /// Whether a server-side apply creates the object (201) or updates it (200).
@@ -158,11 +206,73 @@ pub enum Exists {
     Yes,
 }
 
-/// Whether the object to delete is there (200) or already gone (404).
+/// Whether the object to delete is there (and this link's), already gone (404), or a
+/// namesake that is not this link's.
 #[derive(Clone, Copy, Debug)]
 pub enum Present {
     Yes,
     No,
+    NotOurs,
+}
+
+/// What a GET of a child's name finds.
+#[derive(Clone, Copy, Debug)]
+pub enum Found {
+    Absent,
+    /// The link's own child: its controller owner reference names the link.
+    Ours,
+    /// An object of that name someone else made (no owner reference to the link).
+    Foreign,
+}
+
+/// The paths (and resource names, for a 404) of the ConfigMap, Service and Deployment.
+fn child_paths() -> [(String, &'static str); 4] {
+    [
+        (
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
+            "configmaps",
+        ),
+        (
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
+            "services",
+        ),
+        (
+            format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
+            "deployments",
+        ),
+        (
+            format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
+            "networkpolicies",
+        ),
+    ]
+}
+
+/// A child as a GET returns it; owned by the link when `owner` is its uid, else made by hand.
+fn existing_child(path: &str, owner: Option<&str>) -> Value {
+    let (api_version, kind) = if path.contains("/deployments/") {
+        ("apps/v1", "Deployment")
+    } else if path.contains("/networkpolicies/") {
+        ("networking.k8s.io/v1", "NetworkPolicy")
+    } else if path.contains("/services/") {
+        ("v1", "Service")
+    } else {
+        ("v1", "ConfigMap")
+    };
+    let mut object = json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": CHILD, "namespace": PROXY_NAMESPACE, "uid": format!("uid-of-{CHILD}"), "resourceVersion": "77",
+                     "managedFields": [{"manager": "kubectl-create", "operation": "Update", "apiVersion": api_version}]},
+    });
+    if let Some(uid) = owner {
+        // In the proxies' namespace a child is the link's by its labels (no owner reference
+        // can cross namespaces).
+        object["metadata"]["labels"] = json!({"devicelink.io/link": LINK, "devicelink.io/link-namespace": NAMESPACE,
+            "devicelink.io/link-uid": uid, "app.kubernetes.io/managed-by": "devicelink-operator"});
+        object["metadata"]["managedFields"][0]["manager"] = json!("devicelink-operator");
+    }
+    object
 }
 
 struct Captured {
@@ -258,7 +368,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            &format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
         );
         let applied: ConfigMap =
             serde_json::from_value(request.body.clone()).expect("a ConfigMap was applied");
@@ -282,15 +392,15 @@ impl ApiServerVerifier {
         let request = self.next().await;
         assert_eq!(request.method, Method::GET, "listing the proxy pods");
         assert!(
-            request.uri.starts_with(&format!("/api/v1/namespaces/{NAMESPACE}/pods?"))
-                && request.uri.contains("labelSelector=app.kubernetes.io%2Fname%3Ddevicelink-proxy%2Cdevicelink.io%2Flink%3D"),
+            request.uri.starts_with(&format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods?"))
+                && request.uri.contains("labelSelector=app.kubernetes.io%2Fname%3Ddevicelink-proxy%2Cdevicelink.io%2Flink%3Dpump-17-ssh%2Cdevicelink.io%2Flink-namespace%3Dplant-a"),
             "the link's pods by label: {}",
             request.uri
         );
         let items: Vec<Value> = pods
             .iter()
             .map(|(name, mark)| {
-                let mut pod = json!({"metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("pod-uid-{name}")}});
+                let mut pod = json!({"metadata": {"name": name, "namespace": PROXY_NAMESPACE, "uid": format!("pod-uid-{name}")}});
                 if let Some(mark) = mark {
                     pod["metadata"]["annotations"] = json!({LINKS_REVISION_ANNOTATION: mark});
                 }
@@ -310,7 +420,7 @@ impl ApiServerVerifier {
             assert_eq!(request.method, Method::PATCH, "marking pod {name}");
             assert_eq!(
                 request.uri,
-                format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}?")
+                format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods/{name}?")
             );
             assert_eq!(
                 request.content_type.as_deref(),
@@ -326,9 +436,69 @@ impl ApiServerVerifier {
             respond(
                 request.send,
                 StatusCode::OK,
-                &json!({"metadata": {"name": name, "namespace": NAMESPACE, "annotations": {LINKS_REVISION_ANNOTATION: marked}}}),
+                &json!({"metadata": {"name": name, "namespace": PROXY_NAMESPACE, "annotations": {LINKS_REVISION_ANNOTATION: marked}}}),
             );
         }
+        self
+    }
+
+    /// The list of the link's proxy pods, answered with `pods` as given (statuses and all);
+    /// then the mark of each that carries no links revision yet.
+    pub async fn proxy_pods(mut self, pods: Vec<Value>) -> Self {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::GET, "listing the proxy pods");
+        assert!(
+            request
+                .uri
+                .starts_with(&format!("/api/v1/namespaces/{PROXY_NAMESPACE}/pods?"))
+        );
+        respond(
+            request.send,
+            StatusCode::OK,
+            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "900"}, "items": pods.clone()}),
+        );
+        for pod in pods
+            .iter()
+            .filter(|p| p["metadata"]["annotations"][LINKS_REVISION_ANNOTATION].is_null())
+        {
+            let request = self.next().await;
+            assert_eq!(
+                request.method,
+                Method::PATCH,
+                "marking pod {}",
+                pod["metadata"]["name"]
+            );
+            respond(request.send, StatusCode::OK, pod);
+        }
+        self
+    }
+
+    /// A server-side apply of the child at `resource` (configmaps, services, deployments)
+    /// refused by the API server with `code`, `reason`, `message` and field `causes`.
+    pub async fn refuse_apply(
+        mut self,
+        resource: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+        causes: Value,
+    ) -> Self {
+        let request = self.next().await;
+        let prefix = if resource == "deployments" {
+            "/apis/apps/v1"
+        } else {
+            "/api/v1"
+        };
+        Self::assert_apply(
+            &request,
+            &format!("{prefix}/namespaces/{PROXY_NAMESPACE}/{resource}/{CHILD}"),
+        );
+        respond(
+            request.send,
+            StatusCode::from_u16(code).unwrap(),
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+                    "reason": reason, "details": {"name": CHILD, "kind": resource, "causes": causes}, "code": code}),
+        );
         self
     }
 
@@ -342,7 +512,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            &format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
         );
         let applied: Service =
             serde_json::from_value(request.body.clone()).expect("a Service was applied");
@@ -376,7 +546,7 @@ impl ApiServerVerifier {
         let request = self.next().await;
         Self::assert_apply(
             &request,
-            &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            &format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
         );
         let applied: Deployment =
             serde_json::from_value(request.body.clone()).expect("a Deployment was applied");
@@ -389,6 +559,13 @@ impl ApiServerVerifier {
             Proxy::Ready => {
                 json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1})
             }
+            Proxy::OldPodServing => {
+                json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1})
+            }
+            Proxy::PodsRefused => json!({"observedGeneration": 1, "replicas": 0, "conditions": [
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": format!("pods \"{CHILD}-7d9f4-x2v8k\" is forbidden: violates PodSecurity \"restricted:latest\": unrestricted capabilities (container \"proxy\" must not include \"BPF\", \"NET_ADMIN\", \"PERFMON\" in securityContext.capabilities.add)")}]}),
         };
         let code = match exists {
             Exists::No => StatusCode::CREATED,
@@ -398,7 +575,50 @@ impl ApiServerVerifier {
         self
     }
 
+    /// The GET of a child before it is applied or deleted, answered with `found`.
+    async fn read_child(&mut self, path: &str, kind: &str, found: Found) {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::GET, "expected a GET of {path}");
+        assert_eq!(request.uri, path, "the child is read by name");
+        match found {
+            Found::Absent => respond(request.send, StatusCode::NOT_FOUND, &not_found(kind, CHILD)),
+            Found::Ours => respond(
+                request.send,
+                StatusCode::OK,
+                &existing_child(path, Some(LINK_UID)),
+            ),
+            Found::Foreign => respond(request.send, StatusCode::OK, &existing_child(path, None)),
+        }
+    }
+
+    /// The GETs of the ConfigMap, Service, Deployment and NetworkPolicy before an apply;
+    /// `exists` says whether they are there (and this link's).
+    pub async fn read_children(self, exists: Exists) -> Self {
+        let found = match exists {
+            Exists::No => Found::Absent,
+            Exists::Yes => Found::Ours,
+        };
+        self.read_children_as([found; 4]).await
+    }
+
+    /// The GETs of the ConfigMap, Service, Deployment and NetworkPolicy, each answered as given.
+    pub async fn read_children_as(mut self, found: [Found; 4]) -> Self {
+        for ((path, kind), found) in child_paths().into_iter().zip(found) {
+            self.read_child(&path, kind, found).await;
+        }
+        self
+    }
+
     async fn delete(mut self, path: String, kind: &str, present: Present) -> Self {
+        let found = match present {
+            Present::Yes => Found::Ours,
+            Present::No => Found::Absent,
+            Present::NotOurs => Found::Foreign,
+        };
+        self.read_child(&path, kind, found).await;
+        if !matches!(present, Present::Yes) {
+            return self;
+        }
         let request = self.next().await;
         assert_eq!(
             request.method,
@@ -410,21 +630,23 @@ impl ApiServerVerifier {
             request.body["propagationPolicy"], "Background",
             "children go with their pods"
         );
-        match present {
-            Present::No => respond(request.send, StatusCode::NOT_FOUND, &not_found(kind, CHILD)),
-            Present::Yes => respond(
-                request.send,
-                StatusCode::OK,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                        "details": {"name": CHILD, "kind": kind, "uid": "child-uid-17"}}),
-            ),
-        }
+        assert_eq!(
+            request.body["preconditions"]["uid"],
+            format!("uid-of-{CHILD}"),
+            "only the object read (and found ours) is deleted"
+        );
+        respond(
+            request.send,
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": CHILD, "kind": kind, "uid": "child-uid-17"}}),
+        );
         self
     }
 
     pub async fn delete_service(self, present: Present) -> Self {
         self.delete(
-            format!("/api/v1/namespaces/{NAMESPACE}/services/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/services/{CHILD}"),
             "services",
             present,
         )
@@ -433,20 +655,81 @@ impl ApiServerVerifier {
 
     pub async fn delete_deployment(self, present: Present) -> Self {
         self.delete(
-            format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{CHILD}"),
+            format!("/apis/apps/v1/namespaces/{PROXY_NAMESPACE}/deployments/{CHILD}"),
             "deployments",
             present,
         )
         .await
     }
 
+    pub async fn delete_network_policy(self, present: Present) -> Self {
+        self.delete(
+            format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
+            "networkpolicies",
+            present,
+        )
+        .await
+    }
+
+    /// Server-side apply of the link's egress NetworkPolicy; `check` sees what was applied.
+    pub async fn apply_network_policy(
+        mut self,
+        exists: Exists,
+        check: impl FnOnce(&NetworkPolicy),
+    ) -> Self {
+        let request = self.next().await;
+        Self::assert_apply(
+            &request,
+            &format!(
+                "/apis/networking.k8s.io/v1/namespaces/{PROXY_NAMESPACE}/networkpolicies/{CHILD}"
+            ),
+        );
+        let applied: NetworkPolicy =
+            serde_json::from_value(request.body.clone()).expect("a NetworkPolicy was applied");
+        check(&applied);
+        let object = stored(request.body, "netpol-uid-17", matches!(exists, Exists::No));
+        let code = match exists {
+            Exists::No => StatusCode::CREATED,
+            Exists::Yes => StatusCode::OK,
+        };
+        respond(request.send, code, &object);
+        self
+    }
+
     pub async fn delete_config_map(self, present: Present) -> Self {
         self.delete(
-            format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{CHILD}"),
+            format!("/api/v1/namespaces/{PROXY_NAMESPACE}/configmaps/{CHILD}"),
             "configmaps",
             present,
         )
         .await
+    }
+
+    /// A merge patch of the link's finalizers, conditional on its resourceVersion.
+    pub async fn patch_finalizers(mut self, link: &DeviceLink, expected: &[&str]) -> Self {
+        let request = self.next().await;
+        assert_eq!(request.method, Method::PATCH, "the finalizers are patched");
+        assert_eq!(
+            request.uri,
+            format!("/apis/devicelink.io/v1alpha1/namespaces/{NAMESPACE}/devicelinks/{LINK}?")
+        );
+        assert_eq!(
+            request.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(request.body["metadata"]["finalizers"], json!(expected));
+        assert_eq!(
+            request.body["metadata"]["resourceVersion"],
+            json!(link.metadata.resource_version),
+            "conditional on what was read, so another's finalizer is never dropped"
+        );
+        let mut object = serde_json::to_value(link).unwrap();
+        object["metadata"]["finalizers"] = json!(expected);
+        object["metadata"]["resourceVersion"] = json!("101");
+        respond(request.send, StatusCode::OK, &object);
+        self
     }
 
     /// A status patch (server-side apply on the status subresource); `check` sees the status.

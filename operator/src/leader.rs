@@ -2,12 +2,18 @@
 //! replicas never reconcile at once: one leads, the others wait to take over.
 //!
 //! The protocol is client-go's: the leader renews `renewTime` well within
-//! `leaseDurationSeconds`; a follower takes the Lease over once it has not been renewed for that
-//! long. Every write carries the `resourceVersion` it read, so when two replicas race the API
-//! server accepts one and answers the other 409 Conflict. A leader that cannot renew in time
-//! steps down (the binary exits, and Kubernetes restarts it as a follower).
+//! `leaseDurationSeconds`; a follower takes the Lease over once it has seen no change of the
+//! Lease's record (holder, renewTime, ...) for that long, timed on its own clock from when it
+//! observed the last change. It never compares the holder's timestamps with its own clock, so
+//! clocks that disagree between nodes cannot make it take over a Lease being renewed. Every
+//! write carries the `resourceVersion` it read, so when two replicas race the API server accepts
+//! one and answers the other 409 Conflict. Every API call has a deadline. A leader that cannot
+//! renew in time steps down (the binary exits, and Kubernetes restarts it as a follower).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -32,25 +38,56 @@ pub enum LeaseAction {
     Follow { holder: String },
 }
 
-/// Decides from the Lease (if any), who we are and the time. Pure.
-pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> LeaseAction {
+/// Decides from the Lease (if any), who we are, and whether its record has gone unchanged for
+/// its whole duration as we observed it (`lapsed`). Pure.
+pub fn decide(lease: Option<&Lease>, identity: &str, lapsed: bool) -> LeaseAction {
     let Some(lease) = lease else {
         return LeaseAction::Create;
     };
-    let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.unwrap_or_default();
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default();
     if holder.is_empty() {
         return LeaseAction::TakeOver;
     }
     if holder == identity {
         return LeaseAction::Renew;
     }
-    let duration =
-        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
-    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
-    match renewed.and_then(|at| at.checked_add(duration).ok()) {
-        Some(valid_until) if valid_until > now => LeaseAction::Follow { holder },
-        _ => LeaseAction::TakeOver,
+    if lapsed {
+        LeaseAction::TakeOver
+    } else {
+        LeaseAction::Follow { holder }
+    }
+}
+
+/// The last record of the Lease this replica saw change, and when it saw it (its own clock).
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    record: LeaseSpec,
+    at: Timestamp,
+}
+
+/// Whether the Lease's record has gone unchanged, as this replica observed it, for its
+/// duration; records `spec` as observed at `now` when it changed.
+fn observe(last: &mut Option<Observation>, spec: &LeaseSpec, now: Timestamp) -> bool {
+    match last {
+        Some(seen) if seen.record == *spec => {
+            let duration = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+            );
+            seen.at
+                .checked_add(duration)
+                .is_ok_and(|lapses_at| lapses_at <= now)
+        }
+        _ => {
+            *last = Some(Observation {
+                record: spec.clone(),
+                at: now,
+            });
+            false
+        }
     }
 }
 
@@ -61,7 +98,10 @@ pub struct LeaderElection {
     lease_name: String,
     identity: String,
     lease_duration: Duration,
+    /// The deadline of each API call, so that a hung connection cannot outlast the Lease.
+    pub call_timeout: Duration,
     pub clock: Clock,
+    observed: Arc<Mutex<Option<Observation>>>,
 }
 
 impl LeaderElection {
@@ -77,8 +117,20 @@ impl LeaderElection {
             lease_name: lease_name.to_owned(),
             identity: identity.to_owned(),
             lease_duration,
+            call_timeout: (lease_duration / 3).max(Duration::from_secs(1)),
             clock: Clock::System,
+            observed: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// `call`, failed if it has not answered within [`Self::call_timeout`].
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .map_err(|_| Error::LeaseTimeout(self.call_timeout))
     }
 
     pub fn identity(&self) -> &str {
@@ -88,13 +140,22 @@ impl LeaderElection {
     /// One round: reads the Lease and creates, renews or takes it over when it should.
     /// True when this replica holds the Lease afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let now = self.clock.now();
         let current = self
-            .leases
-            .get_opt(&self.lease_name)
-            .await
+            .bounded(self.leases.get_opt(&self.lease_name))
+            .await?
             .map_err(Error::Lease)?;
-        let action = decide(current.as_ref(), &self.identity, now);
+        let now = self.clock.now();
+        let lapsed = current
+            .as_ref()
+            .and_then(|lease| lease.spec.as_ref())
+            .is_some_and(|spec| {
+                let mut observed = self
+                    .observed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                observe(&mut observed, spec, now)
+            });
+        let action = decide(current.as_ref(), &self.identity, lapsed);
         let lease = match (&action, current) {
             (LeaseAction::Follow { .. }, _) => return Ok(false),
             (LeaseAction::Create, _) | (_, None) => {
@@ -105,7 +166,10 @@ impl LeaderElection {
                     },
                     spec: Some(self.spec(now, now, 0)),
                 };
-                return match self.leases.create(&PostParams::default(), &lease).await {
+                return match self
+                    .bounded(self.leases.create(&PostParams::default(), &lease))
+                    .await?
+                {
                     Ok(_) => {
                         info!(identity = %self.identity, lease = %self.lease_name, "created the Lease: leading");
                         Ok(true)
@@ -133,9 +197,11 @@ impl LeaderElection {
         };
         // `replace` sends the resourceVersion we read: a concurrent writer makes it a 409.
         match self
-            .leases
-            .replace(&self.lease_name, &PostParams::default(), &lease)
-            .await
+            .bounded(
+                self.leases
+                    .replace(&self.lease_name, &PostParams::default(), &lease),
+            )
+            .await?
         {
             Ok(_) => {
                 if action == LeaseAction::TakeOver {
@@ -165,9 +231,8 @@ impl LeaderElection {
     /// than after a whole lease duration. Does nothing if someone else holds it.
     pub async fn release(&self) -> Result<()> {
         let Some(mut lease) = self
-            .leases
-            .get_opt(&self.lease_name)
-            .await
+            .bounded(self.leases.get_opt(&self.lease_name))
+            .await?
             .map_err(Error::Lease)?
         else {
             return Ok(());
@@ -183,9 +248,11 @@ impl LeaderElection {
             spec.holder_identity = None;
         }
         match self
-            .leases
-            .replace(&self.lease_name, &PostParams::default(), &lease)
-            .await
+            .bounded(
+                self.leases
+                    .replace(&self.lease_name, &PostParams::default(), &lease),
+            )
+            .await?
         {
             Ok(_) => {
                 info!(identity = %self.identity, lease = %self.lease_name, "released the Lease");
@@ -213,8 +280,10 @@ impl LeaderElection {
     }
 
     /// Renews every `renew` while leading; returns once leadership is lost (another replica
-    /// holds the Lease, or no renewal succeeded for a whole lease duration).
+    /// holds the Lease, or no renewal succeeded within the renew deadline, two thirds of the
+    /// lease duration: stepping down before a follower may take over, not after).
     pub async fn hold(&self, renew: Duration, metrics: &Metrics) -> Error {
+        let renew_deadline = self.lease_duration * 2 / 3;
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(renew).await;
@@ -224,10 +293,10 @@ impl LeaderElection {
                     metrics.leader.set(0);
                     return Error::LostLeadership("another replica holds the Lease".to_owned());
                 }
-                Err(error) if last_renewed.elapsed() >= self.lease_duration => {
+                Err(error) if last_renewed.elapsed() >= renew_deadline => {
                     metrics.leader.set(0);
                     return Error::LostLeadership(format!(
-                        "could not renew the Lease for a whole lease duration: {error}"
+                        "could not renew the Lease within its renew deadline ({renew_deadline:?}): {error}"
                     ));
                 }
                 Err(error) => warn!(%error, "could not renew the Lease; still within its duration"),
@@ -258,40 +327,40 @@ mod tests {
 
     #[test]
     fn no_lease_means_create_it() {
-        assert_eq!(
-            decide(None, "a", at("2026-11-25T08:00:00Z")),
-            LeaseAction::Create
-        );
+        assert_eq!(decide(None, "a", false), LeaseAction::Create);
     }
 
     #[test]
     fn our_own_lease_is_renewed() {
         let lease = lease("a", "2026-11-25T08:00:00Z", 15);
-        assert_eq!(
-            decide(Some(&lease), "a", at("2026-11-25T09:00:00Z")),
-            LeaseAction::Renew
-        );
-    }
-
-    #[test]
-    fn a_fresh_lease_of_another_replica_is_followed_until_it_lapses() {
-        let lease = lease("a", "2026-11-25T08:00:00Z", 15);
-        assert_eq!(
-            decide(Some(&lease), "b", at("2026-11-25T08:00:14Z")),
-            LeaseAction::Follow { holder: "a".into() }
-        );
-        assert_eq!(
-            decide(Some(&lease), "b", at("2026-11-25T08:00:15Z")),
-            LeaseAction::TakeOver
-        );
+        assert_eq!(decide(Some(&lease), "a", true), LeaseAction::Renew);
     }
 
     #[test]
     fn a_released_lease_is_taken_at_once() {
         let lease = lease("", "2026-11-25T08:00:00Z", 15);
-        assert_eq!(
-            decide(Some(&lease), "b", at("2026-11-25T08:00:01Z")),
-            LeaseAction::TakeOver
+        assert_eq!(decide(Some(&lease), "b", false), LeaseAction::TakeOver);
+    }
+
+    #[test]
+    fn a_lease_lapses_only_after_its_duration_without_change_on_the_followers_own_clock() {
+        // The holder's clock is an hour behind ours: its renewTime alone says nothing.
+        let first = lease("a", "2026-11-25T07:00:00Z", 15).spec.unwrap();
+        let mut seen = None;
+        assert!(
+            !observe(&mut seen, &first, at("2026-11-25T08:00:00Z")),
+            "first sight"
+        );
+        assert!(!observe(&mut seen, &first, at("2026-11-25T08:00:14Z")));
+        let renewed = lease("a", "2026-11-25T07:00:10Z", 15).spec.unwrap();
+        assert!(
+            !observe(&mut seen, &renewed, at("2026-11-25T08:00:15Z")),
+            "renewed: the 15s start again from when we saw it"
+        );
+        assert!(!observe(&mut seen, &renewed, at("2026-11-25T08:00:29Z")));
+        assert!(
+            observe(&mut seen, &renewed, at("2026-11-25T08:00:30Z")),
+            "unchanged for 15s of our own time"
         );
     }
 }

@@ -11,6 +11,7 @@ use devicelink_operator::{
     leader::LeaderElection,
     metrics::Metrics,
     render::ProxyImage,
+    resource::DEFAULT_PROXY_NAMESPACE,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{Client, runtime::events::Reporter};
@@ -67,6 +68,9 @@ enum Command {
         now: Option<Timestamp>,
         #[command(flatten)]
         proxy: ProxyImageArgs,
+        /// Namespace of the children, as the operator's --proxy-namespace.
+        #[arg(long, default_value = DEFAULT_PROXY_NAMESPACE)]
+        proxy_namespace: String,
     },
 }
 
@@ -74,6 +78,10 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     proxy: ProxyImageArgs,
+    /// Namespace of every link's proxy pod and other children: the only one that needs the
+    /// privileged Pod Security level (the links' namespaces stay restricted).
+    #[arg(long, env = "DEVICELINK_PROXY_NAMESPACE", default_value = DEFAULT_PROXY_NAMESPACE)]
+    proxy_namespace: String,
     /// Serve /healthz, /readyz and Prometheus /metrics here.
     #[arg(long, env = "DEVICELINK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -112,7 +120,12 @@ fn main() -> anyhow::Result<()> {
             print!("{}", devicelink_operator::crd_yaml());
             Ok(())
         }
-        Command::Render { file, now, proxy } => {
+        Command::Render {
+            file,
+            now,
+            proxy,
+            proxy_namespace,
+        } => {
             let manifest = if file.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -127,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 &manifest,
                 now.unwrap_or_else(Timestamp::now),
                 &proxy.proxy_image(),
+                &proxy_namespace,
             )
             .with_context(|| format!("{}", file.display()))?;
             print!("{yaml}");
@@ -212,12 +226,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "devicelink-operator".to_owned(),
         instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        reporter,
-        metrics.clone(),
-        args.proxy.proxy_image(),
-    ));
+    let mut ctx = Context::new(client, reporter, metrics.clone(), args.proxy.proxy_image());
+    ctx.proxy_namespace = args.proxy_namespace.clone();
+    let ctx = Arc::new(ctx);
     let mut stop_for_controller = stop_rx.clone();
     let (store, controller) = controller::controller(ctx, async move {
         let _ = stop_for_controller.wait_for(|stop| *stop).await;

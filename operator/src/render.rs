@@ -160,44 +160,59 @@ pub fn render_config_map(link: &ValidLink, expires_at: Timestamp) -> ConfigMap {
     }
 }
 
-/// Labels on both children and on the proxy pods.
-pub fn child_labels(link_name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+/// Label naming the namespace of the DeviceLink a child belongs to: links of every namespace
+/// meet in the proxies' namespace.
+pub const LINK_NAMESPACE_LABEL: &str = "devicelink.io/link-namespace";
+
+/// Label naming the uid of the DeviceLink a child belongs to: what makes a child the link's
+/// when an owner reference cannot (it cannot cross namespaces).
+pub const LINK_UID_LABEL: &str = "devicelink.io/link-uid";
+
+/// Labels on the children and on the proxy pods.
+pub fn child_labels(link: &ValidLink) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
             "devicelink-proxy".to_owned(),
         ),
-        (
-            "app.kubernetes.io/instance".to_owned(),
-            link_name.to_owned(),
-        ),
+        ("app.kubernetes.io/instance".to_owned(), link.name.clone()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
             MANAGED_BY.to_owned(),
         ),
-        (LINK_LABEL.to_owned(), link_name.to_owned()),
-    ])
+        (LINK_LABEL.to_owned(), link.name.clone()),
+        (LINK_NAMESPACE_LABEL.to_owned(), link.namespace.clone()),
+    ]);
+    if let Some(uid) = &link.uid {
+        labels.insert(LINK_UID_LABEL.to_owned(), uid.clone());
+    }
+    labels
 }
 
 /// Selects exactly this link's proxy pods (and nothing a user may label alike by accident).
-fn pod_selector(link_name: &str) -> BTreeMap<String, String> {
+pub fn pod_selector(link: &ValidLink) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
             "devicelink-proxy".to_owned(),
         ),
-        (LINK_LABEL.to_owned(), link_name.to_owned()),
+        (LINK_LABEL.to_owned(), link.name.clone()),
+        (LINK_NAMESPACE_LABEL.to_owned(), link.namespace.clone()),
     ])
 }
 
-fn child_metadata(link: &ValidLink) -> ObjectMeta {
+pub fn child_metadata(link: &ValidLink) -> ObjectMeta {
+    // An owner reference cannot cross namespaces (the garbage collector would take the owner
+    // for gone and delete the child): only children beside their link carry one; the others
+    // are the link's by their uid label, and its finalizer removes them.
+    let beside_the_link = link.children_namespace == link.namespace;
     ObjectMeta {
         name: Some(link.child_name()),
-        namespace: Some(link.namespace.clone()),
-        labels: Some(child_labels(&link.name)),
+        namespace: Some(link.children_namespace.clone()),
+        labels: Some(child_labels(link)),
         // Without a uid (a file given to `render` that never was in a cluster) there is nothing
         // to point at yet; the controller always has one.
-        owner_references: link.uid.as_ref().map(|uid| {
+        owner_references: link.uid.as_ref().filter(|_| beside_the_link).map(|uid| {
             vec![OwnerReference {
                 api_version: format!("{GROUP}/v1alpha1"),
                 kind: "DeviceLink".to_owned(),
@@ -211,12 +226,27 @@ fn child_metadata(link: &ValidLink) -> ObjectMeta {
     }
 }
 
+/// The proxy's flags the link's load balancer asks for: `--proxy-protocol` behind one that
+/// sends the PROXY protocol header (`spec.service.proxyProtocol`).
+pub fn load_balancer_args(link: &ValidLink) -> Vec<String> {
+    if link.service.proxy_protocol {
+        vec!["--proxy-protocol".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The public endpoint: only the allowed ranges get through the load balancer, and
 /// `externalTrafficPolicy: Local` keeps the client's address so the proxy's own ACL sees it.
 pub fn render_service(link: &ValidLink) -> Service {
+    let annotations = &link.service.annotations;
     Service {
-        metadata: child_metadata(link),
+        metadata: ObjectMeta {
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            ..child_metadata(link)
+        },
         spec: Some(ServiceSpec {
+            load_balancer_class: link.service.load_balancer_class.clone(),
             type_: Some("LoadBalancer".to_owned()),
             external_traffic_policy: Some("Local".to_owned()),
             load_balancer_source_ranges: Some(
@@ -227,7 +257,7 @@ pub fn render_service(link: &ValidLink) -> Service {
             ),
             // Both families where the cluster has them, so IPv6 allowed ranges can be used.
             ip_family_policy: Some("PreferDualStack".to_owned()),
-            selector: Some(pod_selector(&link.name)),
+            selector: Some(pod_selector(link)),
             ports: Some(vec![ServicePort {
                 name: Some("link".to_owned()),
                 protocol: Some("TCP".to_owned()),
@@ -300,7 +330,7 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
         name: "proxy".to_owned(),
         image: Some(proxy.image.clone()),
         image_pull_policy: proxy.pull_policy.clone(),
-        args: Some(proxy_args(link)),
+        args: Some([proxy_args(link), load_balancer_args(link)].concat()),
         volume_mounts: Some(vec![VolumeMount {
             name: "links".to_owned(),
             mount_path: LINKS_DIR.to_owned(),
@@ -342,12 +372,12 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
-                match_labels: Some(pod_selector(&link.name)),
+                match_labels: Some(pod_selector(link)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(child_labels(&link.name)),
+                    labels: Some(child_labels(link)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -414,12 +444,13 @@ fn proxy_security_context() -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{DataPlane, DeviceAddr, Lifetime, format_instant};
+    use crate::resource::{DataPlane, DeviceAddr, Lifetime, ServiceOptions, format_instant};
 
     fn link() -> ValidLink {
         ValidLink {
             name: "pump-17-ssh".into(),
             namespace: "plant-a".into(),
+            children_namespace: "plant-a".into(),
             uid: Some("5c1c1b5e-0000-4000-8000-000000000017".into()),
             enabled: true,
             device: DeviceAddr {
@@ -437,6 +468,7 @@ mod tests {
             max_connections_per_source: None,
             connect_rate_per_source: None,
             data_plane: DataPlane::Ebpf,
+            service: ServiceOptions::default(),
         }
     }
 
@@ -485,7 +517,7 @@ mod tests {
     fn both_children_are_owned_by_the_link_and_labelled() {
         let children = render(&link(), expires(), &image());
         for meta in [&children.service.metadata, &children.deployment.metadata] {
-            assert_eq!(meta.name.as_deref(), Some("devicelink-pump-17-ssh"));
+            assert_eq!(meta.name.as_deref(), Some("pump-17-ssh-8b7d191b"));
             assert_eq!(meta.namespace.as_deref(), Some("plant-a"));
             let labels = meta.labels.as_ref().expect("labels");
             assert_eq!(
@@ -510,6 +542,70 @@ mod tests {
                 "garbage collection deletes children with the link"
             );
         }
+    }
+
+    #[test]
+    fn service_options_reach_the_service_and_the_proxy_flag() {
+        let plain = render(&link(), expires(), &image());
+        assert!(plain.service.metadata.annotations.is_none());
+        assert!(load_balancer_args(&link()).is_empty());
+        let mut behind = link();
+        behind.service = ServiceOptions {
+            annotations: [(
+                "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol".to_owned(),
+                "*".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+            load_balancer_class: Some("service.k8s.aws/nlb".to_owned()),
+            proxy_protocol: true,
+        };
+        let children = render(&behind, expires(), &image());
+        assert_eq!(
+            children.service.metadata.annotations,
+            Some(behind.service.annotations.clone())
+        );
+        let spec = children.service.spec.unwrap();
+        assert_eq!(
+            spec.load_balancer_class.as_deref(),
+            Some("service.k8s.aws/nlb")
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        let pod = children.deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.containers[0]
+                .args
+                .as_ref()
+                .unwrap()
+                .last()
+                .map(String::as_str),
+            Some("--proxy-protocol"),
+            "the proxy reads each client's address from the PROXY header"
+        );
+    }
+
+    #[test]
+    fn children_in_the_proxies_namespace_are_the_links_by_labels_not_owner_references() {
+        let mut link = link();
+        link.children_namespace = "devicelink-proxies".into();
+        let children = render(&link, expires(), &image());
+        let meta = &children.deployment.metadata;
+        assert_eq!(meta.namespace.as_deref(), Some("devicelink-proxies"));
+        assert!(
+            meta.owner_references.is_none(),
+            "an owner reference across namespaces would have the child collected at once"
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LINK_NAMESPACE_LABEL], "plant-a");
+        assert_eq!(
+            labels[LINK_UID_LABEL],
+            "5c1c1b5e-0000-4000-8000-000000000017"
+        );
+        let selector = children.service.spec.unwrap().selector.unwrap();
+        assert_eq!(
+            selector[LINK_NAMESPACE_LABEL], "plant-a",
+            "a namesake link of another namespace has pods of its own"
+        );
     }
 
     #[test]
@@ -595,7 +691,7 @@ mod tests {
         let volume = &pod.volumes.as_ref().unwrap()[0];
         assert_eq!(
             volume.config_map.as_ref().unwrap().name,
-            "devicelink-pump-17-ssh"
+            "pump-17-ssh-8b7d191b"
         );
         let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
         assert_eq!(mount.mount_path, LINKS_DIR);

@@ -7,7 +7,7 @@
 //! instants as strings) so that a bad value still deserializes and can be reported in the
 //! object's status, naming the field and the fix, instead of breaking the watch.
 
-use std::{fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 pub use devicelink_spec::{DeviceAddress as DeviceAddr, format_duration, parse_duration};
 use devicelink_spec::{
@@ -26,13 +26,29 @@ use serde::{Deserialize, Serialize};
 /// API group of every devicelink resource.
 pub const GROUP: &str = "devicelink.io";
 
-/// Child objects are named `devicelink-<link>`: the prefix keeps them from colliding with (and
-/// server-side apply from taking over) a user's own Service or Deployment of the same name.
-pub const CHILD_NAME_PREFIX: &str = "devicelink-";
+/// Annotation by which `devicelink open` asks for the link to be (re)opened now: whenever its
+/// value differs from `status.openRequest`, the TTL restarts at the operator's present, so
+/// `--for 2h` means two hours from the command, even on a link enabled hours before.
+pub const OPEN_REQUEST_ANNOTATION: &str = "devicelink.io/open-request";
 
-/// A Service name is a DNS-1035 label of at most 63 characters; minus the prefix, that is
-/// what a link's name may use.
-pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
+/// Child objects live in the proxies' namespace, where links of every namespace meet: each is
+/// named `<link>-<8 hex digits of its namespace>`, so that two namespaces' links of the same
+/// name never share one.
+pub const CHILD_NAME_SUFFIX_LEN: usize = 1 + 8;
+
+/// Where the proxy pods and every link's children live unless the operator is told otherwise:
+/// the one namespace allowed the proxy's capabilities.
+pub const DEFAULT_PROXY_NAMESPACE: &str = "devicelink-proxies";
+
+/// A Service name is a DNS-1035 label of at most 63 characters; with room for the namespace's
+/// digits (and as many as the name had with its former `devicelink-` prefix), a link's name may
+/// use 52.
+pub const MAX_LINK_NAME_LEN: usize = 52;
+
+/// A duration of the proxy's grammar (digits and s, m, h, d, summed) that the proxy accepts:
+/// more than zero and at most devicelink_spec's `MAX_DURATION` (36500d, checked by a test), so
+/// that the API server refuses what the proxy would.
+pub const DURATION_IN_RANGE: &str = "self.findAll('[0-9]+[smhd]').map(p, int(p.substring(0, p.size() - 1)) * (p.endsWith('d') ? 86400 : (p.endsWith('h') ? 3600 : (p.endsWith('m') ? 60 : 1)))).sum() > 0 && self.findAll('[0-9]+[smhd]').map(p, int(p.substring(0, p.size() - 1)) * (p.endsWith('d') ? 86400 : (p.endsWith('h') ? 3600 : (p.endsWith('m') ? 60 : 1)))).sum() <= 3153600000";
 
 /// An on-demand, source-restricted TCP path from the internet to one device on a private network.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -53,7 +69,7 @@ pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 52 && !self.metadata.name.contains('.') && self.metadata.name.matches('^[a-z]')")
-        .message("metadata.name must start with a letter, have no '.', and be at most 52 characters (children are named devicelink-<name>, a DNS-1035 label)")
+        .message("metadata.name must start with a letter, have no '.', and be at most 52 characters (children are named <name>-<8 hex digits>, a DNS-1035 label)")
 )]
 #[x_kube(
     validation = Rule::new("has(self.ttl) != has(self.expiresAt)")
@@ -61,7 +77,8 @@ pub const MAX_LINK_NAME_LEN: usize = 63 - CHILD_NAME_PREFIX.len();
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceLinkSpec {
-    /// Whether the link is open. Setting it back to true after false restarts the TTL.
+    /// Whether the link is open. Setting it back to true after false restarts the TTL, as does
+    /// a new value of the annotation devicelink.io/open-request (what `devicelink open` sets).
     #[serde(default = "enabled_by_default")]
     #[schemars(default = "enabled_by_default")]
     pub enabled: bool,
@@ -82,7 +99,8 @@ pub struct DeviceLinkSpec {
 
     /// How long the link stays open, counted from when it was last enabled (e.g. 2h, 90m, 1h30m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_IN_RANGE).message("spec.ttl must be a positive duration of at most 36500d, e.g. 2h"))]
     pub ttl: Option<String>,
 
     /// When the link closes (RFC 3339, e.g. 2026-11-25T10:00:00Z).
@@ -92,7 +110,8 @@ pub struct DeviceLinkSpec {
 
     /// Close a connection that carried no byte either way for this long (e.g. 15m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_IN_RANGE).message("spec.idleTimeout must be a positive duration of at most 36500d, e.g. 15m"))]
     pub idle_timeout: Option<String>,
 
     /// Connections carried at once; more are refused. The proxy's default (1024) when unset.
@@ -116,6 +135,34 @@ pub struct DeviceLinkSpec {
     /// only the userspace copy.
     #[serde(default)]
     pub data_plane: DataPlane,
+
+    /// How the public endpoint's load balancer is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceOptions>,
+}
+
+/// The link's LoadBalancer Service, as the cluster's load balancer needs it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceOptions {
+    /// Annotations for the load balancer implementation (e.g. an internal or a proxying load
+    /// balancer), put on the Service as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub annotations: BTreeMap<String, String>,
+    /// spec.loadBalancerClass of the Service: which load balancer implementation serves it.
+    /// Kubernetes does not let it change once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub load_balancer_class: Option<String>,
+    /// The load balancer speaks the PROXY protocol (v1 or v2) to the proxy, which then reads
+    /// each client's address from it (`--proxy-protocol`). Needed behind a proxying load
+    /// balancer, whose connections otherwise all come from its own addresses;
+    /// externalTrafficPolicy Local keeps client addresses only behind pass-through ones. Never
+    /// set it for a load balancer that does not send the header: every connection would be
+    /// refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -173,10 +220,16 @@ pub struct DeviceLinkStatus {
     /// When the link closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// The `devicelink.io/open-request` annotation the TTL was last restarted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_request: Option<String>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`: whether the endpoint accepts connections, with the reason.
+    /// `Ready`: whether the endpoint accepts connections, with the reason (Active,
+    /// WaitingForLoadBalancer, WaitingForProxy, Disabled, Expired, InvalidSpec, NameTaken,
+    /// ApplyRefused, PolicyDenied, ProxyPodsRefused, ProxyRolloutStalled, ProxyCrashLooping,
+    /// ProxyImagePullFailed, ProxyCannotStart, ProxyUnschedulable).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -192,7 +245,9 @@ pub enum Phase {
     Disabled,
     /// The TTL or `expiresAt` has passed; no children.
     Expired,
-    /// The spec is invalid; no children. The Ready condition says which field and how to fix it.
+    /// The link cannot serve until something is changed: an invalid spec (no children), a
+    /// child's name taken by another object, a child refused by the API server, proxy pods
+    /// refused or crash-looping. The Ready condition's reason and message say what and how.
     Failed,
 }
 
@@ -249,6 +304,9 @@ impl Lifetime {
 pub struct ValidLink {
     pub name: String,
     pub namespace: String,
+    /// Where the children are applied: the operator's proxies' namespace, or the link's own
+    /// (what [`DeviceLink::validate`] fills in, for rendering a file offline).
+    pub children_namespace: String,
     pub uid: Option<String>,
     pub enabled: bool,
     pub device: DeviceAddr,
@@ -261,18 +319,24 @@ pub struct ValidLink {
     pub max_connections_per_source: Option<u32>,
     pub connect_rate_per_source: Option<u32>,
     pub data_plane: DataPlane,
+    pub service: ServiceOptions,
 }
 
 impl ValidLink {
-    /// Name of the Service and the Deployment.
+    /// Name of the link's children.
     pub fn child_name(&self) -> String {
-        child_name(&self.name)
+        child_name(&self.namespace, &self.name)
     }
 }
 
-/// Name of a link's Service and Deployment.
-pub fn child_name(link_name: &str) -> String {
-    format!("{CHILD_NAME_PREFIX}{link_name}")
+/// Name of the children of link `link_name` in `namespace`: unique in the proxies' namespace.
+pub fn child_name(namespace: &str, link_name: &str) -> String {
+    let hash = namespace
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{link_name}-{:08x}", hash >> 32)
 }
 
 impl DeviceLink {
@@ -330,6 +394,7 @@ impl DeviceLink {
 
         Ok(ValidLink {
             name,
+            children_namespace: namespace.clone(),
             namespace,
             uid: self.uid(),
             enabled: spec.enabled,
@@ -342,6 +407,7 @@ impl DeviceLink {
             max_connections_per_source,
             connect_rate_per_source,
             data_plane: spec.data_plane,
+            service: spec.service.clone().unwrap_or_default(),
         })
     }
 }
@@ -358,7 +424,10 @@ fn validate_name(name: &str) -> Result<(), InvalidSpec> {
     } else {
         Err(InvalidSpec::new(
             "metadata.name",
-            format!("{name:?} cannot name the link's Service ({CHILD_NAME_PREFIX}{name})"),
+            format!(
+                "{name:?} cannot name the link's Service ({})",
+                child_name("NAMESPACE", name)
+            ),
             format!(
                 "use at most {MAX_LINK_NAME_LEN} lowercase letters, digits and '-', starting with a letter, e.g. pump-17-ssh"
             ),
@@ -400,6 +469,12 @@ mod tests {
             .expect_err("spec should be rejected")
     }
 
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
     #[test]
     fn a_minimal_link_is_valid_with_defaults_filled_in() {
         let valid = link(GOOD).validate().expect("the minimal link is valid");
@@ -409,7 +484,13 @@ mod tests {
         assert_eq!(valid.lifetime, Lifetime::Ttl(Duration::from_secs(7200)));
         assert_eq!(valid.data_plane, DataPlane::Auto);
         assert_eq!(valid.allowed_source_ranges.len(), 2);
-        assert_eq!(valid.child_name(), "devicelink-pump-17-ssh");
+        assert_eq!(
+            valid.child_name(),
+            format!("pump-17-ssh-{:08x}", fnv("plant-a") >> 32),
+            "the link's name, then its namespace's digits"
+        );
+        assert!(child_name("plant-a", &"a".repeat(MAX_LINK_NAME_LEN)).len() <= 63);
+        assert_ne!(child_name("plant-a", "x"), child_name("plant-b", "x"));
     }
 
     #[test]
@@ -549,6 +630,13 @@ mod tests {
         assert!(long.validate().is_ok(), "a name of exactly the limit fits");
         long.metadata.name = Some("pump.17".into());
         assert_eq!(long.validate().unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn the_crds_duration_rule_bounds_at_the_proxys_maximum() {
+        assert!(
+            DURATION_IN_RANGE.ends_with(&format!("<= {}", devicelink_spec::MAX_DURATION.as_secs()))
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use devicelink_operator::resource::{DeviceLink, Phase};
+use devicelink_operator::{
+    policy::DeviceLinkPolicy,
+    resource::{DeviceLink, Phase, child_name},
+};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -39,6 +42,8 @@ use serde_json::json;
 
 const MANAGER: &str = "devicelink-e2e";
 const OPERATOR_NAMESPACE: &str = "devicelink-system";
+/// Where the operator runs every link's proxy (deploy/namespace.yaml).
+const PROXY_NAMESPACE: &str = "devicelink-proxies";
 
 /// Written straight to the process's stderr: libtest captures `eprintln!` of passing tests,
 /// and a skip must be seen.
@@ -149,15 +154,37 @@ async fn install_operator(client: &Client) {
     .await
     .expect("install the CRD");
     kube::runtime::wait::await_condition(
-        crds,
+        crds.clone(),
         DeviceLink::crd_name(),
         kube::runtime::wait::conditions::is_crd_established(),
     )
     .await
     .expect("CRD established");
+    crds.patch(
+        DeviceLinkPolicy::crd_name(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(DeviceLinkPolicy::crd()),
+    )
+    .await
+    .expect("install the DeviceLinkPolicy CRD");
+    kube::runtime::wait::await_condition(
+        crds,
+        DeviceLinkPolicy::crd_name(),
+        kube::runtime::wait::conditions::is_crd_established(),
+    )
+    .await
+    .expect("DeviceLinkPolicy CRD established");
     let operator_image = env_or("DEVICELINK_E2E_OPERATOR_IMAGE", "devicelink-operator:0.1.0");
     let proxy_image = env_or("DEVICELINK_E2E_PROXY_IMAGE", "devicelink-proxy:0.1.0");
-    for file in ["namespace.yaml", "rbac.yaml", "operator.yaml"] {
+    // The test's own policy replaces the shipped one (deploy/policy.yaml): its clients may be
+    // anywhere (DEVICELINK_E2E_CLIENT_CIDR defaults to 0.0.0.0/0), and a link may last an hour.
+    apply_yaml(client, &e2e_policy(&[]).to_string(), |_| {}).await;
+    for file in [
+        "namespace.yaml",
+        "rbac.yaml",
+        "policy-admission.yaml",
+        "operator.yaml",
+    ] {
         let text = std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
         apply_yaml(client, &text, |object| {
             if object["kind"] == "Deployment" {
@@ -184,15 +211,24 @@ async fn install_operator(client: &Client) {
     .await;
 }
 
+/// The test's DeviceLinkPolicy: no forbidden source range, at most an hour, and devices in
+/// `networks` (anywhere when empty).
+fn e2e_policy(networks: &[&str]) -> serde_json::Value {
+    let mut spec = json!({"forbiddenSourceRanges": [], "maxTtl": "1h"});
+    if !networks.is_empty() {
+        spec["allowedDeviceNetworks"] = json!(networks);
+    }
+    json!({"apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLinkPolicy",
+           "metadata": {"name": "devicelink-e2e"}, "spec": spec})
+}
+
 async fn create_test_namespace(client: &Client) -> String {
     let name = format!("devicelink-e2e-{}", Timestamp::now().as_second());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {
-            // The proxy's capabilities (BPF, NET_ADMIN, PERFMON) are outside the baseline level.
-            "pod-security.kubernetes.io/enforce": "privileged",
-        }},
+        // No Pod Security label: the proxy runs in devicelink-proxies, not here.
+        "metadata": {"name": name},
     }))
     .unwrap();
     namespaces
@@ -273,9 +309,9 @@ async fn wait_phase(
 }
 
 async fn children_gone(client: &Client, namespace: &str, link: &str) {
-    let child = format!("devicelink-{link}");
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let child = child_name(namespace, link);
+    let services: Api<Service> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
     wait_for(
         &format!("{child} Service and Deployment gone"),
         Duration::from_secs(60),
@@ -340,11 +376,13 @@ async fn end_to_end_on_a_real_cluster() {
     // ACL change: updated in place (same Service object, new ranges), and the same proxy pod
     // takes the new links file: its sessions are not dropped by a restart.
     step("ACL change");
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let uid_before = services.get("devicelink-e2e").await.unwrap().uid();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let child = child_name(&namespace, "e2e");
+    let uid_before = services.get(&child).await.unwrap().uid();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), PROXY_NAMESPACE);
+    let link_pods = format!("devicelink.io/link=e2e,devicelink.io/link-namespace={namespace}");
     let proxy_pods = || async {
-        pods.list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+        pods.list(&kube::api::ListParams::default().labels(&link_pods))
             .await
             .map(|list| list.items.iter().map(|pod| pod.uid()).collect::<Vec<_>>())
             .unwrap_or_default()
@@ -359,14 +397,14 @@ async fn end_to_end_on_a_real_cluster() {
         "Service carries the new range",
         Duration::from_secs(60),
         || async {
-            let service = services.get("devicelink-e2e").await.ok()?;
+            let service = services.get(&child).await.ok()?;
             (service.spec?.load_balancer_source_ranges? == vec!["198.51.100.0/24".to_owned()])
                 .then_some(())
         },
     )
     .await;
     assert_eq!(
-        services.get("devicelink-e2e").await.unwrap().uid(),
+        services.get(&child).await.unwrap().uid(),
         uid_before,
         "updated, not recreated"
     );
@@ -376,11 +414,11 @@ async fn end_to_end_on_a_real_cluster() {
         Duration::from_secs(30),
         || async {
             let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                Api::namespaced(client.clone(), &namespace);
-            let data = config_maps.get("devicelink-e2e").await.ok()?.data?;
+                Api::namespaced(client.clone(), PROXY_NAMESPACE);
+            let data = config_maps.get(&child).await.ok()?.data?;
             let revision = devicelink_operator::render::revision_of(data.get("links.json")?);
             let list = pods
-                .list(&kube::api::ListParams::default().labels("devicelink.io/link=e2e"))
+                .list(&kube::api::ListParams::default().labels(&link_pods))
                 .await
                 .ok()?;
             list.items
@@ -502,6 +540,58 @@ async fn end_to_end_on_a_real_cluster() {
     let message = failed.status.unwrap().conditions[0].message.clone();
     assert!(message.contains("spec.device.host"), "{message}");
     children_gone(&client, &namespace, "e2e-bad").await;
+
+    // The admin's policy: admission refuses what CEL can judge (a TTL past maxTtl); the
+    // operator closes a link whose device leaves the allowed networks, naming the rule, and
+    // opens it again when the policy allows it.
+    step("policy");
+    let refused = links
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(link_manifest(
+                "e2e-long",
+                &device_ip,
+                &cidr,
+                json!({"ttl": "2h"}),
+            ))
+            .unwrap(),
+        )
+        .await
+        .expect_err("admission refuses a TTL past the policy's maxTtl");
+    assert!(refused.to_string().contains("maxTtl: 1h"), "{refused}");
+    let policies: Api<DeviceLinkPolicy> = Api::all(client.clone());
+    policies
+        .patch(
+            "devicelink-e2e",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(e2e_policy(&["192.0.2.0/24"])),
+        )
+        .await
+        .expect("narrow the policy");
+    let denied = wait_for(
+        "e2e refused by the narrowed policy",
+        Duration::from_secs(60),
+        || async {
+            let link = links.get("e2e").await.ok()?;
+            let condition = link.status?.conditions.first()?.clone();
+            (condition.reason == "PolicyDenied").then_some(condition.message)
+        },
+    )
+    .await;
+    assert!(
+        denied.contains("allowedDeviceNetworks: 192.0.2.0/24"),
+        "{denied}"
+    );
+    children_gone(&client, &namespace, "e2e").await;
+    policies
+        .patch(
+            "devicelink-e2e",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(e2e_policy(&[])),
+        )
+        .await
+        .expect("widen the policy again");
+    wait_phase(&links, "e2e", Phase::Active, Duration::from_secs(300)).await;
 
     // The CLI against the same cluster: open, list, extend, status, close.
     step("devicelink CLI");

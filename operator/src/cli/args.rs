@@ -26,6 +26,9 @@ pub struct Cli {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
+    /// Namespace where the operator runs the proxy pods (for connection counts).
+    #[arg(long, global = true, env = "DEVICELINK_PROXY_NAMESPACE", default_value = crate::resource::DEFAULT_PROXY_NAMESPACE)]
+    pub proxy_namespace: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -71,7 +74,7 @@ pub struct OpenArgs {
     /// Public port of the endpoint (default: the device's port).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// How long the link stays open, e.g. 2h, 90m, 1h30m.
+    /// How long the link stays open from now (even if it was enabled before), e.g. 2h, 90m.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_lifetime)]
     pub duration: Duration,
     /// Source block allowed to connect (repeatable), e.g. 203.0.113.0/24.

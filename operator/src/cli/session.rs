@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    render::{LINK_LABEL, PROXY_METRICS_PORT},
-    resource::{DeviceLink, Phase, format_duration, format_instant},
+    render::{LINK_LABEL, LINK_NAMESPACE_LABEL, PROXY_METRICS_PORT},
+    resource::{DeviceLink, OPEN_REQUEST_ANNOTATION, Phase, format_duration, format_instant},
 };
 
 /// Shows what is being waited for: a spinner on a terminal, nothing otherwise.
@@ -57,6 +57,8 @@ pub struct Session {
     client: Client,
     namespace: String,
     links: Api<DeviceLink>,
+    /// Where the operator runs the proxy pods (for connection counts).
+    pub proxy_namespace: String,
     /// How often to look at a link while waiting.
     pub poll_every: Duration,
     pub clock: Clock,
@@ -68,6 +70,7 @@ impl Session {
             links: Api::namespaced(client.clone(), namespace),
             client,
             namespace: namespace.to_owned(),
+            proxy_namespace: crate::resource::DEFAULT_PROXY_NAMESPACE.to_owned(),
             poll_every: Duration::from_millis(500),
             clock: Clock::System,
         }
@@ -169,6 +172,10 @@ impl Session {
             fields.insert("dataPlane".into(), json!(plane.as_flag()));
         }
 
+        // `--for` counts from now: the operator restarts the TTL, on its own clock, when it
+        // first sees this request, even on a link enabled (or expired) long before.
+        let request = self.clock.now().to_string();
+        let annotations = json!({ OPEN_REQUEST_ANNOTATION: request });
         let existing = self
             .links
             .get_opt(name)
@@ -178,7 +185,7 @@ impl Session {
             None => {
                 let link: DeviceLink = serde_json::from_value(json!({
                     "apiVersion": "devicelink.io/v1alpha1", "kind": "DeviceLink",
-                    "metadata": {"name": name, "namespace": self.namespace},
+                    "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations},
                     "spec": spec,
                 }))
                 .map_err(|e| CliError::Other(format!("building the DeviceLink: {e}")))?;
@@ -187,33 +194,37 @@ impl Session {
                     .await
                     .map_err(self.api_error(name))?;
             }
-            Some(link) => {
-                // An expired link is reopened by a disable/enable round (which restarts the TTL);
-                // the operator must see the disabled state, so wait for it.
-                let expired = link.status.as_ref().and_then(|s| s.phase) == Some(Phase::Expired);
-                if expired && link.spec.enabled {
-                    self.merge(name, json!({"spec": {"enabled": false}}))
-                        .await?;
-                    self.wait_for_phase(
-                        name,
-                        Phase::Disabled,
-                        "closed before reopening",
-                        args.timeout,
-                        progress,
-                    )
-                    .await?;
-                }
+            Some(_) => {
                 // A merge patch replaces the lists and clears an absolute expiry, which would
                 // otherwise clash with the TTL.
                 spec["expiresAt"] = Value::Null;
                 if args.port.is_none() {
                     spec["port"] = Value::Null;
                 }
-                self.merge(name, json!({"spec": spec})).await?;
+                self.merge(
+                    name,
+                    json!({"metadata": {"annotations": annotations}, "spec": spec}),
+                )
+                .await?;
             }
         }
         let link = self
-            .wait_for_phase(name, Phase::Active, "ready", args.timeout, progress)
+            .wait_until(name, "ready", args.timeout, progress, |link| {
+                let Some(status) = link.status.as_ref() else {
+                    return Ok(false);
+                };
+                // A status from before this request (an old failure, an old expiry) says
+                // nothing about it.
+                if status.observed_generation != link.metadata.generation
+                    || status.open_request.as_deref() != Some(request.as_str())
+                {
+                    return Ok(false);
+                }
+                if status.phase == Some(Phase::Failed) {
+                    return Err(failed(name, link));
+                }
+                Ok(status.phase == Some(Phase::Active))
+            })
             .await?;
         let connections = self.connections(name).await;
         Ok(summarize(&link, self.clock.now(), connections))
@@ -394,10 +405,7 @@ impl Session {
                 return Ok(false);
             }
             if status.phase == Some(Phase::Failed) && phase != Phase::Failed {
-                return Err(CliError::LinkFailed {
-                    name: name.to_owned(),
-                    message: ready_message(link),
-                });
+                return Err(failed(name, link));
             }
             Ok(status.phase == Some(phase))
         })
@@ -445,10 +453,14 @@ impl Session {
     /// Connections the link's proxy carries now, read from its metrics through the API
     /// server's pod proxy. Best effort: None when the pod or the permission is missing.
     async fn connections(&self, name: &str) -> Option<u64> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        // The proxies run in the operator's proxies' namespace, labelled with their link's.
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.proxy_namespace);
         let read = async {
             let list = pods
-                .list(&ListParams::default().labels(&format!("{LINK_LABEL}={name}")))
+                .list(&ListParams::default().labels(&format!(
+                    "{LINK_LABEL}={name},{LINK_NAMESPACE_LABEL}={}",
+                    self.namespace
+                )))
                 .await
                 .ok()?;
             let mut total = 0;
@@ -461,7 +473,7 @@ impl Session {
                 };
                 let path = format!(
                     "/api/v1/namespaces/{}/pods/{pod_name}:{PROXY_METRICS_PORT}/proxy/metrics",
-                    self.namespace
+                    self.proxy_namespace
                 );
                 let request = http::Request::get(path).body(Vec::new()).ok()?;
                 let Ok(text) = self.client.request_text(request).await else {
@@ -478,6 +490,16 @@ impl Session {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// A Failed link as the CLI reports it. NameTaken, PolicyDenied, ApplyRefused,
+/// ProxyCrashLooping...: waiting longer would not help; the reason and message say what to change.
+fn failed(name: &str, link: &DeviceLink) -> CliError {
+    let reason = crate::lifecycle::ready_reason(link.status.as_ref()).unwrap_or("Failed");
+    CliError::LinkFailed {
+        name: name.to_owned(),
+        message: format!("{reason}: {}", ready_message(link)),
     }
 }
 

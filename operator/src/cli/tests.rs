@@ -198,7 +198,7 @@ fn ssh_spec() -> Value {
 
 fn status(phase: &str, generation: i64, endpoint: Option<&str>, message: &str) -> Value {
     let mut status = json!({
-        "phase": phase, "observedGeneration": generation,
+        "phase": phase, "observedGeneration": generation, "openRequest": NOW,
         "enabledAt": "2026-11-25T08:00:00Z", "expiresAt": "2026-11-25T10:00:00Z",
         "conditions": [{"type": "Ready", "status": if phase == "Active" {"True"} else {"False"},
                         "reason": phase, "message": message, "lastTransitionTime": "2026-11-25T08:00:00Z"}],
@@ -234,7 +234,7 @@ fn pods_then_metrics(active: u64) -> Vec<Step> {
             assert_eq!(method, Method::GET);
             assert_eq!(
                 uri,
-                "/api/v1/namespaces/plant-a/pods?&labelSelector=devicelink.io%2Flink%3Dpump-17-ssh"
+                "/api/v1/namespaces/devicelink-proxies/pods?&labelSelector=devicelink.io%2Flink%3Dpump-17-ssh%2Cdevicelink.io%2Flink-namespace%3Dplant-a"
             );
             (
                 StatusCode::OK,
@@ -246,7 +246,7 @@ fn pods_then_metrics(active: u64) -> Vec<Step> {
             assert_eq!(method, Method::GET);
             assert_eq!(
                 uri,
-                "/api/v1/namespaces/plant-a/pods/devicelink-pump-17-ssh-7d9f-abcde:9100/proxy/metrics"
+                "/api/v1/namespaces/devicelink-proxies/pods/devicelink-pump-17-ssh-7d9f-abcde:9100/proxy/metrics"
             );
             (
                 StatusCode::OK,
@@ -337,47 +337,42 @@ async fn open_creates_the_link_then_waits_for_the_endpoint_and_says_how_to_conne
 }
 
 #[tokio::test]
-async fn open_on_an_expired_link_disables_then_reenables_so_the_ttl_restarts() {
-    let expired = link(
-        2,
-        ssh_spec(),
-        status("Expired", 2, None, "closed at 2026-11-25T10:00:00Z"),
-    );
-    let mut disabled_spec = ssh_spec();
-    disabled_spec["enabled"] = json!(false);
+async fn open_on_a_link_enabled_hours_ago_asks_for_a_fresh_start_and_waits_for_it() {
+    // Expired since 10:00 (enabled at 08:00 for 2h); `open --for 2h` at 09:00+ must mean two
+    // hours from now, not from 08:00.
+    let mut expired_status = status("Expired", 2, None, "closed at 2026-11-25T10:00:00Z");
+    expired_status["openRequest"] = json!("2026-11-25T08:00:00Z");
+    let expired = link(2, ssh_spec(), expired_status.clone());
     let steps = vec![
-        get_link(expired),
+        get_link(expired.clone()),
         step(|method, uri, body| {
             assert_eq!(
                 (method, uri),
                 (&Method::PATCH, format!("{LINK_PATH}/pump-17-ssh?").as_str())
             );
-            assert_eq!(body, &json!({"spec": {"enabled": false}}));
-            (StatusCode::OK, link(2, ssh_spec(), Value::Null)) // the patched object, as the API server answers
-        }),
-        get_link(link(
-            3,
-            disabled_spec.clone(),
-            status("Disabled", 3, None, "spec.enabled is false"),
-        )),
-        step(|method, _, body| {
-            assert_eq!(method, Method::PATCH);
+            assert_eq!(
+                body["metadata"]["annotations"]["devicelink.io/open-request"], NOW,
+                "the request the operator restarts the TTL for"
+            );
             assert_eq!(body["spec"]["enabled"], true);
+            assert_eq!(body["spec"]["ttl"], "2h");
             assert_eq!(
                 body["spec"]["expiresAt"],
                 Value::Null,
                 "an absolute expiry is cleared (merge patch null)"
             );
             assert!(body["spec"].as_object().unwrap().contains_key("expiresAt"));
-            (StatusCode::OK, link(2, ssh_spec(), Value::Null)) // the patched object, as the API server answers
+            (StatusCode::OK, link(2, ssh_spec(), expired_status)) // the patched object, as the API server answers
         }),
+        // The operator has not acted on the request yet: the old Expired status is not the answer.
+        get_link(expired),
         get_link(link(
-            4,
+            2,
             ssh_spec(),
-            status("Active", 4, Some("198.51.100.7:22"), "open"),
+            status("Active", 2, Some("198.51.100.7:22"), "open"),
         )),
         step(|_, uri, _| {
-            assert!(uri.starts_with("/api/v1/namespaces/plant-a/pods?"));
+            assert!(uri.starts_with("/api/v1/namespaces/devicelink-proxies/pods?"));
             (
                 StatusCode::FORBIDDEN,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "pods is forbidden"}),
@@ -898,4 +893,47 @@ fn active_connections_are_read_from_the_proxy_metrics() {
     let text = "# HELP devicelink_connections_active Connections being carried now.\n# TYPE devicelink_connections_active gauge\ndevicelink_connections_active 4\ndevicelink_connections_total{result=\"completed\"} 9\n";
     assert_eq!(super::session::active_connections(text), Some(4));
     assert_eq!(super::session::active_connections("nothing"), None);
+}
+
+#[tokio::test]
+async fn open_stops_waiting_at_a_failure_condition_and_prints_its_reason() {
+    let mut taken = status(
+        "Failed",
+        1,
+        None,
+        "Service devicelink-proxies/pump-17-ssh-8b7d191b already exists and it was written by kubectl-create",
+    );
+    taken["conditions"][0]["reason"] = json!("NameTaken");
+    let steps = vec![
+        step(|_, _, _| not_found_object()),
+        step(|_, _, body| {
+            (
+                StatusCode::CREATED,
+                link(1, body["spec"].clone(), Value::Null),
+            )
+        }),
+        get_link(link(1, ssh_spec(), taken)),
+    ];
+    let (session, server) = mock_session(steps);
+    let args = open_args(&[
+        "open",
+        "pump-17-ssh",
+        "--device",
+        "10.20.30.40:22",
+        "--for",
+        "2h",
+        "--allow",
+        "203.0.113.0/24",
+    ]);
+    let error = session
+        .open(&args, &mut Progress::new(false))
+        .await
+        .expect_err("a failure ends the wait at once, not at the timeout");
+    finished(server).await;
+    assert_eq!(error.exit(), Exit::LinkFailed);
+    let text = error.to_string();
+    assert!(
+        text.contains("NameTaken: Service devicelink-proxies/pump-17-ssh-8b7d191b already exists"),
+        "{text}"
+    );
 }
