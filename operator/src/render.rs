@@ -136,7 +136,9 @@ pub fn render_links_file(link: &ValidLink, expires_at: Timestamp) -> String {
         connect_rate_per_source: link.connect_rate_per_source,
         idle_timeout: link.idle_timeout,
         enabled: true,
-        proxy_protocol: false,
+        // Behind a load balancer that sends the PROXY protocol header, the proxy reads each
+        // client's address from it and judges that one.
+        proxy_protocol: link.service.proxy_protocol,
     };
     devicelink_spec::render_links_file(&[spec])
 }
@@ -223,16 +225,6 @@ pub fn child_metadata(link: &ValidLink) -> ObjectMeta {
             }]
         }),
         ..ObjectMeta::default()
-    }
-}
-
-/// The proxy's flags the link's load balancer asks for: `--proxy-protocol` behind one that
-/// sends the PROXY protocol header (`spec.service.proxyProtocol`).
-pub fn load_balancer_args(link: &ValidLink) -> Vec<String> {
-    if link.service.proxy_protocol {
-        vec!["--proxy-protocol".to_owned()]
-    } else {
-        Vec::new()
     }
 }
 
@@ -330,7 +322,7 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
         name: "proxy".to_owned(),
         image: Some(proxy.image.clone()),
         image_pull_policy: proxy.pull_policy.clone(),
-        args: Some([proxy_args(link), load_balancer_args(link)].concat()),
+        args: Some(proxy_args(link)),
         volume_mounts: Some(vec![VolumeMount {
             name: "links".to_owned(),
             mount_path: LINKS_DIR.to_owned(),
@@ -548,7 +540,12 @@ mod tests {
     fn service_options_reach_the_service_and_the_proxy_flag() {
         let plain = render(&link(), expires(), &image());
         assert!(plain.service.metadata.annotations.is_none());
-        assert!(load_balancer_args(&link()).is_empty());
+        let proxy_protocol = |children: &Children| {
+            let file = &children.config_map.data.as_ref().unwrap()[LINKS_FILE];
+            let parsed = devicelink_spec::parse_links_file(file).unwrap();
+            parsed[0].proxy_protocol
+        };
+        assert!(!proxy_protocol(&plain));
         let mut behind = link();
         behind.service = ServiceOptions {
             annotations: [(
@@ -565,21 +562,14 @@ mod tests {
             children.service.metadata.annotations,
             Some(behind.service.annotations.clone())
         );
-        let spec = children.service.spec.unwrap();
+        let spec = children.service.spec.clone().unwrap();
         assert_eq!(
             spec.load_balancer_class.as_deref(),
             Some("service.k8s.aws/nlb")
         );
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
-        let pod = children.deployment.spec.unwrap().template.spec.unwrap();
-        assert_eq!(
-            pod.containers[0]
-                .args
-                .as_ref()
-                .unwrap()
-                .last()
-                .map(String::as_str),
-            Some("--proxy-protocol"),
+        assert!(
+            proxy_protocol(&children),
             "the proxy reads each client's address from the PROXY header"
         );
     }

@@ -156,7 +156,7 @@ pub struct ServiceOptions {
     #[schemars(length(min = 1, max = 253))]
     pub load_balancer_class: Option<String>,
     /// The load balancer speaks the PROXY protocol (v1 or v2) to the proxy, which then reads
-    /// each client's address from it (`--proxy-protocol`). Needed behind a proxying load
+    /// each client's address from it (`proxyProtocol` in its links file). Needed behind a proxying load
     /// balancer, whose connections otherwise all come from its own addresses;
     /// externalTrafficPolicy Local keeps client addresses only behind pass-through ones. Never
     /// set it for a load balancer that does not send the header: every connection would be

@@ -199,6 +199,7 @@ pub fn new_device_link(
             max_connections_per_source: None,
             connect_rate_per_source: None,
             data_plane: DataPlane::Auto,
+            service: None,
         },
         status: None,
     })

@@ -426,6 +426,6 @@ impl Backend for KubeBackend {
 
 fn sessions_not_reachable() -> ApiError {
     ApiError::NotSupported(
-        "a link's sessions on Kubernetes are held by its proxy pod, which the console does not reach; the proxy pod's log has one line per connection (kubectl logs deploy/devicelink-<link>)".to_owned(),
+        "a link's sessions on Kubernetes are held by its proxy pod, which the console does not reach; the proxy pod's log has one line per connection (kubectl logs -n devicelink-proxies -l devicelink.io/link=NAME,devicelink.io/link-namespace=NAMESPACE)".to_owned(),
     )
 }

@@ -1527,7 +1527,9 @@ async fn service_annotations_class_and_proxy_protocol_reach_the_service_and_the_
         server
             .read_children(Exists::No)
             .await
-            .apply_config_map(Exists::No, |_| {})
+            .apply_config_map(Exists::No, |link| {
+                assert_eq!(link["proxyProtocol"], true, "{link}");
+            })
             .await
             .apply_network_policy(Exists::No, |_| {})
             .await
@@ -1543,13 +1545,7 @@ async fn service_annotations_class_and_proxy_protocol_reach_the_service_and_the_
                 );
             })
             .await
-            .apply_deployment(Exists::No, Proxy::NotReady, |deployment| {
-                assert!(
-                    proxy_args(deployment).contains(&"--proxy-protocol".to_owned()),
-                    "{:?}",
-                    proxy_args(deployment)
-                );
-            })
+            .apply_deployment(Exists::No, Proxy::NotReady, |_| {})
             .await
             .mark_pods(&[], None)
             .await
