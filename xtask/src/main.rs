@@ -4,6 +4,7 @@ mod bench;
 mod console_fuzz;
 mod crd;
 mod demo;
+mod image;
 mod kernel;
 mod setup;
 mod suite;
@@ -29,6 +30,9 @@ enum Task {
     BuildEbpf,
     /// Regenerate deploy/crd.yaml from the Rust types.
     Crd,
+    /// Build the proxy, operator and console images from scratch with buildah (release binary,
+    /// its shared libraries, a non-root user; no shell), tagged <version> and <version>-<commit>.
+    Image(image::ImageArgs),
     /// Set up, build, lint (the kernel crate too, with nightly) and run every test (the README's
     /// test command; CI runs it).
     Test {
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => kernel::build(),
         Task::Crd => crd::regenerate(),
+        Task::Image(args) => image::run(&args),
         Task::Test { args } => suite::run(&args),
         Task::Demo { vnc, png } => {
             setup::run()?;
