@@ -1,8 +1,8 @@
-//! devicelink's container images, built with buildah from scratch: one release binary (or two),
-//! exactly the shared libraries `ldd` names for it plus the dynamic loader, and `/etc/passwd` and
-//! `/etc/group` naming the unprivileged user. No shell, no package manager, nothing else. Used by
-//! `cargo xtask image` and by the container tests, which rebuild an image only when its binary
-//! changed (the image carries the binary's SHA-256 as a label).
+//! devicelink's container images, built with buildah from scratch: one release binary (or two,
+//! without their debug info), exactly the shared libraries `ldd` names for it plus the dynamic
+//! loader, and `/etc/passwd` and `/etc/group` naming the unprivileged user. No shell, no package
+//! manager, nothing else. Used by `cargo xtask image` and by the container tests, which rebuild
+//! an image only when its binary changed (the image carries the binary's SHA-256 as a label).
 
 use std::{
     fs,
@@ -191,10 +191,19 @@ fn stage(spec: &ImageSpec, release_dir: &Path, staging: &Path) -> anyhow::Result
     for (inside, source) in rootfs_files(spec, release_dir)? {
         let target = staging.join(inside.strip_prefix("/").unwrap_or(&inside));
         fs::create_dir_all(target.parent().expect("a file inside a directory"))?;
-        // Copies the file a symlink points at: the image holds the library under the name the
-        // loader looks for.
-        fs::copy(&source, &target)
-            .with_context(|| format!("copying {} into the image", source.display()))?;
+        if inside.starts_with(BIN_DIR) {
+            // Without DWARF (symbols stay, for backtraces): a debug build fits too.
+            sh(Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&target)
+                .arg(&source))?;
+        } else {
+            // Copies the file a symlink points at: the image holds the library under the name
+            // the loader looks for.
+            fs::copy(&source, &target)
+                .with_context(|| format!("copying {} into the image", source.display()))?;
+        }
         fs::set_permissions(&target, fs::Permissions::from_mode(0o755))?;
     }
     let etc = staging.join("etc");
