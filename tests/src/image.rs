@@ -16,8 +16,16 @@ use devicelink_spec::pod_security::{IMAGE_USER, IMAGE_USER_NAME};
 
 use crate::{process::sh, ssh::sha256};
 
-/// Label holding the SHA-256 of the image's first binary: what says the image is current.
+/// Label holding the SHA-256 of the image's first binary: with [`RECIPE_LABEL`], what says the
+/// image is current.
 pub const BINARY_HASH_LABEL: &str = "io.devicelink.binary-sha256";
+
+/// Label holding [`RECIPE`].
+pub const RECIPE_LABEL: &str = "io.devicelink.image-recipe";
+
+/// Which way of assembling the images built an image: changes whenever what goes into one does,
+/// so that an image made the old way is not taken as current.
+pub const RECIPE: &str = "2";
 
 /// One image: its name and what goes in it.
 #[derive(Debug, Clone, Copy)]
@@ -159,12 +167,14 @@ pub fn image_size(reference: &str) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-/// Whether `reference` exists and was built from the binary now in `release_dir`.
+/// Whether `reference` exists and was built from the binary now in `release_dir`, by this
+/// recipe.
 pub fn is_current(spec: &ImageSpec, reference: &str, release_dir: &Path) -> bool {
     let Ok(hash) = binary_hash(spec, release_dir) else {
         return false;
     };
     image_label(reference, BINARY_HASH_LABEL).is_some_and(|label| label == hash)
+        && image_label(reference, RECIPE_LABEL).is_some_and(|label| label == RECIPE)
 }
 
 /// Builds one image from the binaries in `release_dir` and tags it (see [`tags`]). Returns the
@@ -240,6 +250,7 @@ fn commit_image(
             format!("org.opencontainers.image.version={version}"),
             format!("org.opencontainers.image.revision={commit}"),
             format!("{BINARY_HASH_LABEL}={hash}"),
+            format!("{RECIPE_LABEL}={RECIPE}"),
         ];
         let mut config = vec![
             "config",

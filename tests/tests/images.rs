@@ -615,3 +615,82 @@ fn the_console_image_runs_unprivileged_with_a_data_volume_and_answers_healthz() 
     drop(console);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Every file under `root`, relative to it, with its SHA-256.
+fn files_with_hashes(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let hash = sha256(&path).unwrap();
+                files.push((path.strip_prefix(root).unwrap().to_path_buf(), hash));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The Dockerfiles are never built here (no registry to pull their build image from), so the
+/// script they assemble their root filesystem with is checked instead: from the same binaries
+/// it makes exactly the files, byte for byte, of the image `cargo xtask image` built.
+#[test]
+fn the_dockerfiles_rootfs_script_assembles_exactly_the_files_of_the_built_images() {
+    if !ready() {
+        return;
+    }
+    for spec in [PROXY, OPERATOR, CONSOLE] {
+        let scratch = std::env::temp_dir().join(format!(
+            "devicelink-rootfs-{}-{}",
+            spec.name,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let (from_script, from_image) = (scratch.join("script"), scratch.join("image"));
+        std::fs::create_dir_all(&from_image).unwrap();
+        let dir = binaries_dir(&spec);
+        let status = Command::new(workspace().join("deploy/image/rootfs.sh"))
+            .arg(&from_script)
+            .args(spec.binaries.iter().map(|binary| dir.join(binary)))
+            .status()
+            .expect("deploy/image/rootfs.sh");
+        assert!(status.success(), "rootfs.sh for {}", spec.name);
+        let container = String::from_utf8(
+            Command::new("podman")
+                .args(["create", &reference(&spec)])
+                .output()
+                .expect("podman create")
+                .stdout,
+        )
+        .unwrap();
+        let container = container.trim();
+        let exported = scratch.join("image.tar");
+        let export = Command::new("podman")
+            .args(["export", "-o"])
+            .arg(&exported)
+            .arg(container)
+            .status()
+            .unwrap();
+        let _ = Command::new("podman").args(["rm", container]).output();
+        assert!(export.success(), "podman export {}", spec.name);
+        let untar = Command::new("tar")
+            .arg("-xf")
+            .arg(&exported)
+            .arg("-C")
+            .arg(&from_image)
+            .status()
+            .unwrap();
+        assert!(untar.success());
+        assert_eq!(
+            files_with_hashes(&from_script),
+            files_with_hashes(&from_image),
+            "{}: rootfs.sh and the image differ",
+            spec.name
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+}
