@@ -694,3 +694,115 @@ fn the_dockerfiles_rootfs_script_assembles_exactly_the_files_of_the_built_images
         let _ = std::fs::remove_dir_all(&scratch);
     }
 }
+
+/// `curl -k` inside `netns`: the status code of an HTTPS GET (000 when nothing answers).
+fn https_status_in(netns: &Netns, url: &str) -> String {
+    let out = netns
+        .command("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The console as deploy/console.yaml runs it: the Kubernetes backend, HTTPS on 0.0.0.0:8443
+/// from a mounted certificate. `/healthz` answers; `/readyz` says 503 because the API server
+/// its configuration names is not there (a cluster supplies it in-cluster).
+#[test]
+fn the_console_image_serves_the_clusters_command_over_https_with_healthz_and_an_honest_readyz() {
+    if !ready() {
+        return;
+    }
+    let netns = Netns::create(&format!("dl-imgtls-{}", std::process::id())).expect("netns");
+    let dir = std::env::temp_dir().join(format!("devicelink-image-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=devicelink-console"])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .output()
+        .expect("openssl");
+    assert!(openssl.status.success(), "openssl: {openssl:?}");
+    // An API server address where none listens, as a kubeconfig names it (its CA: any
+    // certificate will do, nothing answers).
+    let ca = Command::new("base64")
+        .arg("-w0")
+        .arg(dir.join("tls.crt"))
+        .output()
+        .expect("base64");
+    std::fs::write(
+        dir.join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: none\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority-data: {}\n\
+             contexts:\n- name: none\n  context: {{cluster: none, user: none}}\ncurrent-context: none\nusers:\n- name: none\n  user: {{token: none}}\n",
+            String::from_utf8_lossy(&ca.stdout)
+        ),
+    )
+    .unwrap();
+    // Readable by the image's user, as a Secret volume is.
+    for file in ["tls.key", "tls.crt", "kubeconfig"] {
+        std::fs::set_permissions(
+            dir.join(file),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    let name = format!("dl-img-console-tls-{}", std::process::id());
+    let mut cmd = podman_run(&name);
+    unprivileged(&mut cmd);
+    cmd.arg("--network")
+        .arg(format!("ns:/run/netns/{}", netns.name()))
+        .arg("--volume")
+        .arg(format!("{}:/etc/devicelink-console/tls:ro", dir.display()))
+        .args(["--env", "KUBECONFIG=/etc/devicelink-console/tls/kubeconfig"])
+        .arg(reference(&CONSOLE))
+        .args([
+            "serve",
+            "--backend",
+            "kubernetes",
+            "--listen",
+            "0.0.0.0:8443",
+        ])
+        .args(["--tls-cert", "/etc/devicelink-console/tls/tls.crt"])
+        .args(["--tls-key", "/etc/devicelink-console/tls/tls.key"]);
+    let mut console = Container::start(&name, cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while https_status_in(&netns, "https://127.0.0.1:8443/healthz") != "200" {
+        if let Some(status) = console.process.try_wait() {
+            panic!("the console exited ({status}):\n{}", console.process.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz over HTTPS within 30 s:\n{}",
+            console.process.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        https_status_in(&netns, "https://127.0.0.1:8443/readyz"),
+        "503",
+        "not ready without its API server"
+    );
+    drop(console);
+    let _ = std::fs::remove_dir_all(&dir);
+}
