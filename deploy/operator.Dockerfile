@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # devicelink-operator (and the devicelink CLI) image, for Docker users: the same contents as
-# `cargo xtask image` builds with buildah (the binaries, exactly the shared libraries ldd names
-# and the loader, /etc/passwd and /etc/group for uid 65532; no shell, no package manager),
-# assembled by deploy/image/rootfs.sh. Build from the repository root:
+# `cargo xtask image` builds with buildah, laid out by the same deploy/image/rootfs.sh (the
+# binaries, exactly the shared libraries ldd names and the loader, /etc/passwd and /etc/group for
+# root and uid 65532, an empty /tmp; no shell, no package manager). Build from the repository root:
 #   DOCKER_BUILDKIT=1 docker build -f deploy/operator.Dockerfile -t devicelink-operator:0.1.0 .
 # Only the operator crate is compiled (stable Rust); the proxy's eBPF build is not needed.
 FROM docker.io/library/rust:1.95-bookworm AS build

@@ -1,33 +1,27 @@
 #!/bin/sh
-# Usage: rootfs.sh ROOT BINARY...
-# Assembles a devicelink image's root filesystem in ROOT, as `cargo xtask image` does
-# (devicelink_testbed::image): each BINARY without its debug info in /usr/local/bin, exactly the
-# shared libraries `ldd` names for it and the dynamic loader, under the paths ldd gives, and
-# /etc/passwd and /etc/group naming root and the unprivileged user 65532 (nonroot), neither
-# with a shell. Nothing else: no shell, no package manager. The Dockerfiles run it in their
-# build stage and copy ROOT into a `FROM scratch` image.
+# Lays out the root filesystem of a devicelink image: the given binaries in /usr/local/bin,
+# exactly the shared libraries they link (and the dynamic loader), passwd and group entries for
+# root and the non-root user 65532, and a sticky /tmp. No shell, no package manager, nothing
+# else: what the program does not open cannot be used against it.
+#
+# One recipe for both ways of building: `cargo xtask image` (buildah, no daemon) and the
+# Dockerfiles beside this file run it, so both images hold the same files.
+#
+#   deploy/image/rootfs.sh DEST BINARY...
 set -eu
-root="$1"
+dest=$1
 shift
-mkdir -p "$root/usr/local/bin" "$root/etc"
-for binary in "$@"; do
-  target="$root/usr/local/bin/$(basename "$binary")"
-  strip --strip-debug -o "$target" "$binary"
-  chmod 0755 "$target"
-  if ldd "$binary" | grep -q 'not found'; then
-    echo "rootfs.sh: a library of $binary is not found:" >&2
-    ldd "$binary" >&2
-    exit 1
-  fi
-  # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
-  for library in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }'); do
-    mkdir -p "$root$(dirname "$library")"
-    cp -L "$library" "$root$library"
-    chmod 0755 "$root$library"
-  done
+mkdir -p "$dest/usr/local/bin" "$dest/etc" "$dest/tmp"
+for bin in "$@"; do
+    install -m 0755 "$bin" "$dest/usr/local/bin/"
+    # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)";
+    # linux-vdso has no file.
+    ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
+        while read -r lib; do
+            mkdir -p "$dest$(dirname "$lib")"
+            cp -L "$lib" "$dest$lib"
+        done
 done
-printf '%s\n' \
-  'root:x:0:0:root:/root:/sbin/nologin' \
-  'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' >"$root/etc/passwd"
-printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$root/etc/group"
-chmod 0644 "$root/etc/passwd" "$root/etc/group"
+printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$dest/etc/passwd"
+printf 'root:x:0:\nnonroot:x:65532:\n' >"$dest/etc/group"
+chmod 1777 "$dest/tmp"

@@ -20,12 +20,10 @@ pub const PROXY_RUN_AS_USER: i64 = 0;
 /// The proxy's group inside its pod (root's, for the same reason as [`PROXY_RUN_AS_USER`]).
 pub const PROXY_RUN_AS_GROUP: i64 = 0;
 
-/// The unprivileged user (and group) every devicelink image declares, and the operator and the
-/// console run as. The proxy overrides it with [`PROXY_RUN_AS_USER`].
+/// The unprivileged user (and group) every devicelink image declares (`nonroot` in its
+/// `/etc/passwd`, laid out by `deploy/image/rootfs.sh`), which the operator and the console run
+/// as. The proxy runs as [`PROXY_RUN_AS_USER`].
 pub const IMAGE_USER: u32 = 65_532;
-
-/// The name of [`IMAGE_USER`] in the images' `/etc/passwd` and `/etc/group`.
-pub const IMAGE_USER_NAME: &str = "nonroot";
 
 /// The container's root filesystem is mounted read-only: the proxy writes nothing to disk.
 pub const PROXY_READ_ONLY_ROOT: bool = true;

@@ -1,18 +1,18 @@
-//! devicelink's container images, built with buildah from scratch: one release binary (or two,
-//! without their debug info), exactly the shared libraries `ldd` names for it plus the dynamic
-//! loader, and `/etc/passwd` and `/etc/group` naming the unprivileged user. No shell, no package
-//! manager, nothing else. Used by `cargo xtask image` and by the container tests, which rebuild
-//! an image only when its binary changed (the image carries the binary's SHA-256 as a label).
+//! devicelink's container images as the tests build them: the same recipe as `cargo xtask
+//! image` (buildah from scratch, the root filesystem laid out by `deploy/image/rootfs.sh`: the
+//! binaries, exactly the shared libraries `ldd` names and the loader, `/etc/passwd` and
+//! `/etc/group` for root and uid 65532; no shell, no package manager), from whichever build of
+//! the binaries a test run has, and labelled with the first binary's SHA-256 so that a later run
+//! reuses an image whose binary did not change.
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, bail};
-use devicelink_spec::pod_security::{IMAGE_USER, IMAGE_USER_NAME};
+use devicelink_spec::pod_security::{IMAGE_USER, PROXY_RUN_AS_GROUP, PROXY_RUN_AS_USER};
 
 use crate::{process::sh, ssh::sha256};
 
@@ -25,7 +25,7 @@ pub const RECIPE_LABEL: &str = "io.devicelink.image-recipe";
 
 /// Which way of assembling the images built an image: changes whenever what goes into one does,
 /// so that an image made the old way is not taken as current.
-pub const RECIPE: &str = "2";
+pub const RECIPE: &str = "3";
 
 /// One image: its name and what goes in it.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +56,7 @@ pub const OPERATOR: ImageSpec = ImageSpec {
 pub const CONSOLE: ImageSpec = ImageSpec {
     name: "devicelink-console",
     binaries: &["devicelink-console"],
-    default_args: &["serve"],
+    default_args: &[],
     description: "devicelink's console: API and panel",
 };
 
@@ -73,68 +73,19 @@ pub fn tags(spec: &ImageSpec, version: &str, commit: &str) -> [String; 2] {
     ]
 }
 
-/// The files of an image's root filesystem: (path inside the image, file on this machine).
-pub fn rootfs_files(
-    spec: &ImageSpec,
-    release_dir: &Path,
-) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
-    let mut files = Vec::new();
-    for binary in spec.binaries {
-        let path = release_dir.join(binary);
-        if !path.is_file() {
-            bail!(
-                "{} is not built: run `cargo build --release -p <its crate>` (`cargo xtask image` does)",
-                path.display()
-            );
-        }
-        for library in shared_libraries(&path)? {
-            let entry = (library.clone(), library);
-            if !files.contains(&entry) {
-                files.push(entry);
-            }
-        }
-        files.push((Path::new(BIN_DIR).join(binary), path));
-    }
-    Ok(files)
+/// The script that lays out every image's root filesystem (the Dockerfiles run it too).
+pub fn rootfs_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/image/rootfs.sh")
 }
 
-/// The absolute paths `ldd` names for `binary`: its shared libraries and the dynamic loader
-/// (not the vDSO, which the kernel maps).
-pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = sh(Command::new("ldd").arg(binary))?;
-    let mut libraries = Vec::new();
-    for line in out.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = match line.split_once("=>") {
-            Some((_, resolved)) => resolved.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        match path {
-            Some(path) if path.starts_with('/') => libraries.push(PathBuf::from(path)),
-            Some("not") => bail!("ldd {}: a library is not found: {line}", binary.display()),
-            _ => {}
-        }
+/// The user an image runs as by default: root for the proxy (its pod adds capabilities, which
+/// Kubernetes gives to root only), the unprivileged user for the others.
+pub fn default_user(spec: &ImageSpec) -> String {
+    if spec.name == PROXY.name {
+        format!("{PROXY_RUN_AS_USER}:{PROXY_RUN_AS_GROUP}")
+    } else {
+        format!("{IMAGE_USER}:{IMAGE_USER}")
     }
-    if libraries.is_empty() {
-        bail!(
-            "ldd named no libraries for {}: a static binary needs no loader, but this builder expects glibc's",
-            binary.display()
-        );
-    }
-    Ok(libraries)
-}
-
-/// `/etc/passwd` of every image: root (for the proxy, which the pod runs as uid 0) and the
-/// unprivileged user; neither has a shell, because there is none.
-pub fn passwd() -> String {
-    format!(
-        "root:x:0:0:root:/root:/sbin/nologin\n{IMAGE_USER_NAME}:x:{IMAGE_USER}:{IMAGE_USER}:{IMAGE_USER_NAME}:/nonexistent:/sbin/nologin\n"
-    )
-}
-
-/// `/etc/group` of every image.
-pub fn group() -> String {
-    format!("root:x:0:\n{IMAGE_USER_NAME}:x:{IMAGE_USER}:\n")
 }
 
 /// The SHA-256 of the image's first binary in `release_dir`.
@@ -198,31 +149,19 @@ pub fn build(
 }
 
 fn stage(spec: &ImageSpec, release_dir: &Path, staging: &Path) -> anyhow::Result<()> {
-    for (inside, source) in rootfs_files(spec, release_dir)? {
-        let target = staging.join(inside.strip_prefix("/").unwrap_or(&inside));
-        fs::create_dir_all(target.parent().expect("a file inside a directory"))?;
-        if inside.starts_with(BIN_DIR) {
-            // Without DWARF (symbols stay, for backtraces): a debug build fits too.
-            sh(Command::new("strip")
-                .arg("--strip-debug")
-                .arg("-o")
-                .arg(&target)
-                .arg(&source))?;
-        } else {
-            // Copies the file a symlink points at: the image holds the library under the name
-            // the loader looks for.
-            fs::copy(&source, &target)
-                .with_context(|| format!("copying {} into the image", source.display()))?;
+    let mut layout = Command::new("sh");
+    layout.arg(rootfs_script()).arg(staging);
+    for binary in spec.binaries {
+        let path = release_dir.join(binary);
+        if !path.is_file() {
+            bail!(
+                "{} is not built: run `cargo build -p <its crate>` (`cargo xtask image` builds the release ones)",
+                path.display()
+            );
         }
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o755))?;
+        layout.arg(path);
     }
-    let etc = staging.join("etc");
-    fs::create_dir_all(&etc)?;
-    for (name, contents) in [("passwd", passwd()), ("group", group())] {
-        fs::write(etc.join(name), contents)?;
-        fs::set_permissions(etc.join(name), fs::Permissions::from_mode(0o644))?;
-    }
-    Ok(())
+    sh(&mut layout).map(drop)
 }
 
 fn buildah(args: &[&str]) -> anyhow::Result<String> {
@@ -243,7 +182,7 @@ fn commit_image(
         let entrypoint = json_array(&[&format!("{BIN_DIR}/{}", spec.binaries[0])]);
         let cmd = json_array(spec.default_args);
         let hash = binary_hash(spec, release_dir)?;
-        let user = format!("{IMAGE_USER}:{IMAGE_USER}");
+        let user = default_user(spec);
         let labels = [
             format!("org.opencontainers.image.title={}", spec.name),
             format!("org.opencontainers.image.description={}", spec.description),
@@ -323,10 +262,10 @@ mod tests {
     }
 
     #[test]
-    fn the_passwd_and_group_files_name_the_unprivileged_user_with_no_shell() {
-        assert!(passwd().contains("nonroot:x:65532:65532:"));
-        assert!(passwd().lines().all(|l| l.ends_with("/sbin/nologin")));
-        assert!(group().contains("nonroot:x:65532:"));
+    fn the_proxy_image_runs_as_root_and_the_others_as_the_unprivileged_user() {
+        assert_eq!(default_user(&PROXY), "0:0");
+        assert_eq!(default_user(&OPERATOR), "65532:65532");
+        assert_eq!(default_user(&CONSOLE), "65532:65532");
     }
 
     #[test]

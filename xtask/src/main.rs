@@ -30,9 +30,6 @@ enum Task {
     BuildEbpf,
     /// Regenerate deploy/crd.yaml from the Rust types.
     Crd,
-    /// Build the proxy, operator and console images from scratch with buildah (release binary,
-    /// its shared libraries, a non-root user; no shell), tagged <version> and <version>-<commit>.
-    Image(image::ImageArgs),
     /// Set up, build, lint (the kernel crate too, with nightly) and run every test (the README's
     /// test command; CI runs it).
     Test {
@@ -54,6 +51,13 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz the console's API from its OpenAPI document (schemathesis) against a running console.
     ConsoleFuzz,
+    /// Build the OCI images of the proxy, the operator and the console (buildah, from scratch).
+    Image {
+        /// Also write each image as an OCI archive into this directory (for `kind load
+        /// image-archive` or `ctr import`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +65,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => kernel::build(),
         Task::Crd => crd::regenerate(),
-        Task::Image(args) => image::run(&args),
         Task::Test { args } => suite::run(&args),
         Task::Demo { vnc, png } => {
             setup::run()?;
@@ -83,6 +86,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Task::ConsoleFuzz => console_fuzz::run(),
+        Task::Image { archive } => {
+            setup::run()?;
+            image::run(archive.as_deref())
+        }
         Task::Bench(args) => {
             setup::run()?;
             workspace::build_proxy()?;

@@ -52,15 +52,8 @@ pub fn machine_description() -> String {
         text.lines().next().unwrap_or("?").trim().to_string()
     };
     // The proxy's container image, when `cargo xtask image` built one here.
-    let image = devicelink_testbed::image::image_size(&format!(
-        "localhost/devicelink-proxy:{}",
-        env!("CARGO_PKG_VERSION")
-    ))
-    .map_or_else(String::new, |bytes| {
-        format!(
-            "; proxy image {:.1} MiB",
-            bytes as f64 / f64::from(1u32 << 20)
-        )
+    let image = crate::image::size_of("devicelink-proxy").map_or_else(String::new, |bytes| {
+        format!("; proxy image {:.1} MB", bytes as f64 / 1e6)
     });
     format!(
         "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; {}; {}; {}{image}",
