@@ -2,9 +2,8 @@
 //! `devicelink_spec::pod_security`, the module the container tests (tests/tests/images.rs) run
 //! the proxy image with: what is proven there is what the cluster gets.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
-use devicelink_operator::{render::ProxyImage, render_manifest};
 use devicelink_spec::pod_security::{
     PROXY_CAPABILITIES, PROXY_DROPPED_CAPABILITIES, PROXY_NO_NEW_PRIVILEGES, PROXY_READ_ONLY_ROOT,
     PROXY_RUN_AS_GROUP, PROXY_RUN_AS_USER, PROXY_SECCOMP,
@@ -12,15 +11,23 @@ use devicelink_spec::pod_security::{
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
+/// The Deployment `devicelink-operator render` prints for the SSH example: the children the
+/// controller applies, by the same rendering.
 fn rendered_deployment() -> Value {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/ssh.yaml");
-    let manifest = std::fs::read_to_string(example).expect("deploy/examples/ssh.yaml");
-    let proxy = ProxyImage {
-        image: "devicelink-proxy:0.1.0".into(),
-        pull_policy: Some("IfNotPresent".into()),
-    };
-    let yaml = render_manifest(&manifest, "2026-11-25T08:00:00Z".parse().unwrap(), &proxy)
-        .expect("the SSH example renders");
+    let output = Command::new(env!("CARGO_BIN_EXE_devicelink-operator"))
+        .arg("render")
+        .arg("-f")
+        .arg(example)
+        .args(["--now", "2026-11-25T08:00:00Z"])
+        .output()
+        .expect("run devicelink-operator render");
+    assert!(
+        output.status.success(),
+        "render: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = String::from_utf8(output.stdout).expect("UTF-8 YAML");
     serde_yaml::Deserializer::from_str(&yaml)
         .map(|document| Value::deserialize(document).expect("rendered YAML"))
         .find(|object| object["kind"] == "Deployment")
