@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use devicelink_spec::pod_security::{IMAGE_USER, PROXY_RUN_AS_GROUP, PROXY_RUN_AS_USER};
 
 use crate::{process::sh, ssh::sha256};
@@ -62,7 +62,7 @@ pub const CONSOLE: ImageSpec = ImageSpec {
 
 pub const IMAGES: [ImageSpec; 3] = [PROXY, OPERATOR, CONSOLE];
 
-/// Where each binary lives inside every image.
+/// Where each binary lives inside every image (`deploy/image/rootfs.sh` puts it there).
 pub const BIN_DIR: &str = "/usr/local/bin";
 
 /// The tags an image gets: `<name>:<version>` and `<name>:<version>-<commit>`.
@@ -104,18 +104,6 @@ pub fn image_label(reference: &str, label: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// The size in bytes of a local image, or None when it does not exist.
-pub fn image_size(reference: &str) -> Option<u64> {
-    let out = Command::new("podman")
-        .args(["image", "inspect", "--format", "{{.Size}}", reference])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// Whether `reference` exists and was built from the binary now in `release_dir`, by this
@@ -229,21 +217,6 @@ fn json_array(items: &[&str]) -> String {
         .map(|item| format!("\"{}\"", item.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     format!("[{}]", quoted.join(","))
-}
-
-/// Writes the image as an `oci-archive` file (for `kind load image-archive` or `ctr import`)
-/// and returns its path.
-pub fn write_archive(reference: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{}.oci.tar", reference.replace(':', "-")));
-    let _ = fs::remove_file(&path);
-    buildah(&[
-        "push",
-        "--quiet",
-        reference,
-        &format!("oci-archive:{}:{reference}", path.display()),
-    ])?;
-    Ok(path)
 }
 
 #[cfg(test)]
