@@ -20,12 +20,9 @@ use crate::{process::sh, ssh::sha256};
 /// image is current.
 pub const BINARY_HASH_LABEL: &str = "io.devicelink.binary-sha256";
 
-/// Label holding [`RECIPE`].
-pub const RECIPE_LABEL: &str = "io.devicelink.image-recipe";
-
-/// Which way of assembling the images built an image: changes whenever what goes into one does,
-/// so that an image made the old way is not taken as current.
-pub const RECIPE: &str = "3";
+/// Label holding the SHA-256 of `deploy/image/rootfs.sh`, which lays the image out: a changed
+/// script makes every image stale.
+pub const RECIPE_LABEL: &str = "io.devicelink.rootfs-sha256";
 
 /// One image: its name and what goes in it.
 #[derive(Debug, Clone, Copy)]
@@ -106,14 +103,16 @@ pub fn image_label(reference: &str, label: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Whether `reference` exists and was built from the binary now in `release_dir`, by this
-/// recipe.
+/// Whether `reference` exists and was built from the binary now in `release_dir` by the
+/// `rootfs.sh` now in the repository.
 pub fn is_current(spec: &ImageSpec, reference: &str, release_dir: &Path) -> bool {
     let Ok(hash) = binary_hash(spec, release_dir) else {
         return false;
     };
     image_label(reference, BINARY_HASH_LABEL).is_some_and(|label| label == hash)
-        && image_label(reference, RECIPE_LABEL).is_some_and(|label| label == RECIPE)
+        && sha256(&rootfs_script()).is_ok_and(|recipe| {
+            image_label(reference, RECIPE_LABEL).is_some_and(|label| label == recipe)
+        })
 }
 
 /// Builds one image from the binaries in `release_dir` and tags it (see [`tags`]). Returns the
@@ -177,7 +176,7 @@ fn commit_image(
             format!("org.opencontainers.image.version={version}"),
             format!("org.opencontainers.image.revision={commit}"),
             format!("{BINARY_HASH_LABEL}={hash}"),
-            format!("{RECIPE_LABEL}={RECIPE}"),
+            format!("{RECIPE_LABEL}={}", sha256(&rootfs_script())?),
         ];
         let mut config = vec![
             "config",
