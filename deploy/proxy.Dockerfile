@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# devicelink-proxy image. Build from the repository root:
+# devicelink-proxy image, for Docker users: the same contents as `cargo xtask image` builds with
+# buildah, laid out by the same deploy/image/rootfs.sh (the binary, exactly the shared libraries
+# ldd names and the loader, /etc/passwd and /etc/group for root and uid 65532, an empty /tmp; no
+# shell, no package manager). Build from the repository root:
 #   DOCKER_BUILDKIT=1 docker build -f deploy/proxy.Dockerfile -t devicelink-proxy:0.1.0 .
 # The kernel programs need nightly (rust-src, -Z build-std) and a bpf-linker built against
 # nightly's own LLVM, as `cargo xtask setup` does on a developer machine.
@@ -21,10 +24,13 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p devicelink-proxy \
- && mkdir -p /out && cp target/release/devicelink-proxy /out/
+ && mkdir -p /out && cp target/release/devicelink-proxy /out/ \
+ && deploy/image/rootfs.sh /rootfs /out/devicelink-proxy
 
-# Runs as uid 0 with every capability dropped but BPF, NET_ADMIN and PERFMON (the operator's
-# Deployment sets that): Kubernetes grants added capabilities to root only.
-FROM gcr.io/distroless/cc-debian12
-COPY --from=build /out/devicelink-proxy /usr/local/bin/devicelink-proxy
+# Runs as uid 0, as `cargo xtask image`'s does: the proxy pod adds BPF, NET_ADMIN and PERFMON
+# after dropping every capability, and Kubernetes gives added capabilities to root only (see
+# devicelink_spec::pod_security, which the operator renders the pod from).
+FROM scratch
+COPY --from=build /rootfs/ /
+USER 0:0
 ENTRYPOINT ["/usr/local/bin/devicelink-proxy"]

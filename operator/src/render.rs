@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use devicelink_spec::LinkSpec;
+use devicelink_spec::{LinkSpec, pod_security::PROXY_SECCOMP};
 
 use k8s_openapi::{
     api::{
@@ -388,10 +388,7 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..SeccompProfile::default()
-                        }),
+                        seccomp_profile: Some(proxy_seccomp_profile()),
                         ..PodSecurityContext::default()
                     }),
                     ..PodSpec::default()
@@ -415,21 +412,34 @@ pub fn render_deployment(link: &ValidLink, proxy: &ProxyImage) -> Deployment {
 /// root only (there are no ambient capabilities for non-root containers); every other
 /// capability is dropped and privilege escalation is off, so that root is confined to these three.
 fn proxy_security_context() -> SecurityContext {
+    use devicelink_spec::pod_security::{
+        PROXY_CAPABILITIES, PROXY_DROPPED_CAPABILITIES, PROXY_NO_NEW_PRIVILEGES,
+        PROXY_READ_ONLY_ROOT, PROXY_RUN_AS_GROUP, PROXY_RUN_AS_USER,
+    };
     SecurityContext {
         privileged: Some(false),
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_user: Some(0),
+        allow_privilege_escalation: Some(!PROXY_NO_NEW_PRIVILEGES),
+        read_only_root_filesystem: Some(PROXY_READ_ONLY_ROOT),
+        run_as_user: Some(PROXY_RUN_AS_USER),
+        run_as_group: Some(PROXY_RUN_AS_GROUP),
         run_as_non_root: Some(false),
         capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: Some(vec![
-                "BPF".to_owned(),
-                "NET_ADMIN".to_owned(),
-                "PERFMON".to_owned(),
-            ]),
+            drop: Some(owned(PROXY_DROPPED_CAPABILITIES)),
+            add: Some(owned(PROXY_CAPABILITIES)),
         }),
         ..SecurityContext::default()
+    }
+}
+
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| (*name).to_owned()).collect()
+}
+
+/// The pod's seccomp profile, as `devicelink_spec::pod_security` names it.
+fn proxy_seccomp_profile() -> SeccompProfile {
+    SeccompProfile {
+        type_: PROXY_SECCOMP.kubernetes_type().to_owned(),
+        localhost_profile: PROXY_SECCOMP.localhost_profile().map(str::to_owned),
     }
 }
 

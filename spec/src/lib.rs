@@ -12,6 +12,7 @@ mod limits;
 mod links_file;
 pub mod memory;
 mod name;
+pub mod pod_security;
 mod source_range;
 
 pub use duration::{MAX_DURATION, format_duration, parse_duration};

@@ -24,6 +24,7 @@ mod proxy;
 mod topology;
 
 pub mod http;
+pub mod image;
 pub mod peers;
 pub mod proxy_protocol;
 pub mod rfb;

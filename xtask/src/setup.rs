@@ -34,6 +34,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The console panel's browser tests: Chromium driven over WebDriver.
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/chromedriver", "chromium-driver"),
+    // The container images: built with buildah, run by the image tests with podman under runc
+    // (crun refuses hybrid cgroup hierarchies).
+    ("/usr/bin/buildah", "buildah"),
+    ("/usr/bin/podman", "podman"),
+    ("/usr/sbin/runc", "runc"),
     // The benchmark chart's labels.
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

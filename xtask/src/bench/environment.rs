@@ -51,8 +51,12 @@ pub fn machine_description() -> String {
             .unwrap_or_default();
         text.lines().next().unwrap_or("?").trim().to_string()
     };
+    // The proxy's container image, when `cargo xtask image` built one here.
+    let image = crate::image::size_of("devicelink-proxy").map_or_else(String::new, |bytes| {
+        format!("; proxy image {:.1} MB", bytes as f64 / 1e6)
+    });
     format!(
-        "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; {}; {}; {}",
+        "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; {}; {}; {}{image}",
         kernel.trim(),
         version("haproxy", "-v"),
         version("nginx", "-v"),

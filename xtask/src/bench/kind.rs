@@ -56,6 +56,8 @@ fn kubectl(why: &'static str, args: &[&str]) -> Step {
 /// Everything before the measurement, in order. `manifest` is the bench manifest's path.
 pub fn setup_plan(manifest: &str) -> Vec<Step> {
     let link_deployment = format!("deployment/devicelink-{LINK}");
+    // kind names its single node after the cluster.
+    let node = format!("{CLUSTER}-control-plane");
     vec![
         step(
             "build the proxy image (as deploy/proxy.Dockerfile documents)",
@@ -85,6 +87,26 @@ pub fn setup_plan(manifest: &str) -> Vec<Step> {
             "create the cluster",
             &[
                 "kind", "create", "cluster", "--name", CLUSTER, "--wait", "180s",
+            ],
+        ),
+        step(
+            "make the kubelet's seccomp directory on the node",
+            &[
+                "docker",
+                "exec",
+                &node,
+                "mkdir",
+                "-p",
+                "/var/lib/kubelet/seccomp",
+            ],
+        ),
+        step(
+            "install the proxy pods' seccomp profile (their Localhost profile) on the node",
+            &[
+                "docker",
+                "cp",
+                "deploy/seccomp/devicelink-proxy.json",
+                &format!("{node}:/var/lib/kubelet/seccomp/devicelink-proxy.json"),
             ],
         ),
         step(
