@@ -93,10 +93,14 @@ fn the_kustomization_passes_kubernetes_validate_strict() {
         output.status.success(),
         "kubernetes-validate --strict:\n{report}"
     );
-    assert!(
-        !report.contains("WARN"),
-        "kubernetes-validate warned:\n{report}"
-    );
+    // Kubernetes' schemas do not know devicelink's own kinds (the DeviceLinkPolicy shipped in
+    // deploy/): the CRD's schema checks those, in the CRD tests.
+    let warnings: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains("WARN"))
+        .filter(|line| !line.contains("with api version devicelink.io/"))
+        .collect();
+    assert!(warnings.is_empty(), "kubernetes-validate warned:\n{report}");
     for kind in [
         "deployment/devicelink-operator",
         "deployment/devicelink-console",

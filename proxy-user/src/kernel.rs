@@ -34,7 +34,9 @@ pub enum KernelError {
         missing_capabilities()
     )]
     Load(#[source] aya::EbpfError),
-    #[error("program {name}")]
+    // A program the verifier refuses for want of a capability (CAP_PERFMON's pointer
+    // arithmetic, say) names the capability, not only the verifier's words.
+    #[error("program {name}{}", capability_note())]
     Program {
         name: &'static str,
         #[source]
@@ -359,29 +361,38 @@ pub(crate) fn raise_memlock_limit() {
 }
 
 /// Which of the data plane's capabilities this process lacks, read from `CapEff` in
-/// /proc/self/status, so that a container short of one says which.
-fn missing_capabilities() -> String {
+/// /proc/self/status, so that a container short of one says which; `None` when unknown.
+fn missing() -> Option<Vec<&'static str>> {
     const NEEDED: [(&str, u32); 3] = [("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38), ("CAP_BPF", 39)];
-    let effective = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        });
-    let Some(effective) = effective else {
-        return "effective capabilities unknown".to_owned();
-    };
-    let missing: Vec<&str> = NEEDED
-        .iter()
-        .filter(|(_, bit)| effective & (1 << bit) == 0)
-        .map(|(name, _)| *name)
-        .collect();
-    if missing.is_empty() {
-        "all three held: a seccomp profile that denies bpf() is the likely cause".to_owned()
-    } else {
-        format!("missing: {}", missing.join(", "))
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    Some(
+        NEEDED
+            .iter()
+            .filter(|(_, bit)| effective & (1 << bit) == 0)
+            .map(|(name, _)| *name)
+            .collect(),
+    )
+}
+
+fn missing_capabilities() -> String {
+    match missing() {
+        None => "effective capabilities unknown".to_owned(),
+        Some(missing) if missing.is_empty() => {
+            "all three held: a seccomp profile that denies bpf() is the likely cause".to_owned()
+        }
+        Some(missing) => format!("missing: {}", missing.join(", ")),
+    }
+}
+
+/// " (missing: CAP_...)" when a capability the programs need is not held, else nothing.
+fn capability_note() -> String {
+    match missing() {
+        Some(missing) if !missing.is_empty() => format!(" (missing: {})", missing.join(", ")),
+        _ => String::new(),
     }
 }
 
