@@ -82,6 +82,33 @@ pub fn lifetime(
     }
 }
 
+/// The ranges a change asks for (`patched`, or the `current` ones with the caller's address
+/// added), checked; `None` when they come out as they are.
+pub fn changed_ranges(
+    patched: Option<Vec<String>>,
+    current: &[String],
+    my_address: Option<IpAddr>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if patched.is_none() && my_address.is_none() {
+        return Ok(None);
+    }
+    let ranges = patched.unwrap_or_else(|| current.to_vec());
+    let ranges = ranges_with("allowedSourceRanges", ranges, my_address)?;
+    Ok((ranges != current).then_some(ranges))
+}
+
+/// The lifetime a change asks for, if it names one: a ttl or an instant, never both.
+pub fn changed_lifetime(
+    ttl: Option<&str>,
+    expires_at: Option<&str>,
+    now: Timestamp,
+) -> Result<Option<Lifetime>, ApiError> {
+    match (ttl, expires_at) {
+        (None, None) => Ok(None),
+        _ => lifetime(ttl, expires_at, now).map(Some),
+    }
+}
+
 /// The new end of a link extended at `now` whose end is `current`: "by" counts from the later
 /// of now and the current end, so extending an open link never shortens it.
 pub fn extended_until(
@@ -144,5 +171,30 @@ mod tests {
             lifetime(Some("2h"), None, now).unwrap(),
             Lifetime::Ttl(Duration::from_secs(7200))
         );
+    }
+
+    #[test]
+    fn a_change_names_new_ranges_only_when_they_differ_and_a_lifetime_only_when_given() {
+        let now = at("2026-12-04T10:00:00Z");
+        let current = vec!["203.0.113.0/24".to_owned()];
+        assert_eq!(changed_ranges(None, &current, None).unwrap(), None);
+        assert_eq!(
+            changed_ranges(Some(current.clone()), &current, None).unwrap(),
+            None
+        );
+        assert_eq!(
+            changed_ranges(None, &current, Some("198.51.100.7".parse().unwrap())).unwrap(),
+            Some(vec![
+                "203.0.113.0/24".to_owned(),
+                "198.51.100.7/32".to_owned()
+            ])
+        );
+        assert!(changed_ranges(Some(vec!["nonsense".to_owned()]), &current, None).is_err());
+        assert_eq!(changed_lifetime(None, None, now).unwrap(), None);
+        assert_eq!(
+            changed_lifetime(Some("1h"), None, now).unwrap(),
+            Some(Lifetime::Ttl(Duration::from_secs(3600)))
+        );
+        assert!(changed_lifetime(Some("1h"), Some("2026-12-05T00:00:00Z"), now).is_err());
     }
 }

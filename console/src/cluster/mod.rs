@@ -24,7 +24,7 @@ use crate::{
     clock,
     model::{EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState, SessionList},
     problem::ApiError,
-    rules::{self, after, future_instant, ranges_with},
+    rules::{self, Lifetime, after},
     validate::{self, FieldError},
 };
 use clients::Clients;
@@ -197,43 +197,35 @@ impl Backend for KubeBackend {
             self.modify(&caller, &namespace, &name, if_match, move |link, now| {
                 let spec = &mut link.spec;
                 let mut changes = Changes::new();
-                if patch.allowed_source_ranges.is_some() || my_address.is_some() {
-                    let ranges = patch
-                        .allowed_source_ranges
-                        .unwrap_or_else(|| spec.allowed_source_ranges.clone());
-                    let ranges = ranges_with("allowedSourceRanges", ranges, my_address)?;
-                    if ranges != spec.allowed_source_ranges {
-                        changes.push(("acl_changed", Some(ranges.join(","))));
-                        spec.allowed_source_ranges = ranges;
-                    }
+                if let Some(ranges) = rules::changed_ranges(
+                    patch.allowed_source_ranges,
+                    &spec.allowed_source_ranges,
+                    my_address,
+                )? {
+                    changes.push(("acl_changed", Some(ranges.join(","))));
+                    spec.allowed_source_ranges = ranges;
                 }
-                match (&patch.ttl, &patch.expires_at) {
-                    (Some(_), Some(_)) => {
-                        return Err(FieldError::new(
-                            "ttl",
-                            "and expiresAt are both set",
-                            "send only one of them",
-                        )
-                        .into());
-                    }
+                match rules::changed_lifetime(
+                    patch.ttl.as_deref(),
+                    patch.expires_at.as_deref(),
+                    now,
+                )? {
                     // A new ttl on an open link counts from now, as on the local backend; the
                     // operator counts a spec ttl from when the link was enabled, so an open
                     // link gets the instant instead.
-                    (Some(ttl), None) => {
-                        let duration = validate::duration("ttl", ttl)?;
-                        if spec.enabled {
-                            spec.expires_at = Some(after(now, duration)?.to_string());
-                            spec.ttl = None;
-                        } else {
-                            spec.ttl = Some(validate::format_duration(duration));
-                            spec.expires_at = None;
-                        }
-                    }
-                    (None, Some(at)) => {
-                        spec.expires_at = Some(future_instant("expiresAt", at, now)?.to_string());
+                    Some(Lifetime::Ttl(ttl)) if spec.enabled => {
+                        spec.expires_at = Some(after(now, ttl)?.to_string());
                         spec.ttl = None;
                     }
-                    (None, None) => {}
+                    Some(Lifetime::Ttl(ttl)) => {
+                        spec.ttl = Some(validate::format_duration(ttl));
+                        spec.expires_at = None;
+                    }
+                    Some(Lifetime::Until(at)) => {
+                        spec.expires_at = Some(at.to_string());
+                        spec.ttl = None;
+                    }
+                    None => {}
                 }
                 if let Some(max) = patch.max_connections {
                     if let Some(n) = max {

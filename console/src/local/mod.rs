@@ -24,7 +24,7 @@ use crate::{
     model::{Session, SessionList},
     problem::ApiError,
     proxy::control::{LinkReport, ProxyControl},
-    rules::{self, Lifetime, after, future_instant, ranges_with},
+    rules::{self, Lifetime, after, ranges_with},
     validate::{self, FieldError},
 };
 use row::{COLUMNS, LinkRow};
@@ -453,37 +453,26 @@ impl Backend for LocalBackend {
     ) -> BackendResult<'_, Link> {
         self.modify(caller, namespace, name, if_match, move |row, now| {
             let mut events = Vec::new();
-            if patch.allowed_source_ranges.is_some() || my_address.is_some() {
-                let ranges = patch
-                    .allowed_source_ranges
-                    .unwrap_or_else(|| row.allowed_source_ranges.clone());
-                let ranges = ranges_with("allowedSourceRanges", ranges, my_address)?;
-                if ranges != row.allowed_source_ranges {
-                    events.push(("acl_changed", Some(ranges.join(","))));
-                    row.allowed_source_ranges = ranges;
-                }
+            if let Some(ranges) = rules::changed_ranges(
+                patch.allowed_source_ranges,
+                &row.allowed_source_ranges,
+                my_address,
+            )? {
+                events.push(("acl_changed", Some(ranges.join(","))));
+                row.allowed_source_ranges = ranges;
             }
-            match (&patch.ttl, &patch.expires_at) {
-                (Some(_), Some(_)) => {
-                    return Err(FieldError::new(
-                        "ttl",
-                        "and expiresAt are both set",
-                        "send only one of them",
-                    )
-                    .into());
-                }
-                (Some(ttl), None) => {
-                    let ttl = validate::duration("ttl", ttl)?;
+            match rules::changed_lifetime(patch.ttl.as_deref(), patch.expires_at.as_deref(), now)? {
+                Some(Lifetime::Ttl(ttl)) => {
                     row.ttl = Some(ttl);
                     if row.enabled {
                         row.expires_at = Some(after(now, ttl)?);
                     }
                 }
-                (None, Some(at)) => {
+                Some(Lifetime::Until(at)) => {
                     row.ttl = None;
-                    row.expires_at = Some(future_instant("expiresAt", at, now)?);
+                    row.expires_at = Some(at);
                 }
-                (None, None) => {}
+                None => {}
             }
             if let Some(max) = patch.max_connections {
                 row.max_connections = max
