@@ -1,7 +1,6 @@
 //! The API end to end over a real SQLite file, calling the router directly (no socket).
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc,
@@ -12,7 +11,6 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
 use devicelink_console::proxy::control::{
@@ -25,8 +23,11 @@ use devicelink_console::{
     metrics::Metrics,
     tokens,
 };
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
+
+mod common;
+use common::router::call;
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 struct Console {
@@ -90,61 +91,6 @@ fn console_full(
 
 fn console() -> Console {
     console_with(Some(20000..=29999))
-}
-
-struct Reply {
-    status: StatusCode,
-    etag: Option<String>,
-    content_type: Option<String>,
-    body: Value,
-    text: String,
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    extra: &[(&str, &str)],
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let mut request = match body {
-        Some(body) => request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-        None => request.body(Body::empty()).unwrap(),
-    };
-    request
-        .extensions_mut()
-        .insert(ConnectInfo("10.0.0.1:50000".parse::<SocketAddr>().unwrap()));
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let etag = response
-        .headers()
-        .get(header::ETAG)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Reply {
-        status,
-        etag,
-        content_type,
-        body,
-        text,
-    }
 }
 
 fn pump(name: &str) -> Value {

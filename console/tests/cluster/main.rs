@@ -4,24 +4,23 @@
 //! the DeviceLink's Events.
 
 mod apiserver;
+#[path = "../common/mod.rs"]
+mod common;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use apiserver::{ApiServer, Grant, User};
 use axum::{
     Router,
-    body::Body,
-    extract::ConnectInfo,
-    http::{Method, Request, StatusCode, header},
+    http::{Method, StatusCode},
 };
+use common::router::call;
 use devicelink_console::{
     api::{self, AppState},
     cluster::{KubeBackend, auth::KubeAuthenticator, clients::Clients},
     metrics::Metrics,
 };
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const ALICE: &str = "token-of-alice";
 const BOB: &str = "token-of-bob";
@@ -87,53 +86,6 @@ async fn cluster() -> (ApiServer, Router) {
     (server, api::router(state))
 }
 
-struct Reply {
-    status: StatusCode,
-    etag: Option<String>,
-    body: Value,
-    text: String,
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    extra: &[(&str, &str)],
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let mut request = match body {
-        Some(body) => request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-        None => request.body(Body::empty()).unwrap(),
-    };
-    request.extensions_mut().insert(ConnectInfo(
-        "198.51.100.20:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let etag = response
-        .headers()
-        .get(header::ETAG)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        etag,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
 fn pump() -> Value {
     json!({
         "name": "pump-17-ssh",
@@ -160,7 +112,7 @@ async fn a_link_created_through_the_console_is_a_devicelink_written_as_the_calle
     );
     assert_eq!(
         stored["spec"]["allowedSourceRanges"],
-        json!(["203.0.113.0/24", "198.51.100.20/32"])
+        json!(["203.0.113.0/24", "10.0.0.1/32"])
     );
     assert_eq!(stored["spec"]["ttl"], "2h");
     assert_eq!(
