@@ -109,6 +109,19 @@ pub fn changed_lifetime(
     }
 }
 
+/// A link enabled again with a fixed end needs that end still ahead.
+pub fn end_still_ahead(end: Option<Timestamp>, now: Timestamp) -> Result<(), ApiError> {
+    match end {
+        Some(at) if at <= now => Err(FieldError::new(
+            "expiresAt",
+            format!("{at} has passed"),
+            "extend the link first (POST .../extend with {\"by\": \"1h\"})",
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// The new end of a link extended at `now` whose end is `current`: "by" counts from the later
 /// of now and the current end, so extending an open link never shortens it.
 pub fn extended_until(

@@ -25,7 +25,7 @@ use crate::{
     model::{EventList, Extend, Link, LinkCreate, LinkList, LinkPatch, LinkState, SessionList},
     problem::ApiError,
     rules::{self, Lifetime, after},
-    validate::{self, FieldError},
+    validate,
 };
 use clients::Clients;
 use convert::DESCRIPTION_ANNOTATION;
@@ -322,16 +322,7 @@ impl Backend for KubeBackend {
                 }
                 // The operator restarts a ttl when the link is enabled again; a fixed expiry
                 // must still lie ahead.
-                if let Some(at) = parse_instant(link.spec.expires_at.as_deref())
-                    && at <= now
-                {
-                    return Err(FieldError::new(
-                        "expiresAt",
-                        format!("{at} has passed"),
-                        "extend the link first (POST .../extend with {\"by\": \"1h\"})",
-                    )
-                    .into());
-                }
+                rules::end_still_ahead(parse_instant(link.spec.expires_at.as_deref()), now)?;
                 link.spec.enabled = true;
                 let until = link.spec.expires_at.clone().or_else(|| {
                     link.spec

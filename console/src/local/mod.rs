@@ -25,7 +25,7 @@ use crate::{
     problem::ApiError,
     proxy::control::{LinkReport, ProxyControl},
     rules::{self, Lifetime, after, ranges_with},
-    validate::{self, FieldError},
+    validate,
 };
 use row::{COLUMNS, LinkRow};
 
@@ -542,17 +542,9 @@ impl Backend for LocalBackend {
                 return Ok(vec![("disabled", None)]);
             }
             // Enabling restarts a ttl; a fixed expiry must still lie ahead.
-            match (row.ttl, row.expires_at) {
-                (Some(ttl), _) => row.expires_at = Some(after(now, ttl)?),
-                (None, Some(at)) if at <= now => {
-                    return Err(FieldError::new(
-                        "expiresAt",
-                        format!("{at} has passed"),
-                        "extend the link first (POST .../extend with {\"by\": \"1h\"})",
-                    )
-                    .into());
-                }
-                _ => {}
+            match row.ttl {
+                Some(ttl) => row.expires_at = Some(after(now, ttl)?),
+                None => rules::end_still_ahead(row.expires_at, now)?,
             }
             row.enabled = true;
             row.failure = None;
