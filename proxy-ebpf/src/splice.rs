@@ -38,6 +38,12 @@ static SPLICE_NOTICES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[unsafe(no_mangle)]
 static SPLICE_QUEUE_LIMIT: u64 = 64 << 20;
 
+/// The first look mark of a socket without a credit entry (see `SpliceCredit::look_mark`): the
+/// redirected bytes after which user space first looks whether the kernel keeps up. Set by the
+/// loader; 0 when `--splice-carry never` turns the looks off.
+#[unsafe(no_mangle)]
+static SPLICE_LOOK_MARK: u64 = 0;
+
 /// Offset of `cb` in the kernel's `struct sk_buff`, where TCP keeps the skb's sequence numbers
 /// (`struct tcp_skb_cb`: `seq`, then `end_seq`). Set by the loader from the kernel's BTF; 0
 /// means unknown, and the overlap check is off.
@@ -100,11 +106,28 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
                 redirect_limit: limit,
                 pace_limit: devicelink_proxy_common::pace_mark(limit),
                 pace_gen: 0,
+                carry: 0,
+                // SAFETY: a read-only global, set before load.
+                look_mark: unsafe { core::ptr::read_volatile(&SPLICE_LOOK_MARK) },
+                look_gen: 0,
             }
         });
     if link.held != credit.forwarded {
         // User space is still forwarding bytes held earlier: these must queue behind them.
-        return Ok(hold(link, len));
+        return Ok(hold(link, len, SpliceCounter::Held));
+    }
+    if credit.carry != 0 {
+        // User space carries this connection (the kernel path fell behind): it reads these
+        // off the socket, woken by the socket itself, so no notice.
+        return Ok(hold(link, len, SpliceCounter::Carried));
+    }
+    if credit.look_mark != 0
+        && link.bytes + u64::from(len) > credit.look_mark
+        && link.looked_gen != credit.look_gen + 1
+    {
+        // Time for user space to look whether the peer's queue keeps up (the skb goes on).
+        link.looked_gen = credit.look_gen + 1;
+        notice(cookie);
     }
     if link.bytes + u64::from(len) > credit.pace_limit && link.paced_gen != credit.pace_gen + 1 {
         // Past the soft mark: wake user space to slow the sender down (the skb still goes on).
@@ -117,14 +140,14 @@ pub fn redirect(ctx: &SkBuffContext) -> Result<u32, ()> {
         // socket's window, until user space sees the peer drained.
         count(SpliceCounter::QueueFull);
         notice(cookie);
-        return Ok(hold(link, len));
+        return Ok(hold(link, len, SpliceCounter::Held));
     }
     let verdict = SPLICE_SOCKETS.redirect_skb(ctx, link.peer_cookie, 0) as u32;
     if verdict != sk_action::SK_PASS {
         // The peer is not in the hash yet (the two sockets of a pair enter one after the
         // other): keep the bytes on this socket; user space forwards them in order.
         notice(cookie);
-        return Ok(hold(link, len));
+        return Ok(hold(link, len, SpliceCounter::Held));
     }
     link.bytes += u64::from(len);
     if let Some(total) = SPLICE_BYTES.get_ptr_mut(link.direction) {
@@ -212,9 +235,9 @@ fn skip_overlap(ctx: &SkBuffContext, link: &mut SpliceLink, len: u32) -> Option<
 /// Keeps an skb on its own socket (SK_PASS puts it in the socket's psock queue, readable with
 /// `recv`) and counts it, so user space knows how much to forward.
 #[inline(always)]
-fn hold(link: &mut SpliceLink, len: u32) -> u32 {
+fn hold(link: &mut SpliceLink, len: u32, counter: SpliceCounter) -> u32 {
     link.held += u64::from(len);
-    count(SpliceCounter::Held);
+    count(counter);
     sk_action::SK_PASS
 }
 

@@ -21,6 +21,7 @@ use crate::{
     acl::SourceAcl,
     link::{Link, SourceLimits},
     memory::{Budget, BudgetChoice},
+    splice::{CarryMode, CarryPolicy},
 };
 
 /// TCP paths from allowed clients to devices, spliced in the kernel: one link given by flags,
@@ -132,6 +133,27 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub splice_max_queued: Option<u32>,
 
+    /// eBPF splice: when a connection is carried in user space for a while, its sockets
+    /// staying in the splice: `measure` when a trial on the busy connection shows user space
+    /// carrying it faster (the kernel sends spliced bytes from the CPU that received them, which
+    /// the sender may keep busy), `never`, or `always` (at once and after every return, so each
+    /// connection alternates between the two paths: for testing the move). Default: `measure`
+    /// with `--data-plane auto` (the faster path for each connection), `never` with
+    /// `--data-plane ebpf` (the splice only).
+    #[arg(long, value_enum)]
+    pub splice_carry: Option<CarryMode>,
+
+    /// eBPF splice, `--splice-carry measure`: how long each path carries a busy connection in
+    /// a trial (digits and a unit: us, ms, s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_fine_duration)]
+    pub splice_carry_trial: Duration,
+
+    /// eBPF splice: how long a connection user space carried faster stays there before the
+    /// kernel path is measured again, doubled each time user space wins again, up to 64 times
+    /// this (digits and a unit: us, ms, s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_fine_duration)]
+    pub splice_carry_for: Duration,
+
     /// Userspace copy: the receive and the send buffer fixed on each socket of a connection
     /// (bytes; the kernel keeps twice this), so that a client that stops reading holds at most
     /// that much. Default 1M, halved (down to 64K) until the connection limit fits
@@ -214,6 +236,7 @@ pub struct Config {
     pub expires_at: Option<SystemTime>,
     pub splice_sndbuf: Option<u32>,
     pub splice_max_queued: Option<u32>,
+    pub splice_carry: CarryPolicy,
     pub copy_socket_buffer: Option<u32>,
     pub memory_budget: BudgetChoice,
     pub device_quickack: bool,
@@ -275,6 +298,14 @@ impl Config {
             expires_at: args.expires_at,
             splice_sndbuf: args.splice_sndbuf,
             splice_max_queued: args.splice_max_queued,
+            splice_carry: CarryPolicy {
+                mode: args.splice_carry.unwrap_or(match args.data_plane {
+                    DataPlaneChoice::Auto => CarryMode::Measure,
+                    DataPlaneChoice::Ebpf | DataPlaneChoice::Userspace => CarryMode::Never,
+                }),
+                trial: args.splice_carry_trial,
+                stay: args.splice_carry_for,
+            },
             copy_socket_buffer: args.copy_socket_buffer,
             memory_budget: args.memory_budget,
             proxy_protocol: args.proxy_protocol,
@@ -370,6 +401,7 @@ impl Config {
             connect_timeout: self.connect_timeout,
             splice_sndbuf: u32::try_from(sndbuf).unwrap_or(u32::MAX),
             splice_max_queued: u32::try_from(queue).unwrap_or(u32::MAX),
+            splice_carry: self.splice_carry,
             device_quickack: self.device_quickack,
             // One link's sockets, or as many as the kernel maps hold for a set of links.
             max_spliced_sockets: match self.config_file {
@@ -414,6 +446,7 @@ pub struct ProcessConfig {
     pub connect_timeout: Duration,
     pub splice_sndbuf: u32,
     pub splice_max_queued: u32,
+    pub splice_carry: CarryPolicy,
     pub device_quickack: bool,
     /// Capacity of the splice's socket map.
     pub max_spliced_sockets: u32,
@@ -461,6 +494,25 @@ fn parse_cidr(value: &str) -> Result<IpNet, String> {
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
     flag_value(devicelink_spec::parse_duration("duration", value))
+}
+
+/// A short duration for the splice's timing flags: digits and a unit, `us`, `ms` or `s`.
+fn parse_fine_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let fix = "give digits and a unit: us, ms or s (e.g. 2ms)";
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration; {fix}"))?;
+    match unit {
+        "us" => Ok(Duration::from_micros(count)),
+        "ms" => Ok(Duration::from_millis(count)),
+        "s" => Ok(Duration::from_secs(count)),
+        _ => Err(format!("{value:?} has no known unit; {fix}")),
+    }
 }
 
 fn parse_instant(value: &str) -> Result<SystemTime, String> {

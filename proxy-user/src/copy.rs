@@ -21,7 +21,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{session::ConnectionCounters, sockopt};
+use crate::{session::ConnectionCounters, sockopt, splice::CarryPolicy};
 
 /// Copy buffer per direction: large enough that a bulk stream costs few syscalls. Counted in a
 /// connection's worst case (`devicelink_spec::memory::copy_worst_case`).
@@ -36,6 +36,8 @@ pub struct CarryLimits {
     pub splice_max_queued: u32,
     /// `--copy-socket-buffer`: fixed on both sockets of a copied connection.
     pub copy_socket_buffer: u32,
+    /// `--splice-carry*`: when a spliced connection is carried in user space for a while.
+    pub splice_carry: CarryPolicy,
 }
 
 /// How a carried connection ended.

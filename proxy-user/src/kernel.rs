@@ -82,6 +82,7 @@ pub struct KernelCounters {
     pub seq_unknown_skbs: u64,
     pub overlap_untrimmed_skbs: u64,
     pub paced: u64,
+    pub carried_skbs: u64,
 }
 
 pub struct KernelPlane {
@@ -205,6 +206,7 @@ impl KernelPlane {
             seq_known: 0,
             _pad: 0,
             paced_gen: 0,
+            looked_gen: 0,
         };
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.insert(cookie, link, 0)
@@ -287,6 +289,7 @@ impl KernelPlane {
                 SpliceCounter::OverlapUntrimmed as u32,
             ),
             paced: sum(&self.splice_events, SpliceCounter::Paced as u32),
+            carried_skbs: sum(&self.splice_events, SpliceCounter::Carried as u32),
         }
     }
 }
@@ -307,6 +310,11 @@ fn load_object(
             true,
         )
         .override_global("SKB_CB_OFFSET", &skb_cb_offset, true)
+        .override_global(
+            "SPLICE_LOOK_MARK",
+            &config.splice_carry.first_look_mark(),
+            true,
+        )
         .load(KERNEL_OBJECT)
         .map_err(KernelError::Load)?;
     // Load every program before taking any map out of `ebpf`: a taken map that is dropped

@@ -92,6 +92,7 @@ pub struct Carrier {
     pub connect_timeout: Duration,
     pub splice_sndbuf: u32,
     pub splice_max_queued: u32,
+    pub splice_carry: crate::splice::CarryPolicy,
     /// The userspace copy's socket buffers (`--copy-socket-buffer`, fitted to the budget).
     pub copy_socket_buffer: u32,
     /// Connections all links carry together, fitted to the memory budget.

@@ -195,6 +195,7 @@ async fn run(config: Config, plans: MemoryPlans, links: Option<Vec<Link>>) -> an
         connect_timeout: process.connect_timeout,
         splice_sndbuf: process.splice_sndbuf,
         splice_max_queued: process.splice_max_queued,
+        splice_carry: process.splice_carry,
         copy_socket_buffer: u32::try_from(plans.copy.socket_buffer).unwrap_or(u32::MAX),
         max_connections: plan.max_connections,
     });

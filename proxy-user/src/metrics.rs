@@ -37,6 +37,14 @@ pub const RESULTS: [&str; 12] = [
     "device_error",
 ];
 
+/// Every `(to, reason)` label pair of `devicelink_splice_moves_total`.
+pub const SPLICE_MOVES: [(&str, &str); 4] = [
+    ("userspace", "trial"),
+    ("userspace", "forced"),
+    ("kernel", "kernel_as_fast"),
+    ("kernel", "stay_over"),
+];
+
 #[derive(Default)]
 pub struct Metrics {
     active: AtomicI64,
@@ -47,6 +55,10 @@ pub struct Metrics {
     user_bytes: [AtomicU64; Direction::COUNT as usize],
     /// Spliced connections reset because the kernel sent more bytes than it was given.
     integrity_errors: AtomicU64,
+    /// Spliced connections moved between the kernel path and user space, by [`SPLICE_MOVES`].
+    splice_moves: [AtomicU64; SPLICE_MOVES.len()],
+    /// Trials on busy spliced connections: `[kernel faster or as fast, user space faster]`.
+    splice_trials: [AtomicU64; 2],
     ready: AtomicBool,
     data_plane: OnceLock<DataPlaneInfo>,
     /// Per-link series, by link name, for the links the proxy carries now.
@@ -268,6 +280,19 @@ impl Metrics {
         self.integrity_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A spliced connection moved between the kernel and user space; `(to, reason)` is one of
+    /// [`SPLICE_MOVES`].
+    pub fn count_splice_move(&self, to: &str, reason: &str) {
+        if let Some(slot) = SPLICE_MOVES.iter().position(|pair| *pair == (to, reason)) {
+            self.splice_moves[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A trial on a busy spliced connection ended; `user_space_faster` says which path won.
+    pub fn count_splice_trial(&self, user_space_faster: bool) {
+        self.splice_trials[usize::from(user_space_faster)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn add_bytes(&self, direction: Direction, bytes: u64) {
         self.user_bytes[direction as usize].fetch_add(bytes, Ordering::Relaxed);
     }
@@ -428,6 +453,34 @@ impl Metrics {
             self.integrity_errors.load(Ordering::Relaxed)
         );
 
+        family(
+            &mut out,
+            "devicelink_splice_moves_total",
+            "counter",
+            "Spliced connections moved between the kernel splice and user space, their sockets staying in the splice (no byte lost or reordered): to user space to measure a busy connection there (reason trial, --splice-carry measure) or at every chance (forced, --splice-carry always); back to the kernel when the trial found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again). devicelink_splice_trials_total says which path won the trials.",
+        );
+        for ((to, reason), count) in SPLICE_MOVES.iter().zip(&self.splice_moves) {
+            let _ = writeln!(
+                out,
+                "devicelink_splice_moves_total{{to=\"{to}\",reason=\"{reason}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        family(
+            &mut out,
+            "devicelink_splice_trials_total",
+            "counter",
+            "Trials on busy spliced connections (--splice-carry measure): each path carries the connection for --splice-carry-trial and the faster one keeps it (user space must carry 15% more to win: the kernel costs far less CPU).",
+        );
+        for (faster, slot) in [("kernel", 0), ("userspace", 1)] {
+            let _ = writeln!(
+                out,
+                "devicelink_splice_trials_total{{faster=\"{faster}\"}} {}",
+                self.splice_trials[slot].load(Ordering::Relaxed)
+            );
+        }
+
         let xdp = self.xdp();
         family(
             &mut out,
@@ -475,7 +528,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_skbs_total",
             "counter",
-            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept on their socket for user space to forward in order), held_queue_full (of the held, those that started a hold because their direction reached --splice-max-queued: the sender waits for the receiver), notice_lost (held skbs whose wake-up to user space was lost; it rechecks), overlap_trimmed (retransmitted skbs that began with bytes already passed on: the repeat was cut off, or the skb dropped), seq_unknown (skbs whose TCP sequence could not be read: passed on unchecked), overlap_untrimmed (the kernel refused to cut the repeat: passed on whole, and the connection is reset by the count check), paced (a direction passed a quarter of its queue limit more: passed on, and the proxy looked whether to slow the sender), unlinked (socket being torn down).",
+            "Skbs the splice verdict program did not redirect, by why: end of stream (dropped, the FIN is passed on by user space), held (kept on their socket for user space to forward in order), held_queue_full (of the held, those that started a hold because their direction reached --splice-max-queued: the sender waits for the receiver), notice_lost (held skbs whose wake-up to user space was lost; it rechecks), overlap_trimmed (retransmitted skbs that began with bytes already passed on: the repeat was cut off, or the skb dropped), seq_unknown (skbs whose TCP sequence could not be read: passed on unchecked), overlap_untrimmed (the kernel refused to cut the repeat: passed on whole, and the connection is reset by the count check), paced (a direction passed a quarter of its queue limit more: passed on, and the proxy looked whether to slow the sender), carried (kept on their socket because the proxy carries the connection in user space, see devicelink_splice_moves_total), unlinked (socket being torn down).",
         );
         for (event, value) in [
             ("end_of_stream", counters.end_of_stream_skbs),
@@ -486,6 +539,7 @@ impl Metrics {
             ("seq_unknown", counters.seq_unknown_skbs),
             ("overlap_untrimmed", counters.overlap_untrimmed_skbs),
             ("paced", counters.paced),
+            ("carried", counters.carried_skbs),
             ("unlinked", counters.unlinked_skbs),
         ] {
             let _ = writeln!(

@@ -116,6 +116,17 @@ impl ConnectionCounters {
         self.process.count_integrity_error();
     }
 
+    /// The spliced connection moved between the kernel and user space (see
+    /// [`Metrics::count_splice_move`]).
+    pub fn count_splice_move(&self, to: &str, reason: &str) {
+        self.process.count_splice_move(to, reason);
+    }
+
+    /// A trial on the spliced connection ended (see [`Metrics::count_splice_trial`]).
+    pub fn count_splice_trial(&self, user_space_faster: bool) {
+        self.process.count_splice_trial(user_space_faster);
+    }
+
     /// The connection entered the kernel path with these sockets.
     pub fn spliced(&self, client_cookie: u64, device_cookie: u64) {
         let _ = self.session.spliced.set(SplicedCookies {

@@ -9,10 +9,13 @@
 //! - `pace`: flow control, slowing a sender before its queue limit.
 //! - `integrity`: resetting a direction the kernel passed bytes twice on.
 //! - `finish`: passing a direction's FIN on once every byte before it moved.
+//! - `trial`: measuring on a busy connection whether user space carries it faster.
+//! - `carry`: carrying such a connection in user space for a while, sockets still in the hash.
 //! - `watcher`: the wake-ups (FINs, errors, the verdict program's notices) of all connections.
 //! - `socket`, `direction`, `drain`, `nonblocking`: the sockets and their byte counts, typed
 //!   directions, drain-rate timing of looks, and socket I/O that never waits.
 
+mod carry;
 mod connection;
 mod direction;
 mod drain;
@@ -23,7 +26,9 @@ mod integrity;
 mod nonblocking;
 mod pace;
 mod socket;
+mod trial;
 mod watcher;
 
 pub use connection::{Spliced, carry};
+pub use trial::{CarryMode, CarryPolicy};
 pub use watcher::SpliceWatcher;

@@ -77,11 +77,13 @@ pub fn splice_receive_buffer(max_queued: u64) -> u64 {
 }
 
 /// One spliced connection's worst case: per direction, its queue at the limit (at
-/// [`QUEUE_TRUESIZE_PERCENT`]) and the feeding socket's receive buffer full (twice what was
-/// asked, as the kernel keeps it). The send buffer holds part of the queue, so it adds nothing.
+/// [`QUEUE_TRUESIZE_PERCENT`]), the feeding socket's receive buffer full (twice what was
+/// asked, as the kernel keeps it) and a copy buffer (while user space carries the connection).
+/// The send buffer holds part of the queue, so it adds nothing.
 pub fn splice_worst_case(max_queued: u64) -> u64 {
-    let per_direction =
-        max_queued * QUEUE_TRUESIZE_PERCENT / 100 + 2 * splice_receive_buffer(max_queued);
+    let per_direction = max_queued * QUEUE_TRUESIZE_PERCENT / 100
+        + 2 * splice_receive_buffer(max_queued)
+        + COPY_BUFFER_BYTES;
     2 * per_direction + CONNECTION_OVERHEAD_BYTES
 }
 
@@ -250,10 +252,10 @@ mod tests {
 
     #[test]
     fn worst_cases_count_every_buffer_a_stalled_connection_can_fill() {
-        // 64 MiB queue: 2 x (80 MiB + 2 x 4 MiB) + overhead.
+        // 64 MiB queue: 2 x (80 MiB + 2 x 4 MiB + a copy buffer) + overhead.
         assert_eq!(
             splice_worst_case(64 << 20),
-            2 * ((80 << 20) + (8 << 20)) + CONNECTION_OVERHEAD_BYTES
+            2 * ((80 << 20) + (8 << 20) + (128 << 10)) + CONNECTION_OVERHEAD_BYTES
         );
         assert_eq!(splice_receive_buffer(1 << 20), 256 << 10);
         assert_eq!(

@@ -135,6 +135,26 @@ fn large_transfer_both_ways(mode: &str, extra: &[&str]) {
             "the queue limit should have stopped the senders"
         );
     }
+    if extra.contains(&"always") {
+        let (moved, back) = moves(&proxy);
+        eprintln!("moved to user space {moved} times, back to the kernel {back} times");
+        assert!(
+            moved >= 3.0 && back >= 2.0,
+            "the transfer should have moved between the planes many times: {moved} to user space, {back} back"
+        );
+    }
+}
+
+/// Moves a spliced connection to user space at every chance and back to the kernel 5 ms later,
+/// so that every transfer crosses between the two paths mid-stream, many times.
+const MOVE_AT_EVERY_CHANCE: [&str; 4] = ["--splice-carry", "always", "--splice-carry-for", "5ms"];
+
+/// `(to user space, back to the kernel)` moves the proxy counted.
+fn moves(proxy: &Proxy) -> (f64, f64) {
+    (
+        proxy.metric("devicelink_splice_moves_total{to=\"userspace\",reason=\"forced\"}"),
+        proxy.metric("devicelink_splice_moves_total{to=\"kernel\",reason=\"stay_over\"}"),
+    )
 }
 
 /// Echo after echo through the splice, both ways at full speed: on this kernel such load brings
@@ -186,6 +206,13 @@ fn large_transfer_both_ways_ebpf_flow_controlled() {
     large_transfer_both_ways("ebpf", &["--splice-max-queued", "256K"]);
 }
 
+/// 128 MiB each way at once while the connection moves between the kernel path and user space
+/// every few milliseconds: every byte arrives once, in order, in both directions.
+#[test]
+fn large_transfer_both_ways_moved_between_planes_ebpf() {
+    large_transfer_both_ways("ebpf", &MOVE_AT_EVERY_CHANCE);
+}
+
 #[test]
 fn large_transfer_both_ways_userspace() {
     large_transfer_both_ways("userspace", &[]);
@@ -194,17 +221,19 @@ fn large_transfer_both_ways_userspace() {
 /// Hundreds of half-closed exchanges of every size from 0 bytes up: upload, FIN, the device's
 /// answer after the FIN, checked byte for byte. This is where a FIN passed on too early (before
 /// the peer's psock queue drained) or a zero-length skb redirected shows up.
-fn half_close_many(mode: &str, banner: Option<usize>) {
+fn half_close_many(mode: &str, banner: Option<usize>, extra: &[&str]) {
     let behavior = match banner {
         Some(banner) => Behavior::SpeakFirst { banner },
         None => Behavior::SinkThenReply,
     };
     // One client stands for 300, opening them as fast as it can.
+    let mut flags = vec!["--connect-rate-per-source", "0"];
+    flags.extend_from_slice(extra);
     let (topology, _server, proxy) = setup(
-        &format!("hc{mode}{}", banner.is_some() as u8),
+        &format!("hc{mode}{}{}", banner.is_some() as u8, extra.len()),
         mode,
         behavior,
-        &["--connect-rate-per-source", "0"],
+        &flags,
     );
     const CONNECTIONS: u64 = 300;
     const SIZES: [u64; 8] = [0, 1, 2, 1000, 65_535, 65_536, 300_000, 2_000_000];
@@ -256,29 +285,46 @@ fn half_close_many(mode: &str, banner: Option<usize>) {
             kernel >= big as f64,
             "only {kernel} of {CONNECTIONS} went through the kernel; the {big} large ones must"
         );
+        if extra.contains(&"always") {
+            let (moved, back) = moves(&proxy);
+            eprintln!("moved to user space {moved} times, back to the kernel {back} times");
+            assert!(
+                moved >= kernel,
+                "every spliced exchange should have moved to user space at once: {moved} of {kernel}"
+            );
+            assert!(back >= 1.0, "no exchange came back to the kernel");
+        }
     }
 }
 
 #[test]
 fn half_close_exchanges_intact_ebpf() {
-    half_close_many("ebpf", None);
+    half_close_many("ebpf", None, &[]);
+}
+
+/// The half-closed exchanges while each connection moves to user space at once and back to
+/// the kernel 5 ms later (with 2 MB uploads, mid-transfer): the FIN is passed on after every
+/// byte, whichever path carried it.
+#[test]
+fn half_close_exchanges_intact_moved_between_planes_ebpf() {
+    half_close_many("ebpf", None, &MOVE_AT_EVERY_CHANCE);
 }
 
 #[test]
 fn half_close_exchanges_intact_userspace() {
-    half_close_many("userspace", None);
+    half_close_many("userspace", None, &[]);
 }
 
 /// SSH, VNC and RDP servers speak first and then wait: bytes that reached the device socket
 /// before it entered the splice must still be delivered.
 #[test]
 fn server_speaks_first_ebpf() {
-    half_close_many("ebpf", Some(1500));
+    half_close_many("ebpf", Some(1500), &[]);
 }
 
 #[test]
 fn server_speaks_first_userspace() {
-    half_close_many("userspace", Some(1500));
+    half_close_many("userspace", Some(1500), &[]);
 }
 
 /// The device answers slowly (its SYN-ACK is delayed 300 ms by netem), and the client sends
@@ -386,6 +432,12 @@ fn five_hundred_concurrent_connections_ebpf() {
 #[test]
 fn five_hundred_concurrent_connections_ebpf_small_send_buffers() {
     concurrent("ebpf", &["--splice-sndbuf", "64K"]);
+}
+
+/// Five hundred echoes at once, each moving to user space at once and back 5 ms later.
+#[test]
+fn five_hundred_concurrent_connections_moved_between_planes_ebpf() {
+    concurrent("ebpf", &MOVE_AT_EVERY_CHANCE);
 }
 
 #[test]

@@ -372,6 +372,7 @@ async fn serve_client(
         splice_sndbuf: carrier.splice_sndbuf,
         splice_max_queued: carrier.splice_max_queued,
         copy_socket_buffer: carrier.copy_socket_buffer,
+        splice_carry: carrier.splice_carry,
     };
     let counters = ConnectionCounters {
         process: Arc::clone(&carrier.metrics),

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
 use super::{
+    carry::Carrying,
     direction::{BOTH, PerDirection},
     enter::{EnterError, enter},
     finish::{FinState, pass_on_fin},
@@ -15,6 +17,7 @@ use super::{
     integrity::IntegrityChecks,
     pace::Pacer,
     socket::Sockets,
+    trial::{CarriedLook, KernelLook, MoveReason, Trials},
     watcher::SpliceWatcher,
 };
 use crate::{
@@ -66,6 +69,7 @@ pub async fn carry(
         device,
         limits.splice_sndbuf,
         limits.splice_max_queued,
+        limits.splice_carry.first_look_mark(),
     ) {
         Ok(sockets) => sockets,
         Err(EnterError::Refused {
@@ -135,22 +139,109 @@ async fn watch(
     let mut holds = Holds::new(Instant::now());
     let mut pacer = Pacer::default();
     let mut integrity = IntegrityChecks::new(Instant::now());
+    let mut trials = Trials::default();
+    // Set while user space carries the connection, with when it goes back to the kernel (none
+    // during a trial, whose end decides).
+    let mut carrying: Option<Carrying> = None;
+    let mut carry_until: Option<Instant> = None;
+    let policy = &limits.splice_carry;
     loop {
         let now = Instant::now();
-        let drain_wake = match holds.forward(plane, sockets, limits, metrics, now) {
-            Ok(wake) => wake,
-            Err(err) => {
-                return Outcome::Reset {
-                    side: "proxy",
-                    error: format!("forwarding held bytes: {err}"),
-                };
+        let mut drain_wake = None;
+        let mut pace_wake = None;
+        let mut trial_wake = None;
+        if let Some(carry) = carrying.as_mut() {
+            if let Err(err) = carry.pump(plane, sockets, metrics) {
+                return Outcome::from_io(err);
             }
-        };
-        let pace_wake = match pacer.look(plane, sockets, limits, &finished, now) {
-            Ok(wake) => wake,
-            Err(err) => return Outcome::from_io(err),
-        };
-        holds.advance_recheck(now);
+            match trials.look_in_user_space(plane, sockets, policy, carry_until, now) {
+                CarriedLook::Carry { next } => trial_wake = next,
+                CarriedLook::Won {
+                    until,
+                    kernel_rate,
+                    user_rate,
+                } => {
+                    metrics.count_splice_trial(true);
+                    carry_until = Some(until);
+                    trial_wake = Some(until);
+                    info!(
+                        client = %peer_name(&sockets.client.stream),
+                        kernel_mb_s = (kernel_rate / 1e6).round(),
+                        user_space_mb_s = (user_rate / 1e6).round(),
+                        stay = ?until.duration_since(now),
+                        "user space carries this connection faster than the kernel splice (the kernel's sending work shares a busy CPU); it stays there for a while"
+                    );
+                }
+                CarriedLook::Return if carry.empty() => {
+                    let reason = match carry_until.take() {
+                        Some(_) => "stay_over",
+                        None => {
+                            metrics.count_splice_trial(false);
+                            "kernel_as_fast"
+                        }
+                    };
+                    if let Some(carry) = carrying.take()
+                        && let Err(err) = carry.finish(plane, sockets)
+                    {
+                        return Outcome::from_io(err);
+                    }
+                    trials.returned(plane, sockets);
+                    holds.recheck_soon(now);
+                    metrics.count_splice_move("kernel", reason);
+                    if reason == "stay_over" {
+                        debug!(
+                            client = %peer_name(&sockets.client.stream),
+                            "handing the connection back to the kernel splice to measure it again"
+                        );
+                    }
+                }
+                // Bytes read and not yet written would be overtaken: the pump moves them first.
+                CarriedLook::Return => {}
+            }
+        } else {
+            drain_wake = match holds.forward(plane, sockets, limits, metrics, now) {
+                Ok(wake) => wake,
+                Err(err) => {
+                    return Outcome::Reset {
+                        side: "proxy",
+                        error: format!("forwarding held bytes: {err}"),
+                    };
+                }
+            };
+            pace_wake = match pacer.look(plane, sockets, limits, &finished, now) {
+                Ok(wake) => wake,
+                Err(err) => return Outcome::from_io(err),
+            };
+            holds.advance_recheck(now);
+            match trials.look_in_kernel(plane, sockets, policy, now) {
+                Ok(KernelLook::Stay { next }) => trial_wake = next,
+                Ok(KernelLook::Move(reason)) => {
+                    let started = pacer
+                        .release(sockets, limits)
+                        .and_then(|()| Carrying::start(plane, sockets));
+                    match started {
+                        Ok(carry) => carrying = Some(carry),
+                        Err(err) => return Outcome::from_io(err),
+                    }
+                    let label = match reason {
+                        MoveReason::Trial => "trial",
+                        MoveReason::Forced => {
+                            carry_until = Some(now + policy.stay);
+                            "forced"
+                        }
+                    };
+                    metrics.count_splice_move("userspace", label);
+                    debug!(
+                        client = %peer_name(&sockets.client.stream),
+                        reason = label,
+                        "carrying the connection in user space"
+                    );
+                    // Move what is there at once.
+                    continue;
+                }
+                Err(err) => return Outcome::from_io(err),
+            }
+        }
         if let Some(outcome) = integrity.check_if_due(plane, sockets, &finished, metrics, now) {
             return outcome;
         }
@@ -197,6 +288,9 @@ async fn watch(
         if let Some(at) = drain_wake {
             sooner(at);
         }
+        if let Some(at) = trial_wake {
+            sooner(at);
+        }
         // A paced direction looks every few milliseconds whether its receiver caught up (see
         // the `pace` module). Until something else is due those looks do only that, two
         // syscalls each, not the whole look above.
@@ -212,10 +306,31 @@ async fn watch(
                     None => std::future::pending().await,
                 }
             };
+            let carried = async {
+                match &carrying {
+                    Some(carry) => carry.ready().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut moved = false;
             tokio::select! {
                 () = registration.notified() => break,
+                () = carried => moved = true,
                 () = sleep => {}
                 () = cancel.cancelled() => return Outcome::Cancelled,
+            }
+            if moved && let Some(carry) = carrying.as_mut() {
+                // A socket of a carried connection is ready: move its bytes and wait again.
+                // The whole look (a dozen syscalls) runs when something else is due, or once
+                // a source has ended, for its FIN; a look per wake-up cost a third of the
+                // carry's speed.
+                if let Err(err) = carry.pump(plane, sockets, metrics) {
+                    return Outcome::from_io(err);
+                }
+                if carry.source_ended() || wake_at.is_some_and(|at| Instant::now() >= at) {
+                    break;
+                }
+                continue;
             }
             let now = Instant::now();
             if pace_at.is_none() || wake_at.is_some_and(|at| now >= at) {
@@ -231,4 +346,11 @@ async fn watch(
             }
         }
     }
+}
+
+/// The client's address, for log lines about one connection.
+fn peer_name(stream: &std::net::TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |addr| addr.to_string())
 }

@@ -42,6 +42,7 @@ pub(super) fn enter(
     device: StdTcpStream,
     sndbuf: u32,
     max_queued: u32,
+    look_mark: u64,
 ) -> Result<Sockets, EnterError> {
     // What the verdict program assumes for a socket without a credit entry.
     let credit = SpliceCredit {
@@ -49,6 +50,9 @@ pub(super) fn enter(
         redirect_limit: u64::from(max_queued),
         pace_limit: pace_mark(u64::from(max_queued)),
         pace_gen: 0,
+        carry: 0,
+        look_mark,
+        look_gen: 0,
     };
     let mut sockets = Sockets {
         client: SplicedSocket::new(client, credit),

@@ -138,6 +138,12 @@ impl Holds {
         }
     }
 
+    /// Looks again shortly, as after a forward: the connection came back from user space, and
+    /// bytes held meanwhile may still be on their way into the psock queue.
+    pub(super) fn recheck_soon(&mut self, now: Instant) {
+        self.recheck = Some((0, now + HELD_RECHECKS[0]));
+    }
+
     /// When the next recheck is due, if one is.
     pub(super) fn recheck_at(&self) -> Option<Instant> {
         self.recheck.map(|(_, at)| at)

@@ -68,3 +68,29 @@ pub(super) fn send_nonblocking(stream: &StdTcpStream, mut buf: &[u8]) -> io::Res
     }
     Ok(written)
 }
+
+/// Receives into `buf` without waiting: `None` when nothing is there yet, `Some(0)` at the end
+/// of the stream.
+pub(super) fn recv_into(stream: &StdTcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: the fd is open while `stream` is borrowed; the kernel writes at most
+        // `buf.len()` bytes into the live slice `buf`.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}

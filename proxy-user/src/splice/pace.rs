@@ -88,6 +88,28 @@ pub(super) struct Pacer {
 }
 
 impl Pacer {
+    /// Lets every paced sender run at full speed again, for a connection user space now carries
+    /// itself (a copy reads only what it can write: no other flow control needed). The marks
+    /// stay: when the kernel path takes over again they apply from where they were.
+    pub(super) fn release(
+        &mut self,
+        sockets: &mut Sockets,
+        limits: &CarryLimits,
+    ) -> io::Result<()> {
+        for src in sockets.both_mut() {
+            if src.pacing.paced {
+                sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
+                src.pacing.paced = false;
+            }
+            if src.pacing.clamp_failed {
+                sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
+                src.pacing.clamp_failed = false;
+            }
+        }
+        self.watch = PerDirection::default();
+        Ok(())
+    }
+
     /// [`pace`] for both directions not `finished`; returns when the next paced look is due, if
     /// either direction is paced.
     pub(super) fn look(

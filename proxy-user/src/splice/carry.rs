@@ -1,0 +1,240 @@
+//! Carrying a spliced connection in user space while its sockets stay in the splice hash: the
+//! move the `trial` module decides on.
+//!
+//! Taking a socket out of the hash mid-connection is not safe on every kernel (reads can fail
+//! after it leaves), so the sockets stay in and the verdict program is told to hold every byte
+//! (`SpliceCredit::carry`): it passes each skb to its own socket, where `recv` reads it, and the
+//! proxy writes it to the peer, woken by the sockets themselves through tokio. No byte is
+//! reordered: a direction writes nothing until every byte the kernel redirected before has
+//! entered its target's send queue. Moving back clears the flag; the verdict program keeps
+//! holding until user space has forwarded what it held (the `hold` module), then redirects again
+//! behind those bytes.
+
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+    time::Duration,
+};
+
+use devicelink_proxy_common::{Direction, SpliceCredit};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    direction::{BOTH, PerDirection},
+    nonblocking::{recv_into, send_nonblocking},
+    socket::{Sockets, target_caught_up},
+};
+use crate::{kernel::KernelPlane, session::ConnectionCounters};
+
+/// Bytes one direction reads at a time, and the most it keeps between a read and the write that
+/// takes it: the userspace copy's buffer, which the memory budget counts for spliced connections
+/// too.
+const CARRY_BUFFER: usize = devicelink_spec::memory::COPY_BUFFER_BYTES as usize;
+
+/// How soon to look again while a direction's first bytes wait for what the kernel redirected
+/// before them to leave its psock queue (the kernel gives no wake-up for that).
+const CATCH_UP_LOOK: Duration = Duration::from_millis(1);
+
+/// One direction's bytes between its source and its target.
+struct Pipe {
+    buf: Box<[u8]>,
+    /// Bytes `[start, end)` of `buf` were read from the source and not yet written.
+    start: usize,
+    end: usize,
+    /// Whether every byte the kernel redirected on this direction before the carry began has
+    /// entered the target: until then nothing read here may be written.
+    caught_up: bool,
+    /// Whether the source reached its end of stream.
+    eof: bool,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; CARRY_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            caught_up: false,
+            eof: false,
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+/// What a direction waits for before it can move more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Its source to have bytes.
+    Readable,
+    /// Its target to take bytes.
+    Writable,
+    /// The kernel to send what it redirected before (no wake-up: look again shortly).
+    CatchUp,
+    /// Nothing: its source ended and everything read was written.
+    Done,
+}
+
+/// A connection while user space carries it.
+pub(super) struct Carrying {
+    /// Client and device socket, registered with tokio for as long as the carry lasts.
+    /// Each a duplicate of the socket's descriptor, so the registration owns what it watches.
+    fds: [AsyncFd<OwnedFd>; 2],
+    pipes: PerDirection<Pipe>,
+    waits: PerDirection<Wait>,
+}
+
+impl Carrying {
+    /// Tells the verdict program to hold every byte of both sockets, lifts any pacing (user
+    /// space reads only what it can write, which is all the flow control a copy needs), and
+    /// registers the sockets for wake-ups.
+    pub(super) fn start(plane: &KernelPlane, sockets: &mut Sockets) -> io::Result<Self> {
+        for socket in sockets.both_mut() {
+            let credit = SpliceCredit {
+                carry: 1,
+                ..socket.credit
+            };
+            socket.grant(plane, credit)?;
+        }
+        let register = |stream: &std::net::TcpStream| -> io::Result<AsyncFd<OwnedFd>> {
+            let fd = stream.as_fd().try_clone_to_owned()?;
+            // SAFETY: `fd` is owned by the registration, so it stays open and names the same
+            // socket for as long as the registration lives.
+            let registered = unsafe {
+                AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)
+            };
+            Ok(registered?)
+        };
+        let fds = [
+            register(&sockets.client.stream)?,
+            register(&sockets.device.stream)?,
+        ];
+        Ok(Self {
+            fds,
+            pipes: PerDirection {
+                to_device: Pipe::new(),
+                from_device: Pipe::new(),
+            },
+            waits: PerDirection {
+                to_device: Wait::Readable,
+                from_device: Wait::Readable,
+            },
+        })
+    }
+
+    /// Moves in both directions whatever moves without waiting.
+    pub(super) fn pump(
+        &mut self,
+        plane: &KernelPlane,
+        sockets: &mut Sockets,
+        metrics: &ConnectionCounters,
+    ) -> io::Result<()> {
+        for direction in BOTH {
+            let (src, dst) = sockets.ends_mut(direction);
+            let pipe = &mut self.pipes[direction];
+            self.waits[direction] = loop {
+                if pipe.start < pipe.end {
+                    if !pipe.caught_up {
+                        // Read after the bytes at hand: every redirect came before them, so the
+                        // count is final.
+                        let (redirected, _) = plane.link_bytes(src.cookie);
+                        if !target_caught_up(dst, redirected)? {
+                            break Wait::CatchUp;
+                        }
+                        pipe.caught_up = true;
+                    }
+                    let written = send_nonblocking(&dst.stream, pipe.pending())?;
+                    pipe.start += written;
+                    dst.user_written += written as u64;
+                    metrics.add_bytes(direction, written as u64);
+                    if pipe.start < pipe.end {
+                        break Wait::Writable;
+                    }
+                }
+                pipe.start = 0;
+                pipe.end = 0;
+                if pipe.eof {
+                    break Wait::Done;
+                }
+                match recv_into(&src.stream, &mut pipe.buf)? {
+                    None => break Wait::Readable,
+                    Some(0) => pipe.eof = true,
+                    Some(read) => {
+                        pipe.end = read;
+                        let read = read as u64;
+                        // Held bytes the hold path forwarded but had not read off yet come
+                        // first: they were written before.
+                        let skip = (src.to_discard as u64).min(read);
+                        src.to_discard -= skip as usize;
+                        pipe.start = skip as usize;
+                        src.user_read += read - skip;
+                    }
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Resolves when a socket may let a waiting direction move, or when a direction waiting
+    /// for the kernel to catch up should look again.
+    pub(super) async fn ready(&self) {
+        // Client to device reads the client (0) and writes the device (1); the other way back.
+        let wait_one = |direction, source: usize, target: usize| {
+            let wait = self.waits[direction];
+            let fds = &self.fds;
+            async move {
+                match wait {
+                    Wait::Readable => ready(&fds[source], Interest::READABLE).await,
+                    Wait::Writable => ready(&fds[target], Interest::WRITABLE).await,
+                    Wait::CatchUp => tokio::time::sleep(CATCH_UP_LOOK).await,
+                    Wait::Done => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = wait_one(Direction::ToDevice, 0, 1) => {}
+            () = wait_one(Direction::FromDevice, 1, 0) => {}
+        }
+    }
+
+    /// Whether a direction's source has ended (its FIN is then passed on by the whole look).
+    pub(super) fn source_ended(&self) -> bool {
+        BOTH.into_iter().any(|direction| self.pipes[direction].eof)
+    }
+
+    /// Whether nothing read is left unwritten, so the kernel path may take over.
+    pub(super) fn empty(&self) -> bool {
+        BOTH.into_iter()
+            .all(|direction| self.pipes[direction].start == self.pipes[direction].end)
+    }
+
+    /// Ends the carry: the verdict program goes on holding until the hold path has forwarded
+    /// what it held meanwhile (its `forwarded` count is behind), then redirects again. Only
+    /// once [`Self::empty`]: bytes read and not written would be overtaken.
+    pub(super) fn finish(self, plane: &KernelPlane, sockets: &mut Sockets) -> io::Result<()> {
+        debug_assert!(self.empty());
+        // Out of tokio's reactor first: the kernel path wakes no one per skb.
+        drop(self.fds);
+        for socket in sockets.both_mut() {
+            let credit = SpliceCredit {
+                carry: 0,
+                ..socket.credit
+            };
+            socket.grant(plane, credit)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until tokio's reactor reports `interest` on `fd`, and clears that report: the caller
+/// tries the socket next, and an edge that comes after that try sets it again.
+async fn ready(fd: &AsyncFd<OwnedFd>, interest: Interest) {
+    match fd.ready(interest).await {
+        Ok(mut guard) => guard.clear_ready(),
+        // Only when the reactor is gone (the runtime shutting down): the caller's cancellation
+        // ends the connection.
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,330 @@
+//! Which path carries a busy connection faster, measured on the connection itself: the kernel
+//! splice or user space.
+//!
+//! The kernel does not send redirected bytes at once: a workqueue worker sends them, bound to
+//! the CPU that received them. When the process that sent the bytes keeps that CPU busy (a VNC
+//! server drawing the next frame, many senders at once) the worker shares it with that process,
+//! and the sending work cannot move to an idle CPU as the userspace copy's threads do; then the
+//! copy is the faster path (see "The default data plane on VNC" in docs/benchmarks.md). A
+//! single bulk stream is the opposite case: the splice carries more, at a small part of the
+//! CPU. Which case a connection is in depends on where its peers run and what else runs there,
+//! which the proxy cannot see, so it measures: a connection that moved at least
+//! [`BUSY_BYTES_PER_SECOND`] through the kernel for one `--splice-carry-trial` window is carried
+//! in user space for another, and the two rates are compared. If user space carried at least
+//! [`FASTER_BY`] more, the connection stays there for `--splice-carry-for` (doubled each time a
+//! later trial says so again, up to 64 times), then the kernel path is measured again;
+//! otherwise it goes back at once and the next trial waits [`FIRST_BACKOFF`], doubled after
+//! each trial the kernel won.
+//!
+//! The verdict program wakes the connection's task every [`LOOK_STEP`] bytes it redirects, so a
+//! connection that moves nothing costs nothing, and the kernel window of a busy one starts at
+//! such a wake-up.
+
+use std::{io, time::Duration};
+
+use devicelink_proxy_common::{Direction, LOOK_STEP, SpliceCredit};
+use tokio::time::Instant;
+
+use super::{
+    direction::{BOTH, PerDirection},
+    socket::Sockets,
+};
+use crate::kernel::KernelPlane;
+
+/// The least a connection must move (both directions together) for a trial to be worth making:
+/// a slower one leaves both paths idle most of the time and either carries it as fast.
+pub(super) const BUSY_BYTES_PER_SECOND: u64 = 64 << 20;
+
+/// How much more user space must carry in its window for the connection to stay there: less is
+/// within what the traffic itself varies, and the kernel path costs far less CPU.
+pub(super) const FASTER_BY: f64 = 1.15;
+
+/// How long after a trial the kernel won the next one may start; doubled after each such trial.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The most doublings of a backoff or a stay.
+const MAX_DOUBLINGS: u32 = 6;
+
+/// When the kernel path hands a connection to user space (`--splice-carry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CarryMode {
+    /// When a trial on the connection shows user space carrying it faster.
+    Measure,
+    /// Never: the kernel path carries every byte.
+    Never,
+    /// At once, and again [`LOOK_STEP`] bytes after each return to the kernel: each connection
+    /// alternates between the kernel and user space (to test the move itself).
+    Always,
+}
+
+/// `--splice-carry`, `--splice-carry-trial` and `--splice-carry-for`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CarryPolicy {
+    pub mode: CarryMode,
+    /// How long each path carries a busy connection in a trial.
+    pub trial: Duration,
+    /// How long a connection that user space carried faster stays there the first time.
+    pub stay: Duration,
+}
+
+impl CarryPolicy {
+    /// The look mark a socket starts with (the verdict program's default): none when the
+    /// connection never moves.
+    pub fn first_look_mark(&self) -> u64 {
+        match self.mode {
+            CarryMode::Never => 0,
+            CarryMode::Measure | CarryMode::Always => LOOK_STEP,
+        }
+    }
+
+    /// How long a connection stays in user space after its `wins`-th won trial (1 for the
+    /// first), or after its `wins`-th forced move.
+    pub(super) fn stay_after(&self, wins: u32) -> Duration {
+        self.stay * 2u32.pow(wins.saturating_sub(1).min(MAX_DOUBLINGS))
+    }
+}
+
+/// How long the next trial waits after the kernel won `losses` trials in a row.
+fn backoff_after(losses: u32) -> Duration {
+    FIRST_BACKOFF * 2u32.pow(losses.saturating_sub(1).min(MAX_DOUBLINGS))
+}
+
+/// Why a connection moved to user space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MoveReason {
+    /// To measure it there (a trial).
+    Trial,
+    /// `--splice-carry always`.
+    Forced,
+}
+
+/// The connection's bytes so far, both directions, whichever path moved them.
+pub(super) fn bytes_moved(plane: &KernelPlane, sockets: &Sockets) -> u64 {
+    BOTH.into_iter()
+        .map(|direction| {
+            let src = sockets.source(direction);
+            plane.link_bytes(src.cookie).0 + src.user_read
+        })
+        .sum()
+}
+
+/// One measuring window: bytes moved since `at`.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    at: Instant,
+    bytes: u64,
+}
+
+impl Window {
+    /// Bytes per second from the window's start to `now`, at `bytes`.
+    fn rate(&self, now: Instant, bytes: u64) -> f64 {
+        let seconds = now.duration_since(self.at).as_secs_f64().max(1e-6);
+        bytes.saturating_sub(self.bytes) as f64 / seconds
+    }
+}
+
+/// What a look in the kernel found.
+#[derive(Debug, PartialEq)]
+pub(super) enum KernelLook {
+    /// Stay in the kernel; look again then, if a window is open.
+    Stay { next: Option<Instant> },
+    /// Move to user space.
+    Move(MoveReason),
+}
+
+/// What a look while user space carries the connection found.
+#[derive(Debug, PartialEq)]
+pub(super) enum CarriedLook {
+    /// Keep carrying; look again then, if a trial window is open.
+    Carry { next: Option<Instant> },
+    /// The trial is over and user space carried it faster: stay until then.
+    Won {
+        until: Instant,
+        kernel_rate: f64,
+        user_rate: f64,
+    },
+    /// Back to the kernel (a trial the kernel won, or a stay that ended).
+    Return,
+}
+
+/// One connection's trials.
+#[derive(Default)]
+pub(super) struct Trials {
+    /// The kernel window open now, if any.
+    kernel_window: Option<Window>,
+    /// While in user space for a trial: the kernel's rate and the user-space window.
+    trial: Option<(f64, Window)>,
+    /// When the next trial may start.
+    not_before: Option<Instant>,
+    /// Trials in a row the kernel won.
+    losses: u32,
+    /// Trials user space won (or forced moves).
+    pub(super) wins: u32,
+    /// `--splice-carry always`: the redirected count per direction from which the next forced
+    /// move may come.
+    forced_from: PerDirection<u64>,
+}
+
+impl Trials {
+    /// A look while the kernel carries the connection: opens and closes its kernel window, and
+    /// moves each look mark on that was passed.
+    pub(super) fn look_in_kernel(
+        &mut self,
+        plane: &KernelPlane,
+        sockets: &mut Sockets,
+        policy: &CarryPolicy,
+        now: Instant,
+    ) -> io::Result<KernelLook> {
+        if policy.mode == CarryMode::Never {
+            return Ok(KernelLook::Stay { next: None });
+        }
+        for direction in BOTH {
+            let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
+            rearm_look_mark(plane, sockets, direction, redirected)?;
+            // At once at the start, then every look step in the kernel.
+            if policy.mode == CarryMode::Always && redirected >= self.forced_from[direction] {
+                return Ok(KernelLook::Move(MoveReason::Forced));
+            }
+        }
+        if policy.mode == CarryMode::Always || self.not_before.is_some_and(|at| now < at) {
+            return Ok(KernelLook::Stay { next: None });
+        }
+        let bytes = bytes_moved(plane, sockets);
+        let Some(window) = self.kernel_window else {
+            // A wake-up means bytes are moving: measure from here.
+            self.kernel_window = Some(Window { at: now, bytes });
+            return Ok(KernelLook::Stay {
+                next: Some(now + policy.trial),
+            });
+        };
+        if now < window.at + policy.trial {
+            return Ok(KernelLook::Stay {
+                next: Some(window.at + policy.trial),
+            });
+        }
+        let rate = window.rate(now, bytes);
+        self.kernel_window = None;
+        if rate < BUSY_BYTES_PER_SECOND as f64 {
+            // Not busy enough to be worth a trial: the next wake-up opens a new window.
+            return Ok(KernelLook::Stay { next: None });
+        }
+        self.trial = Some((rate, Window { at: now, bytes }));
+        Ok(KernelLook::Move(MoveReason::Trial))
+    }
+
+    /// A look while user space carries the connection, which it has done since `since` and is
+    /// to do until `until` unless a trial decides.
+    pub(super) fn look_in_user_space(
+        &mut self,
+        plane: &KernelPlane,
+        sockets: &Sockets,
+        policy: &CarryPolicy,
+        until: Option<Instant>,
+        now: Instant,
+    ) -> CarriedLook {
+        let Some((kernel_rate, window)) = self.trial else {
+            return match until {
+                Some(until) if now < until => CarriedLook::Carry { next: Some(until) },
+                _ => CarriedLook::Return,
+            };
+        };
+        if now < window.at + policy.trial {
+            return CarriedLook::Carry {
+                next: Some(window.at + policy.trial),
+            };
+        }
+        self.trial = None;
+        let user_rate = window.rate(now, bytes_moved(plane, sockets));
+        if user_rate >= kernel_rate * FASTER_BY {
+            self.wins += 1;
+            self.losses = 0;
+            return CarriedLook::Won {
+                until: now + policy.stay_after(self.wins),
+                kernel_rate,
+                user_rate,
+            };
+        }
+        self.losses += 1;
+        self.not_before = Some(now + backoff_after(self.losses));
+        tracing::debug!(
+            kernel_mb_s = kernel_rate / 1e6,
+            user_space_mb_s = user_rate / 1e6,
+            "the kernel splice carries this connection as fast as user space: it stays in the kernel"
+        );
+        CarriedLook::Return
+    }
+
+    /// Starts over after the connection came back to the kernel: the next kernel window opens
+    /// at the next wake-up (after a stay, the kernel is measured again at once), and a forced
+    /// move waits for [`LOOK_STEP`] more bytes.
+    pub(super) fn returned(&mut self, plane: &KernelPlane, sockets: &Sockets) {
+        self.kernel_window = None;
+        for direction in BOTH {
+            let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
+            self.forced_from[direction] = redirected + LOOK_STEP;
+        }
+    }
+}
+
+/// Sets `direction`'s next look mark [`LOOK_STEP`] past `redirected` once the verdict program
+/// passed the current one (it woke user space and stays quiet until the next generation).
+fn rearm_look_mark(
+    plane: &KernelPlane,
+    sockets: &mut Sockets,
+    direction: Direction,
+    redirected: u64,
+) -> io::Result<()> {
+    let (src, _) = sockets.ends_mut(direction);
+    if src.credit.look_mark == 0 || redirected < src.credit.look_mark {
+        return Ok(());
+    }
+    let credit = SpliceCredit {
+        look_mark: redirected + LOOK_STEP,
+        look_gen: src.credit.look_gen + 1,
+        ..src.credit
+    };
+    src.grant(plane, credit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: CarryMode) -> CarryPolicy {
+        CarryPolicy {
+            mode,
+            trial: Duration::from_millis(100),
+            stay: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn stays_and_backoffs_double_up_to_sixty_four_times_the_first() {
+        let policy = policy(CarryMode::Measure);
+        assert_eq!(policy.stay_after(1), Duration::from_secs(10));
+        assert_eq!(policy.stay_after(2), Duration::from_secs(20));
+        assert_eq!(policy.stay_after(7), Duration::from_secs(640));
+        assert_eq!(policy.stay_after(50), Duration::from_secs(640));
+        assert_eq!(backoff_after(1), FIRST_BACKOFF);
+        assert_eq!(backoff_after(3), FIRST_BACKOFF * 4);
+        assert_eq!(backoff_after(40), FIRST_BACKOFF * 64);
+    }
+
+    #[test]
+    fn only_never_turns_the_looks_off() {
+        assert_eq!(policy(CarryMode::Never).first_look_mark(), 0);
+        assert_eq!(policy(CarryMode::Measure).first_look_mark(), LOOK_STEP);
+        assert_eq!(policy(CarryMode::Always).first_look_mark(), LOOK_STEP);
+    }
+
+    #[test]
+    fn a_window_rate_is_bytes_over_its_time() {
+        let start = Instant::now();
+        let window = Window {
+            at: start,
+            bytes: 1000,
+        };
+        let rate = window.rate(start + Duration::from_millis(100), 1000 + 10_000_000);
+        assert!((rate - 100e6).abs() < 1.0, "{rate}");
+    }
+}
