@@ -3,6 +3,8 @@
 //! what loading the kernel object takes, shared with the XDP program (`xdp`). Nothing is
 //! pinned: dropping [`KernelPlane`] detaches and unloads everything.
 
+mod leave_check;
+
 use std::{os::fd::AsRawFd, sync::Mutex};
 
 use aya::{
@@ -13,7 +15,7 @@ use aya::{
 use devicelink_proxy_common::{
     Direction, MAX_SPLICED_SOCKETS, SpliceCounter, SpliceCredit, SpliceLink,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{ProcessConfig, XdpModeChoice};
 
@@ -93,6 +95,8 @@ pub struct KernelPlane {
     notices: Mutex<Option<RingBuf<MapData>>>,
     splice_bytes: PerCpuArray<MapData, u64>,
     splice_events: PerCpuArray<MapData, u64>,
+    /// Whether a socket may leave the hash mid-connection on this kernel (checked at load).
+    sockets_can_leave: bool,
     /// Owns the programs and their attachments; declared last so that it is dropped after the
     /// maps above (drop order is declaration order).
     _ebpf: Ebpf,
@@ -181,15 +185,42 @@ impl KernelPlane {
             .map_err(prog_err("splice_verdict"))?;
 
         return_freed_heap();
-        Ok(Self {
+        let mut plane = Self {
             sockets: Mutex::new(sockets),
             links: Mutex::new(links),
             credits: Mutex::new(credits),
             notices: Mutex::new(Some(notices)),
             splice_bytes,
             splice_events,
+            sockets_can_leave: false,
             _ebpf: ebpf,
-        })
+        };
+        match leave_check::sockets_can_leave(&plane) {
+            Ok(()) => {
+                plane.sockets_can_leave = true;
+                debug!(
+                    "a connection user space carries faster can leave the splice for the copy (checked on loopback)"
+                );
+            }
+            Err(why) => info!(
+                why,
+                "a spliced socket cannot leave the splice mid-connection on this kernel (it lacks the sockmap fix \"Fix incorrect copied_seq calculation\"): a connection user space carries faster is carried with its sockets still in the splice, which is slower than the copy"
+            ),
+        }
+        Ok(plane)
+    }
+
+    /// Whether a spliced socket can leave the splice hash mid-connection and be read on as a
+    /// plain socket (see the `leave_check` module).
+    pub fn sockets_can_leave(&self) -> bool {
+        self.sockets_can_leave
+    }
+
+    /// Takes a socket out of the splice hash, leaving its link and credit (and counters) in
+    /// place.
+    pub fn remove_socket(&self, cookie: u64) -> Result<(), MapError> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.remove(&cookie)
     }
 
     /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and

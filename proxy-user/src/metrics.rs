@@ -38,8 +38,9 @@ pub const RESULTS: [&str; 12] = [
 ];
 
 /// Every `(to, reason)` label pair of `devicelink_splice_moves_total`.
-pub const SPLICE_MOVES: [(&str, &str); 4] = [
+pub const SPLICE_MOVES: [(&str, &str); 5] = [
     ("userspace", "trial"),
+    ("copy", "faster"),
     ("userspace", "forced"),
     ("kernel", "kernel_as_fast"),
     ("kernel", "stay_over"),
@@ -457,7 +458,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_moves_total",
             "counter",
-            "Spliced connections moved between the kernel splice and user space, their sockets staying in the splice (no byte lost or reordered): to user space to measure a busy connection there (reason trial, --splice-carry measure) or at every chance (forced, --splice-carry always); back to the kernel when the trial found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again). devicelink_splice_trials_total says which path won the trials.",
+            "Spliced connections moved between the kernel splice and user space, no byte lost or reordered: to user space to measure a busy connection there (reason trial, --splice-carry measure) or at every chance (forced, --splice-carry always); back to the kernel when the trial found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again); and to the copy for the rest of the connection when user space won the trial and the kernel lets sockets leave the splice (to copy, reason faster; the sockets leave the splice then). devicelink_splice_trials_total says which path won the trials.",
         );
         for ((to, reason), count) in SPLICE_MOVES.iter().zip(&self.splice_moves) {
             let _ = writeln!(

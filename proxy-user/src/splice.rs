@@ -11,6 +11,7 @@
 //! - `finish`: passing a direction's FIN on once every byte before it moved.
 //! - `trial`: measuring on a busy connection whether user space carries it faster.
 //! - `carry`: carrying such a connection in user space for a while, sockets still in the hash.
+//! - `leave`: taking it out of the hash for the userspace copy, where the kernel allows.
 //! - `watcher`: the wake-ups (FINs, errors, the verdict program's notices) of all connections.
 //! - `socket`, `direction`, `drain`, `nonblocking`: the sockets and their byte counts, typed
 //!   directions, drain-rate timing of looks, and socket I/O that never waits.
@@ -23,6 +24,7 @@ mod enter;
 mod finish;
 mod hold;
 mod integrity;
+mod leave;
 mod nonblocking;
 mod pace;
 mod socket;

@@ -143,6 +143,18 @@ fn large_transfer_both_ways(mode: &str, extra: &[&str]) {
             "the transfer should have moved between the planes many times: {moved} to user space, {back} back"
         );
     }
+    if extra.contains(&"leave") {
+        assert_eq!(left_for_the_copy(&proxy), 1.0, "the connection should have left the splice");
+    }
+}
+
+/// Takes every spliced connection out of the splice to the userspace copy at its first look,
+/// mid-stream, as a connection user space won a trial on does.
+const LEAVE_AT_ONCE: [&str; 2] = ["--splice-carry", "leave"];
+
+/// Connections that left the splice for the copy.
+fn left_for_the_copy(proxy: &Proxy) -> f64 {
+    proxy.metric("devicelink_splice_moves_total{to=\"copy\",reason=\"faster\"}")
 }
 
 /// Moves a spliced connection to user space at every chance and back to the kernel 5 ms later,
@@ -211,6 +223,12 @@ fn large_transfer_both_ways_ebpf_flow_controlled() {
 #[test]
 fn large_transfer_both_ways_moved_between_planes_ebpf() {
     large_transfer_both_ways("ebpf", &MOVE_AT_EVERY_CHANCE);
+}
+
+/// 128 MiB each way at once, the connection leaving the splice for the copy mid-stream.
+#[test]
+fn large_transfer_both_ways_leaving_the_splice_ebpf() {
+    large_transfer_both_ways("ebpf", &LEAVE_AT_ONCE);
 }
 
 #[test]
@@ -294,6 +312,11 @@ fn half_close_many(mode: &str, banner: Option<usize>, extra: &[&str]) {
             );
             assert!(back >= 1.0, "no exchange came back to the kernel");
         }
+        if extra.contains(&"leave") {
+            let left = left_for_the_copy(&proxy);
+            eprintln!("{left} exchanges left the splice for the copy");
+            assert!(left >= 1.0, "no exchange left the splice");
+        }
     }
 }
 
@@ -308,6 +331,13 @@ fn half_close_exchanges_intact_ebpf() {
 #[test]
 fn half_close_exchanges_intact_moved_between_planes_ebpf() {
     half_close_many("ebpf", None, &MOVE_AT_EVERY_CHANCE);
+}
+
+/// The half-closed exchanges, each leaving the splice for the copy at once (2 MB uploads
+/// mid-transfer).
+#[test]
+fn half_close_exchanges_intact_leaving_the_splice_ebpf() {
+    half_close_many("ebpf", None, &LEAVE_AT_ONCE);
 }
 
 #[test]
@@ -438,6 +468,12 @@ fn five_hundred_concurrent_connections_ebpf_small_send_buffers() {
 #[test]
 fn five_hundred_concurrent_connections_moved_between_planes_ebpf() {
     concurrent("ebpf", &MOVE_AT_EVERY_CHANCE);
+}
+
+/// Five hundred echoes at once, each leaving the splice for the copy at once.
+#[test]
+fn five_hundred_concurrent_connections_leaving_the_splice_ebpf() {
+    concurrent("ebpf", &LEAVE_AT_ONCE);
 }
 
 #[test]

@@ -409,6 +409,12 @@ async fn serve_client(
                     metrics.count_path(Path::Userspace);
                     copy::carry(client, device, &limits, &counters, &cancel).await
                 }
+                splice::Spliced::Left { client, device } => {
+                    // Counted as carried by the kernel, where it started;
+                    // devicelink_splice_moves_total counts the move.
+                    metrics.count_path(Path::Kernel);
+                    copy::carry(client, device, &limits, &counters, &cancel).await
+                }
             }
         }
         DataPlane::Userspace => {

@@ -15,9 +15,10 @@ use super::{
     finish::{FinState, pass_on_fin},
     hold::Holds,
     integrity::IntegrityChecks,
+    leave::{Leaving, try_leave},
     pace::Pacer,
     socket::Sockets,
-    trial::{CarriedLook, KernelLook, MoveReason, Trials},
+    trial::{CarriedLook, CarryMode, KernelLook, MoveReason, Trials},
     watcher::SpliceWatcher,
 };
 use crate::{
@@ -26,6 +27,10 @@ use crate::{
     session::ConnectionCounters,
     sockopt,
 };
+
+/// How soon a connection on its way out of the splice looks again whether the psock queues
+/// are empty.
+const LEAVE_LOOK: Duration = Duration::from_millis(1);
 
 /// What becomes of a connection offered to the kernel path.
 pub enum Spliced {
@@ -39,6 +44,26 @@ pub enum Spliced {
         device: TcpStream,
         reason: String,
     },
+    /// Left the splice mid-stream because user space carries it faster (see the `trial` and
+    /// `leave` modules): every byte so far moved, the sockets are out of the hash; the copy
+    /// carries it to its end.
+    Left {
+        client: TcpStream,
+        device: TcpStream,
+    },
+}
+
+/// How a connection's watch ended.
+enum Watched {
+    Ended(Outcome),
+    /// It left the splice (see [`Spliced::Left`]).
+    Left,
+}
+
+impl From<Outcome> for Watched {
+    fn from(outcome: Outcome) -> Self {
+        Self::Ended(outcome)
+    }
 }
 
 /// Carries one connection in the kernel, or hands it back for the userspace path.
@@ -90,7 +115,7 @@ pub async fn carry(
     };
     sockets.client.read_before = client_read_before;
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
-    let outcome = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
+    let watched = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
     // The kernel's counts go with the link entries below: keep them for the session's record.
     // Each socket's count is what it redirected: client to device first.
     metrics.splice_ended(
@@ -102,6 +127,19 @@ pub async fn carry(
         // Closing the socket (below) takes it out of the hash.
         plane.unlink(socket.cookie, socket.credit_written);
     }
+    let outcome = match watched {
+        Watched::Ended(outcome) => outcome,
+        Watched::Left => {
+            let Sockets { client, device } = sockets;
+            return match (
+                TcpStream::from_std(client.stream),
+                TcpStream::from_std(device.stream),
+            ) {
+                (Ok(client), Ok(device)) => Spliced::Left { client, device },
+                (Err(err), _) | (_, Err(err)) => Spliced::Done(Outcome::from_io(err)),
+            };
+        }
+    };
     if outcome.aborts() {
         // Pass the reset on, or cut a connection the proxy closes: closing with a zero linger
         // sends RST to whichever side is still up.
@@ -122,10 +160,10 @@ async fn watch(
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
-) -> Outcome {
+) -> Watched {
     let registration = match watcher.register(sockets) {
         Ok(registration) => registration,
-        Err(err) => return Outcome::from_io(err),
+        Err(err) => return Outcome::from_io(err).into(),
     };
 
     // Set once the direction's FIN is passed on.
@@ -144,6 +182,9 @@ async fn watch(
     // during a trial, whose end decides).
     let mut carrying: Option<Carrying> = None;
     let mut carry_until: Option<Instant> = None;
+    // Set once user space won a trial on a kernel where sockets can leave the splice: the
+    // connection is on its way out to the copy.
+    let mut leaving = false;
     let policy = &limits.splice_carry;
     loop {
         let now = Instant::now();
@@ -152,51 +193,81 @@ async fn watch(
         let mut trial_wake = None;
         if let Some(carry) = carrying.as_mut() {
             if let Err(err) = carry.pump(plane, sockets, metrics) {
-                return Outcome::from_io(err);
+                return Outcome::from_io(err).into();
             }
-            match trials.look_in_user_space(plane, sockets, policy, carry_until, now) {
-                CarriedLook::Carry { next } => trial_wake = next,
-                CarriedLook::Won {
-                    until,
-                    kernel_rate,
-                    user_rate,
-                } => {
-                    metrics.count_splice_trial(true);
-                    carry_until = Some(until);
-                    trial_wake = Some(until);
-                    info!(
-                        client = %peer_name(&sockets.client.stream),
-                        kernel_mb_s = (kernel_rate / 1e6).round(),
-                        user_space_mb_s = (user_rate / 1e6).round(),
-                        stay = ?until.duration_since(now),
-                        "user space carries this connection faster than the kernel splice (the kernel's sending work shares a busy CPU); it stays there for a while"
-                    );
-                }
-                CarriedLook::Return if carry.empty() => {
-                    let reason = match carry_until.take() {
-                        Some(_) => "stay_over",
-                        None => {
-                            metrics.count_splice_trial(false);
-                            "kernel_as_fast"
+            if leaving {
+                match try_leave(carry, plane, sockets) {
+                    Ok(Leaving::Left) => {
+                        metrics.count_splice_move("copy", "faster");
+                        return Watched::Left;
+                    }
+                    // A psock still queues bytes (the kernel gives no wake-up for that).
+                    Ok(Leaving::NotYet) => trial_wake = Some(now + LEAVE_LOOK),
+                    Err(err) => {
+                        return Outcome::Reset {
+                            side: "proxy",
+                            error: format!("leaving the splice: {err}"),
                         }
-                    };
-                    if let Some(carry) = carrying.take()
-                        && let Err(err) = carry.finish(plane, sockets)
-                    {
-                        return Outcome::from_io(err);
-                    }
-                    trials.returned(plane, sockets);
-                    holds.recheck_soon(now);
-                    metrics.count_splice_move("kernel", reason);
-                    if reason == "stay_over" {
-                        debug!(
-                            client = %peer_name(&sockets.client.stream),
-                            "handing the connection back to the kernel splice to measure it again"
-                        );
+                        .into();
                     }
                 }
-                // Bytes read and not yet written would be overtaken: the pump moves them first.
-                CarriedLook::Return => {}
+            } else {
+                match trials.look_in_user_space(plane, sockets, policy, carry_until, now) {
+                    CarriedLook::Carry { next } => trial_wake = next,
+                    CarriedLook::Won {
+                        until,
+                        kernel_rate,
+                        user_rate,
+                    } => {
+                        metrics.count_splice_trial(true);
+                        let unfinished = !finished.to_device && !finished.from_device;
+                        if plane.sockets_can_leave() && unfinished {
+                            leaving = true;
+                            trial_wake = Some(now);
+                            info!(
+                                client = %peer_name(&sockets.client.stream),
+                                kernel_mb_s = (kernel_rate / 1e6).round(),
+                                user_space_mb_s = (user_rate / 1e6).round(),
+                                "user space carries this connection faster than the kernel splice (the kernel's sending work shares a busy CPU); the userspace copy carries it from here"
+                            );
+                        } else {
+                            carry_until = Some(until);
+                            trial_wake = Some(until);
+                            info!(
+                                client = %peer_name(&sockets.client.stream),
+                                kernel_mb_s = (kernel_rate / 1e6).round(),
+                                user_space_mb_s = (user_rate / 1e6).round(),
+                                stay = ?until.duration_since(now),
+                                "user space carries this connection faster than the kernel splice (the kernel's sending work shares a busy CPU); it is carried there, its sockets still in the splice, for a while"
+                            );
+                        }
+                    }
+                    CarriedLook::Return if carry.empty() => {
+                        let reason = match carry_until.take() {
+                            Some(_) => "stay_over",
+                            None => {
+                                metrics.count_splice_trial(false);
+                                "kernel_as_fast"
+                            }
+                        };
+                        if let Some(carry) = carrying.take()
+                            && let Err(err) = carry.finish(plane, sockets)
+                        {
+                            return Outcome::from_io(err).into();
+                        }
+                        trials.returned(plane, sockets);
+                        holds.recheck_soon(now);
+                        metrics.count_splice_move("kernel", reason);
+                        if reason == "stay_over" {
+                            debug!(
+                                client = %peer_name(&sockets.client.stream),
+                                "handing the connection back to the kernel splice to measure it again"
+                            );
+                        }
+                    }
+                    // Bytes read and not yet written would be overtaken: the pump moves them first.
+                    CarriedLook::Return => {}
+                }
             }
         } else {
             drain_wake = match holds.forward(plane, sockets, limits, metrics, now) {
@@ -205,12 +276,13 @@ async fn watch(
                     return Outcome::Reset {
                         side: "proxy",
                         error: format!("forwarding held bytes: {err}"),
-                    };
+                    }
+                    .into();
                 }
             };
             pace_wake = match pacer.look(plane, sockets, limits, &finished, now) {
                 Ok(wake) => wake,
-                Err(err) => return Outcome::from_io(err),
+                Err(err) => return Outcome::from_io(err).into(),
             };
             holds.advance_recheck(now);
             match trials.look_in_kernel(plane, sockets, policy, now) {
@@ -221,12 +293,20 @@ async fn watch(
                         .and_then(|()| Carrying::start(plane, sockets));
                     match started {
                         Ok(carry) => carrying = Some(carry),
-                        Err(err) => return Outcome::from_io(err),
+                        Err(err) => return Outcome::from_io(err).into(),
                     }
                     let label = match reason {
                         MoveReason::Trial => "trial",
                         MoveReason::Forced => {
-                            carry_until = Some(now + policy.stay);
+                            let unfinished = !finished.to_device && !finished.from_device;
+                            if policy.mode == CarryMode::Leave
+                                && plane.sockets_can_leave()
+                                && unfinished
+                            {
+                                leaving = true;
+                            } else {
+                                carry_until = Some(now + policy.stay);
+                            }
                             "forced"
                         }
                     };
@@ -239,11 +319,11 @@ async fn watch(
                     // Move what is there at once.
                     continue;
                 }
-                Err(err) => return Outcome::from_io(err),
+                Err(err) => return Outcome::from_io(err).into(),
             }
         }
         if let Some(outcome) = integrity.check_if_due(plane, sockets, &finished, metrics, now) {
-            return outcome;
+            return outcome.into();
         }
         let mut draining = false;
         for direction in BOTH {
@@ -254,12 +334,12 @@ async fn watch(
                     finished[direction] = true;
                     drain_wait = Duration::from_millis(1);
                 }
-                Err(outcome) => return outcome,
+                Err(outcome) => return outcome.into(),
             }
         }
         if finished.all(|done| *done) {
             holds.discard_all_forwarded(sockets);
-            return Outcome::Completed;
+            return Outcome::Completed.into();
         }
 
         if let Some(idle) = limits.idle_timeout {
@@ -272,7 +352,7 @@ async fn watch(
                 last_bytes = bytes;
                 last_activity = now;
             } else if now.duration_since(last_activity) >= idle {
-                return Outcome::IdleTimeout;
+                return Outcome::IdleTimeout.into();
             }
         }
         let mut wake_at = idle_check.map(|every| now + every);
@@ -317,7 +397,7 @@ async fn watch(
                 () = registration.notified() => break,
                 () = carried => moved = true,
                 () = sleep => {}
-                () = cancel.cancelled() => return Outcome::Cancelled,
+                () = cancel.cancelled() => return Outcome::Cancelled.into(),
             }
             if moved && let Some(carry) = carrying.as_mut() {
                 // A socket of a carried connection is ready: move its bytes and wait again.
@@ -325,7 +405,7 @@ async fn watch(
                 // a source has ended, for its FIN; a look per wake-up cost a third of the
                 // carry's speed.
                 if let Err(err) = carry.pump(plane, sockets, metrics) {
-                    return Outcome::from_io(err);
+                    return Outcome::from_io(err).into();
                 }
                 if carry.source_ended() || wake_at.is_some_and(|at| Instant::now() >= at) {
                     break;
@@ -338,7 +418,7 @@ async fn watch(
             }
             pace_at = match pacer.look(plane, sockets, limits, &finished, now) {
                 Ok(wake) => wake,
-                Err(err) => return Outcome::from_io(err),
+                Err(err) => return Outcome::from_io(err).into(),
             };
             if pace_at.is_none() {
                 // Running at full speed again: a whole look moves everything else on.

@@ -55,6 +55,10 @@ pub enum CarryMode {
     /// At once, and again [`LOOK_STEP`] bytes after each return to the kernel: each connection
     /// alternates between the kernel and user space (to test the move itself).
     Always,
+    /// At once, out of the splice to the copy for good where the kernel allows it (to test
+    /// leaving the splice).
+    #[value(hide = true)]
+    Leave,
 }
 
 /// `--splice-carry`, `--splice-carry-trial` and `--splice-carry-for`.
@@ -73,7 +77,7 @@ impl CarryPolicy {
     pub fn first_look_mark(&self) -> u64 {
         match self.mode {
             CarryMode::Never => 0,
-            CarryMode::Measure | CarryMode::Always => LOOK_STEP,
+            CarryMode::Measure | CarryMode::Always | CarryMode::Leave => LOOK_STEP,
         }
     }
 
@@ -182,11 +186,12 @@ impl Trials {
             let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
             rearm_look_mark(plane, sockets, direction, redirected)?;
             // At once at the start, then every look step in the kernel.
-            if policy.mode == CarryMode::Always && redirected >= self.forced_from[direction] {
+            let forced = matches!(policy.mode, CarryMode::Always | CarryMode::Leave);
+            if forced && redirected >= self.forced_from[direction] {
                 return Ok(KernelLook::Move(MoveReason::Forced));
             }
         }
-        if policy.mode == CarryMode::Always || self.not_before.is_some_and(|at| now < at) {
+        if policy.mode != CarryMode::Measure || self.not_before.is_some_and(|at| now < at) {
             return Ok(KernelLook::Stay { next: None });
         }
         let bytes = bytes_moved(plane, sockets);
