@@ -19,7 +19,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{kernel::KernelPlane, proxy_protocol::HeaderError, session::Sessions, xdp::XdpPlane};
+use crate::{
+    kernel::KernelPlane, proxy_protocol::HeaderError, session::Sessions, splice::LinkTrials,
+    xdp::XdpPlane,
+};
 
 /// Every value of the `result` label of `devicelink_connections_total`.
 pub const RESULTS: [&str; 12] = [
@@ -38,8 +41,9 @@ pub const RESULTS: [&str; 12] = [
 ];
 
 /// Every `(to, reason)` label pair of `devicelink_splice_moves_total`.
-pub const SPLICE_MOVES: [(&str, &str); 5] = [
+pub const SPLICE_MOVES: [(&str, &str); 6] = [
     ("userspace", "trial"),
+    ("userspace", "link"),
     ("copy", "faster"),
     ("userspace", "forced"),
     ("kernel", "kernel_as_fast"),
@@ -105,6 +109,8 @@ pub struct LinkStats {
     spliced: [AtomicU64; Direction::COUNT as usize],
     /// The link's slot in the XDP maps (its drop counter), plus one; 0: none.
     xdp_slot: AtomicU32,
+    /// What its spliced connections' trials found (see the `splice::trial` module).
+    pub trials: LinkTrials,
 }
 
 impl LinkStats {
@@ -458,7 +464,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_moves_total",
             "counter",
-            "Spliced connections moved between the kernel splice and user space, no byte lost or reordered: to user space to measure a busy connection there (reason trial, --splice-carry measure) or at every chance (forced, --splice-carry always); back to the kernel when the trial found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again); and to the copy for the rest of the connection when user space won the trial and the kernel lets sockets leave the splice (to copy, reason faster; the sockets leave the splice then). devicelink_splice_trials_total says which path won the trials.",
+            "Spliced connections moved between the kernel splice and user space, no byte lost or reordered: to user space to measure a busy connection there (reason trial, --splice-carry measure), because another connection of its link was carried faster there lately (link), or at every chance (forced, --splice-carry always); back to the kernel when the trial found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again); and to the copy for the rest of the connection when user space won the trial and the kernel lets sockets leave the splice (to copy, reason faster; the sockets leave the splice then). devicelink_splice_trials_total says which path won the trials.",
         );
         for ((to, reason), count) in SPLICE_MOVES.iter().zip(&self.splice_moves) {
             let _ = writeln!(
@@ -472,7 +478,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_trials_total",
             "counter",
-            "Trials on busy spliced connections (--splice-carry measure): each path carries the connection for --splice-carry-trial and the faster one keeps it (user space must carry 15% more to win: the kernel costs far less CPU).",
+            "Trials on busy spliced connections (--splice-carry measure): each path carries the connection for at least --splice-carry-trial and 32 MiB, and the faster one keeps it (user space must carry 25% more to win: the kernel costs far less CPU).",
         );
         for (faster, slot) in [("kernel", 0), ("userspace", 1)] {
             let _ = writeln!(

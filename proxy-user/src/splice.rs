@@ -32,5 +32,5 @@ mod trial;
 mod watcher;
 
 pub use connection::{Spliced, carry};
-pub use trial::{CarryMode, CarryPolicy};
+pub use trial::{CarryMode, CarryPolicy, LinkTrials};
 pub use watcher::SpliceWatcher;

@@ -144,7 +144,11 @@ fn large_transfer_both_ways(mode: &str, extra: &[&str]) {
         );
     }
     if extra.contains(&"leave") {
-        assert_eq!(left_for_the_copy(&proxy), 1.0, "the connection should have left the splice");
+        assert_eq!(
+            left_for_the_copy(&proxy),
+            1.0,
+            "the connection should have left the splice"
+        );
     }
 }
 

@@ -199,6 +199,10 @@ async fn watch(
                 match try_leave(carry, plane, sockets) {
                     Ok(Leaving::Left) => {
                         metrics.count_splice_move("copy", "faster");
+                        debug!(
+                            client = %peer_name(&sockets.client.stream),
+                            "left the splice; the userspace copy carries the connection from here"
+                        );
                         return Watched::Left;
                     }
                     // A psock still queues bytes (the kernel gives no wake-up for that).
@@ -212,13 +216,21 @@ async fn watch(
                     }
                 }
             } else {
-                match trials.look_in_user_space(plane, sockets, policy, carry_until, now) {
-                    CarriedLook::Carry { next } => trial_wake = next,
-                    CarriedLook::Won {
+                match trials.look_in_user_space(
+                    plane,
+                    sockets,
+                    policy,
+                    &metrics.link.trials,
+                    carry_until,
+                    now,
+                ) {
+                    Err(err) => return Outcome::from_io(err).into(),
+                    Ok(CarriedLook::Carry { next }) => trial_wake = next,
+                    Ok(CarriedLook::Won {
                         until,
                         kernel_rate,
                         user_rate,
-                    } => {
+                    }) => {
                         metrics.count_splice_trial(true);
                         let unfinished = !finished.to_device && !finished.from_device;
                         if plane.sockets_can_leave() && unfinished {
@@ -242,7 +254,7 @@ async fn watch(
                             );
                         }
                     }
-                    CarriedLook::Return if carry.empty() => {
+                    Ok(CarriedLook::Return) if carry.empty() => {
                         let reason = match carry_until.take() {
                             Some(_) => "stay_over",
                             None => {
@@ -266,7 +278,7 @@ async fn watch(
                         }
                     }
                     // Bytes read and not yet written would be overtaken: the pump moves them first.
-                    CarriedLook::Return => {}
+                    Ok(CarriedLook::Return) => {}
                 }
             }
         } else {
@@ -285,7 +297,7 @@ async fn watch(
                 Err(err) => return Outcome::from_io(err).into(),
             };
             holds.advance_recheck(now);
-            match trials.look_in_kernel(plane, sockets, policy, now) {
+            match trials.look_in_kernel(plane, sockets, policy, &metrics.link.trials, now) {
                 Ok(KernelLook::Stay { next }) => trial_wake = next,
                 Ok(KernelLook::Move(reason)) => {
                     let started = pacer
@@ -297,6 +309,19 @@ async fn watch(
                     }
                     let label = match reason {
                         MoveReason::Trial => "trial",
+                        MoveReason::Link => {
+                            let unfinished = !finished.to_device && !finished.from_device;
+                            if plane.sockets_can_leave() && unfinished {
+                                leaving = true;
+                            } else {
+                                carry_until = Some(now + policy.stay_after(trials.wins));
+                            }
+                            info!(
+                                client = %peer_name(&sockets.client.stream),
+                                "another busy connection of this link was carried faster in user space than by the kernel splice: this one follows"
+                            );
+                            "link"
+                        }
                         MoveReason::Forced => {
                             let unfinished = !finished.to_device && !finished.from_device;
                             if policy.mode == CarryMode::Leave

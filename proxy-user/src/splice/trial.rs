@@ -8,36 +8,62 @@
 //! copy is the faster path (see "The default data plane on VNC" in docs/benchmarks.md). A
 //! single bulk stream is the opposite case: the splice carries more, at a small part of the
 //! CPU. Which case a connection is in depends on where its peers run and what else runs there,
-//! which the proxy cannot see, so it measures: a connection that moved at least
-//! [`BUSY_BYTES_PER_SECOND`] through the kernel for one `--splice-carry-trial` window is carried
-//! in user space for another, and the two rates are compared. If user space carried at least
-//! [`FASTER_BY`] more, the connection stays there for `--splice-carry-for` (doubled each time a
-//! later trial says so again, up to 64 times), then the kernel path is measured again;
-//! otherwise it goes back at once and the next trial waits [`FIRST_BACKOFF`], doubled after
-//! each trial the kernel won.
+//! which the proxy cannot see, so it measures, counting bytes delivered (entered into the
+//! targets' send queues, not merely taken in by the kernel):
+//!
+//! 1. A connection that delivered at least [`BUSY_BYTES_PER_SECOND`] through the kernel over a
+//!    window (`--splice-carry-trial` and [`WINDOW_BYTES`]) is carried in user space, its
+//!    sockets still in the splice (the `carry` module); once the kernel has sent what it queued
+//!    before, a second window measures user space.
+//! 2. If user space delivered [`FASTER_BY`] more, the connection leaves the splice for the copy
+//!    where the kernel allows it (the `leave` module), or else stays carried for
+//!    `--splice-carry-for` (doubled each time a later trial says so again, up to 64 times)
+//!    before the kernel is measured again. Its link remembers the win ([`LinkTrials`]).
+//! 3. Otherwise it goes back to the kernel at once, and the next trial waits
+//!    [`FIRST_BACKOFF`], doubled after each trial the kernel won.
 //!
 //! The verdict program wakes the connection's task every [`LOOK_STEP`] bytes it redirects, so a
 //! connection that moves nothing costs nothing, and the kernel window of a busy one starts at
 //! such a wake-up.
 
-use std::{io, time::Duration};
+use std::{
+    io,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use devicelink_proxy_common::{Direction, LOOK_STEP, SpliceCredit};
 use tokio::time::Instant;
 
 use super::{
     direction::{BOTH, PerDirection},
-    socket::Sockets,
+    socket::{Sockets, bytes_entered, target_caught_up},
 };
 use crate::kernel::KernelPlane;
 
 /// The least a connection must move (both directions together) for a trial to be worth making:
-/// a slower one leaves both paths idle most of the time and either carries it as fast.
-pub(super) const BUSY_BYTES_PER_SECOND: u64 = 64 << 20;
+/// a slower one (an interactive session, a stream across the internet) leaves both paths idle
+/// most of the time and either carries it as fast. Eight VNC viewers sharing one server move
+/// about 40 MB/s each through the splice on the bench, which the copy carries three times as
+/// fast: the bar stays well under that.
+pub(super) const BUSY_BYTES_PER_SECOND: u64 = 8 << 20;
 
-/// How much more user space must carry in its window for the connection to stay there: less is
-/// within what the traffic itself varies, and the kernel path costs far less CPU.
-pub(super) const FASTER_BY: f64 = 1.15;
+/// How much more user space must carry in its window for the connection to leave the kernel:
+/// less is within what one bulk stream's rate varies between two windows on a busy machine, and
+/// the kernel path costs far less CPU. A VNC viewer sharing its server's CPU with the kernel's
+/// sending work was carried 1.5x faster in user space, with the sockets still in the splice.
+pub(super) const FASTER_BY: f64 = 1.25;
+
+/// The least each window of a trial measures, beyond `--splice-carry-trial`: a VNC server
+/// serving several viewers sends each a whole frame (8 MB at 1080p) now and then, so a short
+/// window holds a frame or none.
+const WINDOW_BYTES: u64 = 32 << 20;
+
+/// The longest a window waits for [`WINDOW_BYTES`], in `--splice-carry-trial`s.
+const WINDOW_MAX_TRIALS: u32 = 10;
 
 /// How long after a trial the kernel won the next one may start; doubled after each such trial.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -98,19 +124,78 @@ fn backoff_after(losses: u32) -> Duration {
 pub(super) enum MoveReason {
     /// To measure it there (a trial).
     Trial,
+    /// Another busy connection of its link was carried faster in user space lately.
+    Link,
     /// `--splice-carry always`.
     Forced,
 }
 
-/// The connection's bytes so far, both directions, whichever path moved them.
-pub(super) fn bytes_moved(plane: &KernelPlane, sockets: &Sockets) -> u64 {
+/// What one link's connections learn from each other's trials: when user space last won one.
+///
+/// A link's connections share their device, and with it the CPU the device's bytes arrive on,
+/// where the kernel's sending work for all of them runs. When several busy connections share a
+/// sender (a VNC server with eight viewers) the sender serves them in turn, so moving one of
+/// them out barely changes its own rate, and its trial cannot show what moving them all does;
+/// but once one connection of the link was measured faster in user space, the others' sending
+/// work is on the same busy CPU. So a busy connection of a link whose user space won a trial
+/// within `--splice-carry-for` follows without a trial of its own.
+#[derive(Debug, Default)]
+pub struct LinkTrials {
+    /// Milliseconds from the process's first trial to the last won by user space, plus one;
+    /// 0: never.
+    user_space_won_at: AtomicU64,
+}
+
+/// The instant trial times are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl LinkTrials {
+    fn user_space_won(&self, now: Instant) {
+        let at = now.saturating_duration_since(epoch()).as_millis() as u64 + 1;
+        self.user_space_won_at.store(at, Ordering::Relaxed);
+    }
+
+    fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
+        match self.user_space_won_at.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let won = epoch() + Duration::from_millis(at - 1);
+                now.saturating_duration_since(won) <= within
+            }
+        }
+    }
+}
+
+/// The connection's bytes delivered so far, both directions: what entered the targets' send
+/// queues, whichever path put them there. Bytes the kernel redirected but still queues on a
+/// psock are not delivered yet: counting those would credit a splice whose worker falls behind
+/// with bytes it has only taken in.
+pub(super) fn bytes_delivered(sockets: &Sockets) -> io::Result<u64> {
     BOTH.into_iter()
-        .map(|direction| {
-            let src = sockets.source(direction);
-            plane.link_bytes(src.cookie).0 + src.user_read
-        })
+        .map(|direction| bytes_entered(sockets.target(direction)))
         .sum()
 }
+
+/// Whether every byte the kernel redirected has entered its target, both ways.
+fn caught_up(plane: &KernelPlane, sockets: &Sockets) -> io::Result<bool> {
+    for direction in BOTH {
+        let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
+        if !target_caught_up(sockets.target(direction), redirected)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The longest a trial waits for the kernel to send what it queued before the move, before its
+/// user-space window starts anyway.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a trial looks whether the kernel has sent what it queued before the move.
+const CATCH_UP_LOOK: Duration = Duration::from_millis(1);
 
 /// One measuring window: bytes moved since `at`.
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +205,15 @@ struct Window {
 }
 
 impl Window {
+    /// Whether the window has measured enough at `now`, with `bytes` delivered: its trial time
+    /// and [`WINDOW_BYTES`], or ten trial times.
+    fn done(&self, now: Instant, bytes: u64, trial: Duration) -> bool {
+        let elapsed = now.duration_since(self.at);
+        elapsed >= trial
+            && (bytes.saturating_sub(self.bytes) >= WINDOW_BYTES
+                || elapsed >= trial * WINDOW_MAX_TRIALS)
+    }
+
     /// Bytes per second from the window's start to `now`, at `bytes`.
     fn rate(&self, now: Instant, bytes: u64) -> f64 {
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-6);
@@ -156,8 +250,9 @@ pub(super) enum CarriedLook {
 pub(super) struct Trials {
     /// The kernel window open now, if any.
     kernel_window: Option<Window>,
-    /// While in user space for a trial: the kernel's rate and the user-space window.
-    trial: Option<(f64, Window)>,
+    /// While in user space for a trial: the kernel's rate, when the move was made, and the
+    /// user-space window once it started (when the kernel has sent what it queued before).
+    trial: Option<(f64, Instant, Option<Window>)>,
     /// When the next trial may start.
     not_before: Option<Instant>,
     /// Trials in a row the kernel won.
@@ -177,6 +272,7 @@ impl Trials {
         plane: &KernelPlane,
         sockets: &mut Sockets,
         policy: &CarryPolicy,
+        link: &LinkTrials,
         now: Instant,
     ) -> io::Result<KernelLook> {
         if policy.mode == CarryMode::Never {
@@ -194,7 +290,13 @@ impl Trials {
         if policy.mode != CarryMode::Measure || self.not_before.is_some_and(|at| now < at) {
             return Ok(KernelLook::Stay { next: None });
         }
-        let bytes = bytes_moved(plane, sockets);
+        if self.kernel_window.is_none() && link.user_space_won_within(now, policy.stay) {
+            // Bytes are moving (a wake-up), on a link whose user space won lately: follow at
+            // once rather than after a window of waiting for the same busy CPU.
+            self.wins += 1;
+            return Ok(KernelLook::Move(MoveReason::Link));
+        }
+        let bytes = bytes_delivered(sockets)?;
         let Some(window) = self.kernel_window else {
             // A wake-up means bytes are moving: measure from here.
             self.kernel_window = Some(Window { at: now, bytes });
@@ -202,9 +304,9 @@ impl Trials {
                 next: Some(now + policy.trial),
             });
         };
-        if now < window.at + policy.trial {
+        if !window.done(now, bytes, policy.trial) {
             return Ok(KernelLook::Stay {
-                next: Some(window.at + policy.trial),
+                next: Some(now.max(window.at + policy.trial) + CATCH_UP_LOOK * 10),
             });
         }
         let rate = window.rate(now, bytes);
@@ -213,7 +315,7 @@ impl Trials {
             // Not busy enough to be worth a trial: the next wake-up opens a new window.
             return Ok(KernelLook::Stay { next: None });
         }
-        self.trial = Some((rate, Window { at: now, bytes }));
+        self.trial = Some((rate, now, None));
         Ok(KernelLook::Move(MoveReason::Trial))
     }
 
@@ -224,30 +326,47 @@ impl Trials {
         plane: &KernelPlane,
         sockets: &Sockets,
         policy: &CarryPolicy,
+        link: &LinkTrials,
         until: Option<Instant>,
         now: Instant,
-    ) -> CarriedLook {
-        let Some((kernel_rate, window)) = self.trial else {
-            return match until {
+    ) -> io::Result<CarriedLook> {
+        let Some((kernel_rate, moved_at, window)) = self.trial else {
+            return Ok(match until {
                 Some(until) if now < until => CarriedLook::Carry { next: Some(until) },
                 _ => CarriedLook::Return,
-            };
+            });
         };
-        if now < window.at + policy.trial {
-            return CarriedLook::Carry {
-                next: Some(window.at + policy.trial),
-            };
+        let Some(window) = window else {
+            // User space writes nothing until the kernel has sent what it queued before the
+            // move; that wait is the kernel's, not the copy's.
+            if caught_up(plane, sockets)? || now >= moved_at + CATCH_UP_WAIT {
+                let bytes = bytes_delivered(sockets)?;
+                self.trial = Some((kernel_rate, moved_at, Some(Window { at: now, bytes })));
+                return Ok(CarriedLook::Carry {
+                    next: Some(now + policy.trial),
+                });
+            }
+            return Ok(CarriedLook::Carry {
+                next: Some(now + CATCH_UP_LOOK),
+            });
+        };
+        let bytes = bytes_delivered(sockets)?;
+        if !window.done(now, bytes, policy.trial) {
+            return Ok(CarriedLook::Carry {
+                next: Some(now.max(window.at + policy.trial) + CATCH_UP_LOOK * 10),
+            });
         }
         self.trial = None;
-        let user_rate = window.rate(now, bytes_moved(plane, sockets));
+        let user_rate = window.rate(now, bytes);
         if user_rate >= kernel_rate * FASTER_BY {
             self.wins += 1;
             self.losses = 0;
-            return CarriedLook::Won {
+            link.user_space_won(now);
+            return Ok(CarriedLook::Won {
                 until: now + policy.stay_after(self.wins),
                 kernel_rate,
                 user_rate,
-            };
+            });
         }
         self.losses += 1;
         self.not_before = Some(now + backoff_after(self.losses));
@@ -256,7 +375,7 @@ impl Trials {
             user_space_mb_s = user_rate / 1e6,
             "the kernel splice carries this connection as fast as user space: it stays in the kernel"
         );
-        CarriedLook::Return
+        Ok(CarriedLook::Return)
     }
 
     /// Starts over after the connection came back to the kernel: the next kernel window opens
@@ -320,6 +439,37 @@ mod tests {
         assert_eq!(policy(CarryMode::Never).first_look_mark(), 0);
         assert_eq!(policy(CarryMode::Measure).first_look_mark(), LOOK_STEP);
         assert_eq!(policy(CarryMode::Always).first_look_mark(), LOOK_STEP);
+    }
+
+    #[test]
+    fn a_win_counts_for_the_link_for_the_stay() {
+        let link = LinkTrials::default();
+        let now = Instant::now();
+        let stay = Duration::from_secs(10);
+        assert!(!link.user_space_won_within(now, stay), "no win yet");
+        link.user_space_won(now);
+        assert!(link.user_space_won_within(now + Duration::from_secs(9), stay));
+        assert!(!link.user_space_won_within(now + Duration::from_secs(11), stay));
+    }
+
+    #[test]
+    fn a_window_ends_after_its_time_and_enough_bytes_or_ten_times_its_time() {
+        let start = Instant::now();
+        let trial = Duration::from_millis(100);
+        let window = Window {
+            at: start,
+            bytes: 0,
+        };
+        assert!(
+            !window.done(start + trial / 2, WINDOW_BYTES, trial),
+            "too short"
+        );
+        assert!(
+            !window.done(start + trial, WINDOW_BYTES - 1, trial),
+            "too few bytes"
+        );
+        assert!(window.done(start + trial, WINDOW_BYTES, trial));
+        assert!(window.done(start + trial * WINDOW_MAX_TRIALS, 0, trial));
     }
 
     #[test]

@@ -107,22 +107,6 @@ enum Started {
 /// A config file removed on drop.
 struct TempFile(PathBuf);
 
-impl Drop for Started {
-    fn drop(&mut self) {
-        if let Started::Devicelink { _proxy } = self
-            && std::env::var_os("DIAG").is_some()
-        {
-            for line in
-                _proxy.process.log().lines().filter(|l| {
-                    l.contains("carr") || l.contains("kernel splice") || l.contains("DIAG")
-                })
-            {
-                eprintln!("DIAG {line}");
-            }
-        }
-    }
-}
-
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
