@@ -143,6 +143,13 @@ fn iperf3_through_the_ebpf_splice() {
     iperf3_through("ebpf");
 }
 
+/// The default data plane: busy streams are measured on both paths mid-transfer (and may leave
+/// the splice for the copy); iperf3 must see every stream through.
+#[test]
+fn iperf3_through_the_default_data_plane() {
+    iperf3_through("auto");
+}
+
 #[test]
 fn iperf3_through_the_userspace_copy() {
     iperf3_through("userspace");

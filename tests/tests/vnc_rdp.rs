@@ -78,6 +78,10 @@ fn direct_reference(topology: &Topology) -> Frame {
 }
 
 fn vnc_frames_match_the_direct_path(mode: &str) {
+    vnc_frames_match_the_direct_path_pulling(mode, FRAMES_PER_VIEWER);
+}
+
+fn vnc_frames_match_the_direct_path_pulling(mode: &str, frames_per_viewer: usize) {
     let topology = Topology::new(&format!("vnc{mode}")).expect("topology");
     let _xvnc = Xvnc::start(&topology.device, Topology::device_addr(VNC_PORT))
         .unwrap_or_else(|e| panic!("starting Xvnc: {e:#}"));
@@ -95,7 +99,7 @@ fn vnc_frames_match_the_direct_path(mode: &str) {
                 let mut client =
                     connected.unwrap_or_else(|e| panic!("viewer {viewer} through the link: {e:#}"));
                 let mut differing = Vec::new();
-                for frame in 0..FRAMES_PER_VIEWER {
+                for frame in 0..frames_per_viewer {
                     let got = client
                         .full_frame()
                         .unwrap_or_else(|e| panic!("viewer {viewer}, frame {frame}: {e:#}"));
@@ -115,12 +119,29 @@ fn vnc_frames_match_the_direct_path(mode: &str) {
         );
     }
 
-    let frame_bytes = (1920 * 1080 * 4 * VIEWERS * FRAMES_PER_VIEWER) as f64;
+    let frame_bytes = (1920 * 1080 * 4 * VIEWERS * frames_per_viewer) as f64;
     let from_device = proxy.metric("devicelink_bytes_total{direction=\"from_device\"}");
     assert!(
         from_device >= frame_bytes,
         "{mode}: the proxy should have carried every frame ({frame_bytes} bytes), reports {from_device}"
     );
+    if mode == "auto" {
+        let moved = ["trial", "link"]
+            .map(|reason| {
+                proxy.metric(&format!(
+                    "devicelink_splice_moves_total{{to=\"userspace\",reason=\"{reason}\"}}"
+                ))
+            })
+            .iter()
+            .sum::<f64>();
+        let won = proxy.metric("devicelink_splice_trials_total{faster=\"userspace\"}");
+        let left = proxy.metric("devicelink_splice_moves_total{to=\"copy\",reason=\"faster\"}");
+        eprintln!("auto: {moved} moves to user space, {won} trials won there, {left} left the splice");
+        assert!(
+            moved >= 1.0,
+            "busy VNC viewers through the default data plane should have been measured in user space"
+        );
+    }
     if mode == "ebpf" {
         // Each viewer's connection is counted by the path that carried it once it is over.
         let deadline = Instant::now() + TIMEOUT;
@@ -145,6 +166,15 @@ fn vnc_frames_match_the_direct_path(mode: &str) {
 #[test]
 fn vnc_full_frames_through_the_ebpf_splice_match_the_direct_path() {
     vnc_frames_match_the_direct_path("ebpf");
+}
+
+/// The default data plane (`auto`): the busy viewers are measured on both paths (and may leave
+/// the splice for the copy mid-session, which of the two wins depends on where the CPUs are
+/// busy); every frame must still match the direct path's.
+#[test]
+fn vnc_full_frames_through_the_default_data_plane_match_the_direct_path() {
+    // Enough frames (about 3 x 240 MB) for each viewer's trial to finish mid-session.
+    vnc_frames_match_the_direct_path_pulling("auto", 30);
 }
 
 #[test]
