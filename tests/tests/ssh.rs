@@ -91,6 +91,13 @@ fn ssh_and_scp_through_the_ebpf_splice() {
     ssh_through_proxy("ebpf");
 }
 
+/// The default data plane: a 48 MiB scp is busy enough to be measured on both paths
+/// mid-transfer (and may leave the splice); both files must arrive whole.
+#[test]
+fn ssh_and_scp_through_the_default_data_plane() {
+    ssh_through_proxy("auto");
+}
+
 #[test]
 fn ssh_and_scp_through_the_userspace_copy() {
     ssh_through_proxy("userspace");
