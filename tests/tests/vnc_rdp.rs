@@ -136,7 +136,9 @@ fn vnc_frames_match_the_direct_path_pulling(mode: &str, frames_per_viewer: usize
             .sum::<f64>();
         let won = proxy.metric("devicelink_splice_trials_total{faster=\"userspace\"}");
         let left = proxy.metric("devicelink_splice_moves_total{to=\"copy\",reason=\"faster\"}");
-        eprintln!("auto: {moved} moves to user space, {won} trials won there, {left} left the splice");
+        eprintln!(
+            "auto: {moved} moves to user space, {won} trials won there, {left} left the splice"
+        );
         assert!(
             moved >= 1.0,
             "busy VNC viewers through the default data plane should have been measured in user space"
