@@ -137,8 +137,9 @@ pub(super) enum MoveReason {
 /// sender (a VNC server with eight viewers) the sender serves them in turn, so moving one of
 /// them out barely changes its own rate, and its trial cannot show what moving them all does;
 /// but once one connection of the link was measured faster in user space, the others' sending
-/// work is on the same busy CPU. So a busy connection of a link whose user space won a trial
-/// within `--splice-carry-for` follows without a trial of its own.
+/// work is on the same busy CPU. So within `--splice-carry-for` of a win, a connection of the
+/// link follows at its next look (after 2 MiB moved through the kernel), without a trial of its
+/// own: the copy is never the slower path there, only the costlier one.
 #[derive(Debug, Default)]
 pub struct LinkTrials {
     /// Milliseconds from the process's first trial to the last won by user space, plus one;
@@ -319,8 +320,8 @@ impl Trials {
         Ok(KernelLook::Move(MoveReason::Trial))
     }
 
-    /// A look while user space carries the connection, which it has done since `since` and is
-    /// to do until `until` unless a trial decides.
+    /// A look while user space carries the connection: judges the trial in progress, or, for a
+    /// connection carried after a win, says whether its stay (`until`) is over.
     pub(super) fn look_in_user_space(
         &mut self,
         plane: &KernelPlane,
