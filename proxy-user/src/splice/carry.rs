@@ -2,7 +2,8 @@
 //! move the `trial` module decides on.
 //!
 //! Taking a socket out of the hash mid-connection is not safe on every kernel (reads can fail
-//! after it leaves), so the sockets stay in and the verdict program is told to hold every byte
+//! after it leaves; where it is safe, the `leave` module does it once user space won a trial),
+//! so while carrying, the sockets stay in and the verdict program is told to hold every byte
 //! (`SpliceCredit::carry`): it passes each skb to its own socket, where `recv` reads it, and the
 //! proxy writes it to the peer, woken by the sockets themselves through tokio. No byte is
 //! reordered: a direction writes nothing until every byte the kernel redirected before has

@@ -198,6 +198,9 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// How often a trial looks whether the kernel has sent what it queued before the move.
 const CATCH_UP_LOOK: Duration = Duration::from_millis(1);
 
+/// How often an open window looks whether it has measured enough, once its time is up.
+const WINDOW_LOOK: Duration = Duration::from_millis(10);
+
 /// One measuring window: bytes moved since `at`.
 #[derive(Clone, Copy, Debug)]
 struct Window {
@@ -307,7 +310,7 @@ impl Trials {
         };
         if !window.done(now, bytes, policy.trial) {
             return Ok(KernelLook::Stay {
-                next: Some(now.max(window.at + policy.trial) + CATCH_UP_LOOK * 10),
+                next: Some(now.max(window.at + policy.trial) + WINDOW_LOOK),
             });
         }
         let rate = window.rate(now, bytes);
@@ -354,7 +357,7 @@ impl Trials {
         let bytes = bytes_delivered(sockets)?;
         if !window.done(now, bytes, policy.trial) {
             return Ok(CarriedLook::Carry {
-                next: Some(now.max(window.at + policy.trial) + CATCH_UP_LOOK * 10),
+                next: Some(now.max(window.at + policy.trial) + WINDOW_LOOK),
             });
         }
         self.trial = None;
