@@ -762,6 +762,20 @@ mod tests {
     }
 
     #[test]
+    fn splice_timings_take_short_durations_and_name_the_flag_otherwise() {
+        let args = parse(&["--splice-carry-trial", "250ms", "--splice-carry-for", "2s"]).unwrap();
+        assert_eq!(args.splice_carry_trial, Duration::from_millis(250));
+        assert_eq!(args.splice_carry_for, Duration::from_secs(2));
+        for bad in ["soon", "10", "5m"] {
+            let text = error_text(&["--splice-carry-trial", bad]);
+            assert!(
+                text.contains("--splice-carry-trial") && text.contains("us, ms or s"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_are_what_a_devicelink_takes() {
         let args = parse(&["--idle-timeout", "1h30m", "--connect-timeout", "2s"]).unwrap();
         assert_eq!(

@@ -191,6 +191,8 @@ async fn watch(
         let mut drain_wake = None;
         let mut pace_wake = None;
         let mut trial_wake = None;
+        // Out of the splice only before either FIN was passed on (the copy passes its own).
+        let can_leave = plane.sockets_can_leave() && !finished.to_device && !finished.from_device;
         if let Some(carry) = carrying.as_mut() {
             if let Err(err) = carry.pump(plane, sockets, metrics) {
                 return Outcome::from_io(err).into();
@@ -232,8 +234,7 @@ async fn watch(
                         user_rate,
                     }) => {
                         metrics.count_splice_trial(true);
-                        let unfinished = !finished.to_device && !finished.from_device;
-                        if plane.sockets_can_leave() && unfinished {
+                        if can_leave {
                             leaving = true;
                             trial_wake = Some(now);
                             info!(
@@ -310,8 +311,7 @@ async fn watch(
                     let label = match reason {
                         MoveReason::Trial => "trial",
                         MoveReason::Link => {
-                            let unfinished = !finished.to_device && !finished.from_device;
-                            if plane.sockets_can_leave() && unfinished {
+                            if can_leave {
                                 leaving = true;
                             } else {
                                 carry_until = Some(now + policy.stay_after(trials.wins));
@@ -323,11 +323,7 @@ async fn watch(
                             "link"
                         }
                         MoveReason::Forced => {
-                            let unfinished = !finished.to_device && !finished.from_device;
-                            if policy.mode == CarryMode::Leave
-                                && plane.sockets_can_leave()
-                                && unfinished
-                            {
+                            if policy.mode == CarryMode::Leave && can_leave {
                                 leaving = true;
                             } else {
                                 carry_until = Some(now + policy.stay);

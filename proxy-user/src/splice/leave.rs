@@ -15,8 +15,7 @@ use std::io;
 
 use super::{
     carry::Carrying,
-    direction::BOTH,
-    socket::{Sockets, target_caught_up},
+    socket::{Sockets, both_caught_up},
 };
 use crate::{kernel::KernelPlane, sockopt};
 
@@ -35,7 +34,7 @@ pub(super) fn try_leave(
     plane: &KernelPlane,
     sockets: &Sockets,
 ) -> io::Result<Leaving> {
-    if !carry.empty() || !all_moved(plane, sockets)? {
+    if !carry.empty() || !all_held_read(plane, sockets) || !both_caught_up(plane, sockets)? {
         return Ok(Leaving::NotYet);
     }
     for socket in sockets.both() {
@@ -70,19 +69,4 @@ fn all_held_read(plane: &KernelPlane, sockets: &Sockets) -> bool {
     sockets.both().into_iter().all(|socket| {
         socket.to_discard == 0 && plane.link_bytes(socket.cookie).1 == socket.user_read
     })
-}
-
-/// Whether, in both directions, every held byte was read and every byte redirected or written
-/// has entered the target's send queue.
-fn all_moved(plane: &KernelPlane, sockets: &Sockets) -> io::Result<bool> {
-    if !all_held_read(plane, sockets) {
-        return Ok(false);
-    }
-    for direction in BOTH {
-        let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
-        if !target_caught_up(sockets.target(direction), redirected)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -97,14 +97,7 @@ impl Pacer {
         limits: &CarryLimits,
     ) -> io::Result<()> {
         for src in sockets.both_mut() {
-            if src.pacing.paced {
-                sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
-                src.pacing.paced = false;
-            }
-            if src.pacing.clamp_failed {
-                sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
-                src.pacing.clamp_failed = false;
-            }
+            run_at_full_speed(src, limits)?;
         }
         self.watch = PerDirection::default();
         Ok(())
@@ -268,14 +261,7 @@ fn pace(
         }
         return Ok(Some(queued - pace_at));
     }
-    if src.pacing.paced {
-        sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
-        src.pacing.paced = false;
-    }
-    if src.pacing.clamp_failed {
-        sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
-        src.pacing.clamp_failed = false;
-    }
+    run_at_full_speed(src, limits)?;
     // The receiver keeps up (or caught up): move both marks on from what is queued now. The
     // limit is a bound on what is queued, not a budget of bytes: without this a direction
     // whose receiver keeps up would still stop at every `limit` bytes. The next notice comes at
@@ -290,6 +276,20 @@ fn pace(
     };
     src.grant(plane, credit)?;
     Ok(None)
+}
+
+/// Lifts whatever slows the sender feeding `src`: its window clamp, or the small receive
+/// buffer a failed clamp left.
+fn run_at_full_speed(src: &mut SplicedSocket, limits: &CarryLimits) -> io::Result<()> {
+    if src.pacing.paced {
+        sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
+        src.pacing.paced = false;
+    }
+    if src.pacing.clamp_failed {
+        sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
+        src.pacing.clamp_failed = false;
+    }
+    Ok(())
 }
 
 /// The window clamp a paced socket gets back: the one it had when pacing began, or its receive

@@ -6,7 +6,7 @@ use std::{io, net::TcpStream as StdTcpStream};
 
 use devicelink_proxy_common::{Direction, SpliceCredit};
 
-use super::pace::Pacing;
+use super::{direction::BOTH, pace::Pacing};
 use crate::{kernel::KernelPlane, sockopt};
 
 /// One socket of a spliced pair, with what user space itself moved through it.
@@ -118,6 +118,18 @@ pub(super) fn bytes_entered(target: &SplicedSocket) -> io::Result<u64> {
 /// space) has entered its send queue, so that bytes written to it now go behind all of them.
 pub(super) fn target_caught_up(target: &SplicedSocket, redirected: u64) -> io::Result<bool> {
     Ok(bytes_entered(target)? == redirected + target.user_written)
+}
+
+/// Whether, both ways, every byte the kernel redirected (and user space wrote) has entered the
+/// target's send queue: nothing waits in a psock.
+pub(super) fn both_caught_up(plane: &KernelPlane, sockets: &Sockets) -> io::Result<bool> {
+    for direction in BOTH {
+        let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
+        if !target_caught_up(sockets.target(direction), redirected)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Bytes of a direction inside the proxy: put on their way to its `target` (redirected by the

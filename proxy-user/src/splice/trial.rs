@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use super::{
     direction::{BOTH, PerDirection},
-    socket::{Sockets, bytes_entered, target_caught_up},
+    socket::{Sockets, both_caught_up, bytes_entered},
 };
 use crate::kernel::KernelPlane;
 
@@ -178,17 +178,6 @@ pub(super) fn bytes_delivered(sockets: &Sockets) -> io::Result<u64> {
     BOTH.into_iter()
         .map(|direction| bytes_entered(sockets.target(direction)))
         .sum()
-}
-
-/// Whether every byte the kernel redirected has entered its target, both ways.
-fn caught_up(plane: &KernelPlane, sockets: &Sockets) -> io::Result<bool> {
-    for direction in BOTH {
-        let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
-        if !target_caught_up(sockets.target(direction), redirected)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The longest a trial waits for the kernel to send what it queued before the move, before its
@@ -343,7 +332,7 @@ impl Trials {
         let Some(window) = window else {
             // User space writes nothing until the kernel has sent what it queued before the
             // move; that wait is the kernel's, not the copy's.
-            if caught_up(plane, sockets)? || now >= moved_at + CATCH_UP_WAIT {
+            if both_caught_up(plane, sockets)? || now >= moved_at + CATCH_UP_WAIT {
                 let bytes = bytes_delivered(sockets)?;
                 self.trial = Some((kernel_rate, moved_at, Some(Window { at: now, bytes })));
                 return Ok(CarriedLook::Carry {
