@@ -38,6 +38,9 @@ pub struct CarryLimits {
     pub copy_socket_buffer: u32,
     /// `--splice-carry*`: when a spliced connection is carried in user space for a while.
     pub splice_carry: CarryPolicy,
+    /// The mark that routes a spliced device socket to its quick-ACK route
+    /// (`--device-quickack`), if the proxy keeps those routes.
+    pub spliced_device_mark: Option<u32>,
 }
 
 /// How a carried connection ended.

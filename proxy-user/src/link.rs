@@ -97,6 +97,9 @@ pub struct Carrier {
     pub copy_socket_buffer: u32,
     /// Connections all links carry together, fitted to the memory budget.
     pub max_connections: u32,
+    /// The mark a device socket carries while the kernel splices it, when the proxy keeps
+    /// quick-ACK routes to the devices (`--device-quickack`, eBPF planes; see `route`).
+    pub spliced_device_mark: Option<u32>,
 }
 
 /// Why a session was closed by the proxy rather than by its peers; said in the audit line.

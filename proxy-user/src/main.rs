@@ -198,8 +198,11 @@ async fn run(config: Config, plans: MemoryPlans, links: Option<Vec<Link>>) -> an
         splice_carry: process.splice_carry,
         copy_socket_buffer: u32::try_from(plans.copy.socket_buffer).unwrap_or(u32::MAX),
         max_connections: plan.max_connections,
+        spliced_device_mark: (process.device_quickack
+            && matches!(data_plane, DataPlane::Kernel { .. }))
+        .then_some(devicelink_proxy::route::QUICKACK_MARK),
     });
-    let table = LinkTable::spawn(carrier, process.device_quickack);
+    let table = LinkTable::spawn(carrier);
 
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

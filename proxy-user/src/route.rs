@@ -1,4 +1,5 @@
-//! A host route to the device with TCP quick ACKs, for the life of the proxy (eBPF mode).
+//! Quick ACKs toward the device for spliced connections only, for the life of the proxy (eBPF
+//! mode).
 //!
 //! Why: a socket whose bytes the splice takes (`tcp_read_skb`) is not read by anyone, so the
 //! ACK a reader's `recvmsg` would send when it empties the queue never comes; TCP falls back to
@@ -6,13 +7,20 @@
 //! device that sends bursts (VNC or RDP frames) under BBR then holds back its next bytes until a
 //! late ACK arrives: stalls of tens of milliseconds on many frames. Capping the delay
 //! (`TCP_DELACK_MAX_US`, 8 ms at the least) does not remove them; quick-ACK mode, which only a
-//! route's `quickack` metric turns on for good, does (docs/data-plane.md). The
-//! proxy's device connections are the only ones its pod makes to the device, so a host route
-//! for the device's address, copied from the route the kernel picks for it now plus that
-//! metric, changes nothing else. The proxy adds it only if no route for exactly that address
-//! exists, and deletes it when it stops.
+//! route's `quickack` metric turns on for good, does (docs/data-plane.md).
 //!
-//! Plain rtnetlink (`RTM_GETROUTE`, `RTM_NEWROUTE`, `RTM_DELROUTE`): the proxy image has no `ip`.
+//! Only for spliced sockets: a connection the proxy reads (carried in user space, or moved to the
+//! copy) ACKs as a reader does, and an ACK for every segment there costs the device and the
+//! copy (docs/benchmarks.md). TCP takes the metric from the socket's route when it routes, so
+//! the route is chosen by the socket's mark: a host route to the device, copied from the route
+//! the kernel picks for it now plus that metric, goes into a table of the proxy's own
+//! ([`QUICKACK_TABLE`]), and a rule sends sockets marked [`QUICKACK_MARK`] there. The splice
+//! marks a device socket while the kernel carries it and clears the mark when user space takes
+//! it; changing a socket's mark makes the kernel route it again at its next segment. Nothing
+//! else in the namespace is routed differently; the table and the rule go when the proxy stops.
+//!
+//! Plain rtnetlink (`RTM_GETROUTE`, `RTM_NEWROUTE`, `RTM_DELROUTE`, `RTM_NEWRULE`,
+//! `RTM_DELRULE`): the proxy image has no `ip`.
 
 use std::{
     io,
@@ -24,8 +32,8 @@ use tracing::{info, warn};
 
 use libc::{
     RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_UNSPEC, RTA_DST, RTA_GATEWAY,
-    RTA_METRICS, RTA_OIF, RTA_PREFSRC, RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_F_FIB_MATCH,
-    RTM_GETROUTE, RTM_NEWROUTE, RTN_UNICAST,
+    RTA_METRICS, RTA_OIF, RTA_PREFSRC, RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_DELRULE, RTM_GETROUTE,
+    RTM_NEWROUTE, RTM_NEWRULE, RTN_UNICAST,
 };
 
 const NLMSG_HDR_LEN: usize = size_of::<libc::nlmsghdr>();
@@ -48,10 +56,28 @@ const RTAX_QUICKACK: u16 = 15;
 /// A next hop on the link even if no route makes it reachable (`RTNH_F_ONLINK` in
 /// `linux/rtnetlink.h`): libc does not define the `RTNH_F_*` flags.
 const RTNH_F_ONLINK: u32 = 4;
-/// The protocol the proxy's routes are marked with (`ip route` shows `proto 201`), so that a
-/// route left by a proxy that was killed (a container restart keeps the pod's namespace) is
-/// told from an administrator's and taken over. Unassigned in iproute2's `rt_protos`.
+/// The protocol the proxy's routes and rule are marked with (`ip route` and `ip rule` show
+/// `proto 201`), so that what a killed proxy left (a container restart keeps the pod's
+/// namespace) is recognised and taken over. Unassigned in iproute2's `rt_protos`.
 const RTPROT_DEVICELINK: u8 = 201;
+
+/// The routing table that holds the quick-ACK routes (`ip route show table 2010`). Only the
+/// rule below leads there, so its routes change nothing for unmarked sockets.
+pub const QUICKACK_TABLE: u32 = 2010;
+/// The socket mark of a device socket the kernel splices (`ss -e` shows `fwmark:0x2010`).
+/// Clear of the bits CNIs and kube-proxy mark with (0x0f00, 0x4000, 0x8000, 0xffff0000).
+pub const QUICKACK_MARK: u32 = 0x2010;
+/// The rule's place: after rules an administrator adds at the usual low numbers (so their
+/// policy routing still decides where marked sockets go), before `main` (32766).
+const QUICKACK_RULE_PRIORITY: u32 = 32000;
+
+// `linux/fib_rules.h`, which libc does not cover.
+const FRA_PRIORITY: u16 = 6;
+const FRA_FWMARK: u16 = 10;
+const FRA_TABLE: u16 = 15;
+const FRA_FWMASK: u16 = 16;
+const FRA_PROTOCOL: u16 = 21;
+const FR_ACT_TO_TBL: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -65,64 +91,43 @@ pub enum RouteError {
     Malformed(&'static str),
 }
 
-/// The route this proxy added; deleted on drop.
+/// A quick-ACK route to one device address in [`QUICKACK_TABLE`]; deleted on drop.
 #[derive(Debug)]
 pub struct QuickAckRoute {
     addr: IpAddr,
-    table: u32,
 }
 
 impl QuickAckRoute {
-    /// Adds a host route to `addr` with `quickack 1`, copied from the route the kernel uses for
-    /// it now (table, interface, gateway, preferred source, metrics). `Ok(None)` when a route
-    /// for exactly that address already exists: someone else's, left alone.
-    pub fn add(addr: IpAddr) -> Result<Option<Self>, RouteError> {
+    /// Adds a host route to `addr` with `quickack 1` to [`QUICKACK_TABLE`], copied from the
+    /// route the kernel uses for it now (interface, gateway, preferred source, metrics). One
+    /// an earlier run left there is taken over.
+    pub fn add(addr: IpAddr) -> Result<Self, RouteError> {
         let socket = Netlink::open()?;
         let found = socket.get_route(addr)?;
         if found.route_type != RTN_UNICAST {
             return Err(RouteError::NotUnicast(addr, found.route_type));
         }
-        let added = socket.add_route(addr, &found, NLM_F_CREATE | NLM_F_EXCL);
-        match added {
-            Ok(()) => {
-                info!(
-                    device = %addr,
-                    table = found.table,
-                    "added a host route to the device with quick ACKs (the splice does not ACK as promptly as a read; see --device-quickack)"
-                );
-                Ok(Some(Self {
-                    addr,
-                    table: found.table,
-                }))
-            }
+        match socket.add_route(addr, &found, NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => info!(
+                device = %addr,
+                table = QUICKACK_TABLE,
+                "added a quick-ACK route to the device for spliced connections (the splice does not ACK as promptly as a read; see --device-quickack)"
+            ),
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                let existing = socket.get_fib_match(addr)?;
-                let (_, full, _) = family_and_bytes(addr);
-                if existing.dst_len == full && existing.protocol == RTPROT_DEVICELINK {
-                    // Left by an earlier run of the proxy that could not remove it.
-                    socket.add_route(addr, &found, NLM_F_REPLACE)?;
-                    info!(device = %addr, "took over the quick-ACK route an earlier run left");
-                    return Ok(Some(Self {
-                        addr,
-                        table: found.table,
-                    }));
-                }
-                info!(
-                    device = %addr,
-                    "a route for exactly the device's address exists already; left as it is (no quick ACKs added)"
-                );
-                Ok(None)
+                // Left by an earlier run of the proxy that could not remove it.
+                socket.add_route(addr, &found, NLM_F_REPLACE)?;
+                info!(device = %addr, "took over the quick-ACK route an earlier run left");
             }
-            Err(err) => Err(err.into()),
+            Err(err) => return Err(err.into()),
         }
+        Ok(Self { addr })
     }
 }
 
 impl Drop for QuickAckRoute {
     fn drop(&mut self) {
-        let removed = Netlink::open().and_then(|socket| {
-            socket.request(&del_route_message(self.addr, self.table), RTM_DELROUTE)
-        });
+        let removed = Netlink::open()
+            .and_then(|socket| socket.request(&del_route_message(self.addr), RTM_DELROUTE));
         match removed {
             Ok(()) => info!(device = %self.addr, "removed the device's quick-ACK route"),
             // Someone removed it already: nothing left behind either way.
@@ -130,6 +135,73 @@ impl Drop for QuickAckRoute {
             Err(err) => {
                 warn!(device = %self.addr, %err, "could not remove the device's quick-ACK route")
             }
+        }
+    }
+}
+
+/// An address family the quick-ACK rule is kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    fn af(self) -> u8 {
+        match self {
+            Self::V4 => libc::AF_INET as u8,
+            Self::V6 => libc::AF_INET6 as u8,
+        }
+    }
+}
+
+/// The rule that leads sockets marked [`QUICKACK_MARK`] of one family to [`QUICKACK_TABLE`];
+/// deleted on drop.
+#[derive(Debug)]
+pub struct QuickAckRule {
+    family: Family,
+}
+
+impl QuickAckRule {
+    /// Adds the rule for `family`; one an earlier run left is taken over.
+    pub fn add(family: Family) -> Result<Self, RouteError> {
+        let socket = Netlink::open()?;
+        match socket.request(
+            &rule_message(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, family),
+            RTM_NEWRULE,
+        ) {
+            Ok(()) => info!(
+                ?family,
+                mark = QUICKACK_MARK,
+                table = QUICKACK_TABLE,
+                priority = QUICKACK_RULE_PRIORITY,
+                "added the rule that leads spliced device sockets to their quick-ACK routes"
+            ),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                info!(?family, "took over the quick-ACK rule an earlier run left")
+            }
+            Err(err) => return Err(err.into()),
+        }
+        Ok(Self { family })
+    }
+}
+
+impl Drop for QuickAckRule {
+    fn drop(&mut self) {
+        let removed = Netlink::open().and_then(|socket| {
+            socket.request(&rule_message(RTM_DELRULE, 0, self.family), RTM_DELRULE)
+        });
+        match removed {
+            Ok(()) => info!(family = ?self.family, "removed the quick-ACK rule"),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(err) => warn!(family = ?self.family, %err, "could not remove the quick-ACK rule"),
         }
     }
 }
@@ -246,12 +318,7 @@ impl Netlink {
 
     /// The route the kernel would use to reach `addr` (its result: interface, gateway, source).
     fn get_route(&self, addr: IpAddr) -> Result<FoundRoute, RouteError> {
-        self.query(addr, get_route_message(addr, 0))
-    }
-
-    /// The routing table entry that matches `addr` (its prefix length and protocol).
-    fn get_fib_match(&self, addr: IpAddr) -> Result<FoundRoute, RouteError> {
-        self.query(addr, get_route_message(addr, RTM_F_FIB_MATCH))
+        self.query(addr, get_route_message(addr))
     }
 
     fn query(&self, addr: IpAddr, message: Vec<u8>) -> Result<FoundRoute, RouteError> {
@@ -406,10 +473,9 @@ fn rtmsg(family: u8, dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) 
     ]
 }
 
-fn get_route_message(addr: IpAddr, rtm_flags: u32) -> Vec<u8> {
+fn get_route_message(addr: IpAddr) -> Vec<u8> {
     let (family, full, bytes) = family_and_bytes(addr);
-    let mut header = rtmsg(family, full, RT_TABLE_UNSPEC, 0, 0, 0);
-    header[8..12].copy_from_slice(&rtm_flags.to_ne_bytes());
+    let header = rtmsg(family, full, RT_TABLE_UNSPEC, 0, 0, 0);
     let mut message = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST, header);
     message.attribute(RTA_DST, &bytes);
     message.finish()
@@ -436,7 +502,7 @@ fn new_route_message(addr: IpAddr, found: &FoundRoute, flags: u16) -> Vec<u8> {
         ),
     );
     message.attribute(RTA_DST, &bytes);
-    message.attribute(RTA_TABLE, &found.table.to_ne_bytes());
+    message.attribute(RTA_TABLE, &QUICKACK_TABLE.to_ne_bytes());
     if let Some(oif) = found.oif {
         message.attribute(RTA_OIF, &oif.to_ne_bytes());
     }
@@ -457,7 +523,7 @@ fn new_route_message(addr: IpAddr, found: &FoundRoute, flags: u16) -> Vec<u8> {
     message.finish()
 }
 
-fn del_route_message(addr: IpAddr, table: u32) -> Vec<u8> {
+fn del_route_message(addr: IpAddr) -> Vec<u8> {
     let (family, full, bytes) = family_and_bytes(addr);
     let mut message = MessageBuilder::new(
         RTM_DELROUTE,
@@ -473,7 +539,22 @@ fn del_route_message(addr: IpAddr, table: u32) -> Vec<u8> {
         ),
     );
     message.attribute(RTA_DST, &bytes);
-    message.attribute(RTA_TABLE, &table.to_ne_bytes());
+    message.attribute(RTA_TABLE, &QUICKACK_TABLE.to_ne_bytes());
+    message.finish()
+}
+
+/// `RTM_NEWRULE` (with `flags`) or `RTM_DELRULE` for the quick-ACK rule of `family`: `fwmark
+/// QUICKACK_MARK lookup QUICKACK_TABLE pref QUICKACK_RULE_PRIORITY proto 201`.
+fn rule_message(kind: u16, flags: u16, family: Family) -> Vec<u8> {
+    // `struct fib_rule_hdr`: family, dst_len, src_len, tos, table, res1, res2, action, flags;
+    // the same size and layout as `rtmsg`.
+    let header = [family.af(), 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0];
+    let mut message = MessageBuilder::new(kind, NLM_F_REQUEST | NLM_F_ACK | flags, header);
+    message.attribute(FRA_PRIORITY, &QUICKACK_RULE_PRIORITY.to_ne_bytes());
+    message.attribute(FRA_FWMARK, &QUICKACK_MARK.to_ne_bytes());
+    message.attribute(FRA_FWMASK, &u32::MAX.to_ne_bytes());
+    message.attribute(FRA_TABLE, &QUICKACK_TABLE.to_ne_bytes());
+    message.attribute(FRA_PROTOCOL, &[RTPROT_DEVICELINK]);
     message.finish()
 }
 
@@ -511,7 +592,7 @@ mod tests {
         assert_eq!(payload[6], RT_SCOPE_UNIVERSE, "via a gateway");
         let parsed = parse_route(payload).unwrap();
         assert_eq!(parsed.protocol, RTPROT_DEVICELINK, "marked as the proxy's");
-        assert_eq!(parsed.table, 254);
+        assert_eq!(parsed.table, QUICKACK_TABLE, "in the proxy's own table");
         assert_eq!(parsed.oif, Some(7));
         assert_eq!(parsed.gateway, found.gateway);
         assert_eq!(parsed.prefsrc, found.prefsrc);
@@ -542,8 +623,31 @@ mod tests {
     }
 
     #[test]
+    fn rule_leads_marked_sockets_to_the_quickack_table() {
+        let message = rule_message(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, Family::V6);
+        let (kind, payload) = messages(&message).next().unwrap();
+        assert_eq!(kind, RTM_NEWRULE);
+        assert_eq!(payload[0], libc::AF_INET6 as u8);
+        assert_eq!(payload[7], FR_ACT_TO_TBL);
+        let attrs: Vec<_> = attributes(&payload[RTMSG_LEN..])
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        let u32_of = |kind| {
+            attrs
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, v)| u32::from_ne_bytes(v[..4].try_into().unwrap()))
+        };
+        assert_eq!(u32_of(FRA_FWMARK), Some(QUICKACK_MARK));
+        assert_eq!(u32_of(FRA_FWMASK), Some(u32::MAX));
+        assert_eq!(u32_of(FRA_TABLE), Some(QUICKACK_TABLE));
+        assert_eq!(u32_of(FRA_PRIORITY), Some(QUICKACK_RULE_PRIORITY));
+        assert!(attrs.contains(&(FRA_PROTOCOL, vec![RTPROT_DEVICELINK])));
+    }
+
+    #[test]
     fn truncated_answers_end_iteration_instead_of_panicking() {
-        let message = get_route_message("10.0.0.1".parse().unwrap(), RTM_F_FIB_MATCH);
+        let message = get_route_message("10.0.0.1".parse().unwrap());
         for cut in 0..message.len() {
             let _ = messages(&message[..cut]).count();
             let _ = attributes(&message[NLMSG_HDR_LEN.min(cut)..cut]).count();

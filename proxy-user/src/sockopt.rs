@@ -156,6 +156,12 @@ pub fn set_linger_reset(sock: &impl AsRawFd) -> io::Result<()> {
     set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
 }
 
+/// Sets the socket's mark (`SO_MARK`, needs CAP_NET_ADMIN): policy routing rules match it, and a
+/// change makes the kernel route the socket again at its next segment.
+pub fn set_mark(sock: &impl AsRawFd, mark: u32) -> io::Result<()> {
+    set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, &mark)
+}
+
 /// Makes a blocking receive give up (`EAGAIN`) after `timeout`.
 pub fn set_receive_timeout(sock: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
     let timeval = libc::timeval {

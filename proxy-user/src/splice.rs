@@ -27,6 +27,7 @@ mod integrity;
 mod leave;
 mod nonblocking;
 mod pace;
+mod quick_acks;
 mod socket;
 mod trial;
 mod watcher;

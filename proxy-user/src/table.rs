@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::DataPlane,
     errors::causes,
     events::{Event, EventKind},
     link::{self, Carrier, Link, RunningLink, close_reason},
@@ -94,18 +93,18 @@ pub struct TableStopped;
 
 impl LinkTable {
     /// Starts the table's task; it carries no link until the first [`LinkTable::apply`].
-    pub fn spawn(carrier: Arc<Carrier>, device_quickack: bool) -> Self {
+    pub fn spawn(carrier: Arc<Carrier>) -> Self {
         let (commands, receiver) = mpsc::channel(16);
         let (status_tx, status) = watch::channel(Arc::new(Vec::new()));
         let table = Table {
             carrier,
-            device_quickack,
             desired: BTreeMap::new(),
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             free_slots: BTreeSet::new(),
             next_slot: 0,
             routes: HashMap::new(),
+            quickack_rules: BTreeMap::new(),
             status: status_tx,
         };
         tokio::spawn(table.run(receiver));
@@ -155,7 +154,6 @@ struct Running {
 
 struct Table {
     carrier: Arc<Carrier>,
-    device_quickack: bool,
     desired: BTreeMap<String, Link>,
     running: BTreeMap<String, Running>,
     /// Links that should run but could not start, and why.
@@ -164,6 +162,9 @@ struct Table {
     next_slot: u32,
     /// Quick-ACK host routes to the devices of active links (eBPF mode), by device address.
     routes: HashMap<IpAddr, route::QuickAckRoute>,
+    /// The rule that leads spliced device sockets to those routes, per family in use. Dropped
+    /// after the routes it leads to.
+    quickack_rules: BTreeMap<route::Family, route::QuickAckRule>,
     status: watch::Sender<Arc<Vec<LinkStatus>>>,
 }
 
@@ -370,7 +371,7 @@ impl Table {
     /// Quick-ACK routes to the devices of active links, added for new addresses and removed for
     /// addresses no active link uses any more (see `route`).
     async fn update_routes(&mut self) {
-        if !self.device_quickack || !matches!(self.carrier.data_plane, DataPlane::Kernel { .. }) {
+        if self.carrier.spliced_device_mark.is_none() {
             return;
         }
         let mut wanted: BTreeSet<IpAddr> = BTreeSet::new();
@@ -404,15 +405,34 @@ impl Table {
             }
         }
         self.routes.retain(|addr, _| wanted.contains(addr));
+        let families: BTreeSet<route::Family> =
+            wanted.iter().copied().map(route::Family::of).collect();
+        self.quickack_rules
+            .retain(|family, _| families.contains(family));
+        for family in families {
+            if self.quickack_rules.contains_key(&family) {
+                continue;
+            }
+            match route::QuickAckRule::add(family) {
+                Ok(rule) => {
+                    self.quickack_rules.insert(family, rule);
+                }
+                Err(err) => warn!(
+                    ?family,
+                    "no quick-ACK rule ({err}); the splice delays its ACKs to the device, which slows bursty devices (VNC/RDP); --device-quickack off silences this"
+                ),
+            }
+        }
         for addr in wanted {
-            if self.routes.contains_key(&addr) {
+            if self.routes.contains_key(&addr)
+                || !self.quickack_rules.contains_key(&route::Family::of(addr))
+            {
                 continue;
             }
             match route::QuickAckRoute::add(addr) {
-                Ok(Some(route)) => {
+                Ok(route) => {
                     self.routes.insert(addr, route);
                 }
-                Ok(None) => {}
                 // A device on this host (loopback, say) is reached through the local table,
                 // which a route of ours would not override; nothing to do.
                 Err(err @ route::RouteError::NotUnicast(..)) => {

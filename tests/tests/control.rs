@@ -19,6 +19,10 @@ use devicelink_testbed::{
 
 const DEVICE_PORT: u16 = 7100;
 const PROXY_PORT: u16 = 2323;
+/// The quick-ACK routes' table and the mark of a spliced device socket, as `ip` and `ss` show
+/// them (docs/data-plane.md).
+const QUICKACK_TABLE: &str = "2010";
+const QUICKACK_MARK: &str = "0x2010";
 
 fn front() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(PROXY_FRONT_V4), PROXY_PORT)
@@ -710,13 +714,70 @@ fn sigterm_detaches_everything() {
     assert!(!pinned, "nothing of devicelink should be pinned");
 }
 
-/// The routes in the proxy's namespace for exactly the device's address, one per line.
+/// The proxy's quick-ACK routes for exactly the device's address (its own table), one per line.
 fn device_host_routes(topology: &Topology, device: IpAddr) -> String {
     let family = if device.is_ipv4() { "-4" } else { "-6" };
     topology
         .proxy
-        .ip(&[family, "route", "show", "exact", &device.to_string()])
+        .ip(&[
+            family,
+            "route",
+            "show",
+            "table",
+            QUICKACK_TABLE,
+            "exact",
+            &device.to_string(),
+        ])
+        .unwrap_or_default()
+}
+
+/// The rule leading marked sockets to the quick-ACK table, as `ip rule` shows it.
+fn quickack_rules(topology: &Topology, family: &str) -> String {
+    topology
+        .proxy
+        .ip(&[family, "rule", "show", "table", QUICKACK_TABLE])
+        .unwrap_or_default()
+}
+
+/// The route the proxy's namespace takes to `device` for a socket with `mark`.
+fn route_used(topology: &Topology, device: IpAddr, mark: &str) -> String {
+    topology
+        .proxy
+        .ip(&["route", "get", &device.to_string(), "mark", mark])
         .unwrap()
+}
+
+/// `ss -e` lines of the proxy's TCP sockets connected to the device.
+fn device_sockets(topology: &Topology, device: SocketAddr) -> String {
+    let out = topology
+        .proxy
+        .command("ss")
+        .args(["-tnHe", "state", "established", "dst", &device.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A client connection through the proxy that has echoed `bytes` both ways, held open.
+fn echoed_connection(topology: &Topology, bytes: usize) -> TcpStream {
+    topology
+        .client
+        .run(move || {
+            let mut stream = TcpStream::connect(front())?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let sent: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+            let writer = {
+                let mut stream = stream.try_clone()?;
+                let sent = sent.clone();
+                std::thread::spawn(move || stream.write_all(&sent))
+            };
+            let mut echoed = vec![0u8; bytes];
+            stream.read_exact(&mut echoed)?;
+            writer.join().expect("writer")?;
+            assert!(echoed == sent, "echoed intact");
+            std::io::Result::Ok(stream)
+        })
+        .expect("echo through the proxy")
 }
 
 /// Kills `proxy` outright (it cannot remove its route), checks the route stays, starts the
@@ -725,22 +786,28 @@ fn killed_runs_route_is_taken_over(topology: &Topology, mut proxy: Proxy, device
     proxy.process.signal(libc::SIGKILL);
     let _ = proxy.process.wait_timeout(Duration::from_secs(5));
     drop(proxy);
+    let family = if device.is_ipv4() { "-4" } else { "-6" };
     assert!(device_host_routes(topology, device.ip()).contains("quickack 1"));
+    assert!(quickack_rules(topology, family).contains(QUICKACK_MARK));
     let proxy = Proxy::start(topology, front(), device, ProxyOptions::default())
         .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let log = proxy.process.log();
     assert!(
-        proxy.process.log().contains("took over"),
-        "{}",
-        proxy.process.log()
+        log.contains("took over the quick-ACK route")
+            && log.contains("took over the quick-ACK rule"),
+        "{log}"
     );
     drop(proxy);
     assert_eq!(device_host_routes(topology, device.ip()).trim(), "");
+    assert_eq!(quickack_rules(topology, family).trim(), "");
 }
 
-/// In eBPF mode the proxy adds a host route to the device with `quickack 1` (spliced bytes are
-/// never read, so TCP would delay its ACKs to the device), for both families, removes it when it
-/// stops, takes over one a killed run left behind, and leaves an administrator's route alone.
-/// The userspace copy (whose reads ACK promptly) and `--device-quickack off` add none.
+/// In eBPF mode the proxy adds a host route to the device with `quickack 1` to a table of its
+/// own, and a rule leading sockets with its mark there (spliced bytes are never read, so TCP
+/// would delay its ACKs to the device), for both families; a spliced device socket carries the
+/// mark, one user space carries does not. Both go when the proxy stops; what a killed run left
+/// is taken over; an administrator's route is copied, never changed. The userspace copy (whose
+/// reads ACK promptly) and `--device-quickack off` add none.
 #[test]
 fn device_quickack_route_lives_with_the_proxy() {
     let topology = topology("qack");
@@ -756,33 +823,71 @@ fn device_quickack_route_lives_with_the_proxy() {
         route.contains("quickack 1") && route.contains("proto 201"),
         "a quick-ACK route while running:\n{route}"
     );
-    let used = topology
-        .proxy
-        .ip(&["route", "get", &v4.to_string()])
-        .unwrap();
-    assert!(used.contains("quickack 1"), "the kernel uses it:\n{used}");
-    let client = topology.client.spawn(|| {
-        let mut stream = TcpStream::connect(front()).unwrap();
-        echo_once(&mut stream)
-    });
-    client.join().unwrap().expect("echo through the proxy");
+    let rule = quickack_rules(&topology, "-4");
+    assert!(
+        rule.contains(&format!("fwmark {QUICKACK_MARK}")),
+        "a rule for marked sockets:\n{rule}"
+    );
+    let used = route_used(&topology, v4, QUICKACK_MARK);
+    assert!(
+        used.contains("quickack 1"),
+        "marked sockets use it:\n{used}"
+    );
+    let unmarked = route_used(&topology, v4, "0");
+    assert!(
+        !unmarked.contains("quickack"),
+        "other sockets do not:\n{unmarked}"
+    );
+    // A spliced connection's device socket carries the mark.
+    let spliced = echoed_connection(&topology, 4);
+    let sockets = device_sockets(&topology, device());
+    assert!(
+        sockets.contains(&format!("fwmark:{QUICKACK_MARK}")),
+        "a spliced device socket is marked:\n{sockets}"
+    );
+    drop(spliced);
     drop(proxy);
     assert_eq!(
         device_host_routes(&topology, v4).trim(),
         "",
         "removed when the proxy stops"
     );
+    assert_eq!(quickack_rules(&topology, "-4").trim(), "", "the rule too");
+
+    // A connection user space carries (moved there after its first 2 MiB) is not marked.
+    let proxy = start(
+        &topology,
+        front(),
+        ProxyOptions {
+            extra: extra(&["--splice-carry", "always", "--splice-carry-for", "60s"]),
+            ..ProxyOptions::default()
+        },
+    );
+    let carried = echoed_connection(&topology, 8 << 20);
+    let sockets = device_sockets(&topology, device());
+    assert!(
+        !sockets.is_empty() && !sockets.contains("fwmark"),
+        "a device socket user space carries is not marked:\n{sockets}\n{}",
+        proxy.process.log()
+    );
+    drop(carried);
+    drop(proxy);
 
     // IPv6 device.
     let proxy = Proxy::start(&topology, front(), device_v6, ProxyOptions::default())
         .unwrap_or_else(|e| panic!("proxy: {e:#}"));
     let route = device_host_routes(&topology, v6);
     assert!(route.contains("quickack 1"), "IPv6 too:\n{route}");
+    let rule = quickack_rules(&topology, "-6");
+    assert!(
+        rule.contains(&format!("fwmark {QUICKACK_MARK}")),
+        "IPv6 rule:\n{rule}"
+    );
 
     // A proxy killed outright leaves its route; the next run takes it over and removes it.
     killed_runs_route_is_taken_over(&topology, proxy, device_v6);
 
-    // An administrator's route for exactly that address is neither changed nor removed.
+    // An administrator's route for exactly that address is copied, neither changed nor removed.
     let on_link = format!("{v4}");
     topology
         .proxy
@@ -792,13 +897,26 @@ fn device_quickack_route_lives_with_the_proxy() {
             &on_link,
             "dev",
             devicelink_testbed::PROXY_BACK_IFACE,
+            "mtu",
+            "1400",
         ])
         .unwrap();
-    let before = device_host_routes(&topology, v4);
+    let main_route = || {
+        topology
+            .proxy
+            .ip(&["-4", "route", "show", "exact", &on_link])
+            .unwrap()
+    };
+    let before = main_route();
     let proxy = start(&topology, front(), ProxyOptions::default());
-    assert_eq!(device_host_routes(&topology, v4), before, "left alone");
+    let copied = device_host_routes(&topology, v4);
+    assert!(
+        copied.contains("mtu 1400") && copied.contains("quickack 1"),
+        "copied with its metrics:\n{copied}"
+    );
+    assert_eq!(main_route(), before, "left alone");
     drop(proxy);
-    assert_eq!(device_host_routes(&topology, v4), before, "not removed");
+    assert_eq!(main_route(), before, "not removed");
     topology.proxy.ip(&["route", "del", &on_link]).unwrap();
 
     // A device behind a gateway that only an `onlink` route reaches (as some CNIs route pods):

@@ -373,6 +373,7 @@ async fn serve_client(
         splice_max_queued: carrier.splice_max_queued,
         copy_socket_buffer: carrier.copy_socket_buffer,
         splice_carry: carrier.splice_carry,
+        spliced_device_mark: carrier.spliced_device_mark,
     };
     let counters = ConnectionCounters {
         process: Arc::clone(&carrier.metrics),

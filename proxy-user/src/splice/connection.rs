@@ -17,6 +17,7 @@ use super::{
     integrity::IntegrityChecks,
     leave::{Leaving, try_leave},
     pace::Pacer,
+    quick_acks::{self, Reader},
     socket::Sockets,
     trial::{CarriedLook, CarryMode, KernelLook, MoveReason, Trials},
     watcher::SpliceWatcher,
@@ -114,6 +115,7 @@ pub async fn carry(
         Err(EnterError::Io(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
     sockets.client.read_before = client_read_before;
+    quick_acks::follow(&sockets, limits.spliced_device_mark, Reader::Kernel);
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
     let watched = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
     // The kernel's counts go with the link entries below: keep them for the session's record.
@@ -268,6 +270,7 @@ async fn watch(
                         {
                             return Outcome::from_io(err).into();
                         }
+                        quick_acks::follow(sockets, limits.spliced_device_mark, Reader::Kernel);
                         trials.returned(plane, sockets);
                         holds.recheck_soon(now);
                         metrics.count_splice_move("kernel", reason);
@@ -308,6 +311,7 @@ async fn watch(
                         Ok(carry) => carrying = Some(carry),
                         Err(err) => return Outcome::from_io(err).into(),
                     }
+                    quick_acks::follow(sockets, limits.spliced_device_mark, Reader::UserSpace);
                     let label = match reason {
                         MoveReason::Trial => "trial",
                         MoveReason::Link => {
