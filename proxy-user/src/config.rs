@@ -168,11 +168,12 @@ pub struct Args {
     #[arg(long, value_name = "BYTES|auto", default_value = "auto", value_parser = crate::memory::parse_budget)]
     pub memory_budget: BudgetChoice,
 
-    /// eBPF mode: add a host route to the device (copied from the route in use, plus
-    /// `quickack 1`) while the proxy runs, so the device's data is ACKed at once. Spliced bytes
-    /// are never read, so TCP otherwise delays those ACKs, and a device sending frames (VNC,
-    /// RDP) under BBR stalls tens of milliseconds on many of them. Needs CAP_NET_ADMIN (which
-    /// eBPF mode has); an existing route for exactly that address is left alone.
+    /// eBPF mode: ACK the device's data at once while the kernel splices a connection. Spliced
+    /// bytes are never read, so TCP otherwise delays those ACKs, and a device sending frames
+    /// (VNC, RDP) under BBR stalls tens of milliseconds on many of them. While the proxy runs,
+    /// a host route to the device (copied from the route in use, plus `quickack 1`) in table
+    /// 2010 and a rule `fwmark 0x2010 lookup 2010`; spliced device sockets carry that mark,
+    /// ones user space reads do not. Needs CAP_NET_ADMIN (which eBPF mode has).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub device_quickack: Switch,
 
