@@ -19,7 +19,7 @@ use super::{
     pace::Pacer,
     quick_acks::{self, Reader},
     socket::Sockets,
-    trial::{CarriedLook, CarryMode, KernelLook, MoveReason, Trials},
+    trial::{CarriedLook, CarryMode, KernelLook, MoveReason, ReturnReason, Trials},
     watcher::SpliceWatcher,
 };
 use crate::{
@@ -257,13 +257,33 @@ async fn watch(
                             );
                         }
                     }
-                    Ok(CarriedLook::Return) if carry.empty() => {
-                        let reason = match carry_until.take() {
-                            Some(_) => "stay_over",
-                            None => {
+                    Ok(CarriedLook::LinkWon { until }) => {
+                        if can_leave {
+                            leaving = true;
+                            trial_wake = Some(now);
+                        } else {
+                            carry_until = Some(until);
+                            trial_wake = Some(until);
+                        }
+                        info!(
+                            client = %peer_name(&sockets.client.stream),
+                            "the link's trial, which this connection was carried for, found user space faster than the kernel splice: {}",
+                            if can_leave {
+                                "the userspace copy carries it from here"
+                            } else {
+                                "it stays carried there, its sockets still in the splice, for a while"
+                            }
+                        );
+                    }
+                    Ok(CarriedLook::Return(why)) if carry.empty() => {
+                        carry_until = None;
+                        let reason = match why {
+                            ReturnReason::StayOver => "stay_over",
+                            ReturnReason::TrialLost => {
                                 metrics.count_splice_trial(false);
                                 "kernel_as_fast"
                             }
+                            ReturnReason::LinkTrialLost => "kernel_as_fast",
                         };
                         if let Some(carry) = carrying.take()
                             && let Err(err) = carry.finish(plane, sockets)
@@ -282,7 +302,7 @@ async fn watch(
                         }
                     }
                     // Bytes read and not yet written would be overtaken: the pump moves them first.
-                    Ok(CarriedLook::Return) => {}
+                    Ok(CarriedLook::Return(_)) => {}
                 }
             }
         } else {
@@ -314,6 +334,7 @@ async fn watch(
                     quick_acks::follow(sockets, limits.spliced_device_mark, Reader::UserSpace);
                     let label = match reason {
                         MoveReason::Trial => "trial",
+                        MoveReason::JoinTrial => "link_trial",
                         MoveReason::Link => {
                             if can_leave {
                                 leaving = true;

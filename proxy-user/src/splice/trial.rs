@@ -14,12 +14,16 @@
 //! 1. A connection that delivered at least [`BUSY_BYTES_PER_SECOND`] through the kernel over a
 //!    window (`--splice-carry-trial` and [`WINDOW_BYTES`]) is carried in user space, its
 //!    sockets still in the splice (the `carry` module); once the kernel has sent what it queued
-//!    before, a second window measures user space.
+//!    before, a second window measures user space. The link's other busy connections are
+//!    carried in user space with it until its trial ends ([`LinkTrials`]): they share its
+//!    sender and the CPU its bytes arrive on, so only with all of them moved does one
+//!    connection's rate show what the copy would give.
 //! 2. If user space delivered [`FASTER_BY`] more, the connection leaves the splice for the copy
 //!    where the kernel allows it (the `leave` module), or else stays carried for
 //!    `--splice-carry-for` (doubled each time a later trial says so again, up to 64 times)
-//!    before the kernel is measured again. Its link remembers the win ([`LinkTrials`]).
-//! 3. Otherwise it goes back to the kernel at once, and the next trial waits
+//!    before the kernel is measured again. Its link remembers the win, and the link's other
+//!    busy connections go with it.
+//! 3. Otherwise they all go back to the kernel at once, and the link's next trial waits
 //!    [`FIRST_BACKOFF`], doubled after each trial the kernel won.
 //!
 //! The verdict program wakes the connection's task every [`LOOK_STEP`] bytes it redirects, so a
@@ -30,7 +34,7 @@ use std::{
     io,
     sync::{
         OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -114,6 +118,13 @@ impl CarryPolicy {
     }
 }
 
+/// The longest a trial can last: the kernel's catching up, then a user-space window that runs
+/// to its limit. The link's other connections are carried for it no longer than that, should
+/// the connection on trial close before it ends.
+fn longest_trial(policy: &CarryPolicy) -> Duration {
+    CATCH_UP_WAIT + policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK
+}
+
 /// How long the next trial waits after the kernel won `losses` trials in a row.
 fn backoff_after(losses: u32) -> Duration {
     FIRST_BACKOFF * 2u32.pow(losses.saturating_sub(1).min(MAX_DOUBLINGS))
@@ -126,25 +137,38 @@ pub(super) enum MoveReason {
     Trial,
     /// Another busy connection of its link was carried faster in user space lately.
     Link,
+    /// Another connection of its link is on trial: carried in user space with it until the
+    /// trial ends.
+    JoinTrial,
     /// `--splice-carry always`.
     Forced,
 }
 
-/// What one link's connections learn from each other's trials: when user space last won one.
+/// One link's trials, shared by its connections: the one running now, when user space last
+/// won one, and when the next may start.
 ///
 /// A link's connections share their device, and with it the CPU the device's bytes arrive on,
 /// where the kernel's sending work for all of them runs. When several busy connections share a
 /// sender (a VNC server with eight viewers) the sender serves them in turn, so moving one of
-/// them out barely changes its own rate, and its trial cannot show what moving them all does;
-/// but once one connection of the link was measured faster in user space, the others' sending
-/// work is on the same busy CPU. So within `--splice-carry-for` of a win, a connection of the
-/// link follows at its next look (after 2 MiB moved through the kernel), without a trial of its
-/// own: the copy is never the slower path there, only the costlier one.
+/// them out barely changes its own rate (33.8 against 40.9 MB/s for one of eight viewers), and
+/// its trial alone cannot show what moving them all does. So a link runs one trial at a time,
+/// and while it runs, each of the link's other busy connections is carried in user space too
+/// from its next look (after 2 MiB moved through the kernel); the verdict is the link's. Within
+/// `--splice-carry-for` of a win, a connection of the link follows at its next look without a
+/// trial of its own: the copy is never the slower path there, only the costlier one. After a
+/// trial the kernel won, the link's next one waits [`FIRST_BACKOFF`], doubled each time.
 #[derive(Debug, Default)]
 pub struct LinkTrials {
     /// Milliseconds from the process's first trial to the last won by user space, plus one;
     /// 0: never.
     user_space_won_at: AtomicU64,
+    /// While a trial runs: the latest it can end (same clock), plus one; 0: none. A connection
+    /// that closes mid-trial leaves it to run out.
+    trial_until: AtomicU64,
+    /// When the next trial may start (same clock), plus one; 0: at once.
+    next_trial_at: AtomicU64,
+    /// Trials in a row the kernel won.
+    losses: AtomicU32,
 }
 
 /// The instant trial times are counted from.
@@ -153,20 +177,61 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// `at` on the [`LinkTrials`] clock: milliseconds since [`epoch`], plus one (0 is "never").
+fn stamp(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
+/// The instant a nonzero [`stamp`] stands for.
+fn instant_of(stamp: u64) -> Option<Instant> {
+    (stamp != 0).then(|| epoch() + Duration::from_millis(stamp - 1))
+}
+
 impl LinkTrials {
-    fn user_space_won(&self, now: Instant) {
-        let at = now.saturating_duration_since(epoch()).as_millis() as u64 + 1;
-        self.user_space_won_at.store(at, Ordering::Relaxed);
+    fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
+        instant_of(self.user_space_won_at.load(Ordering::Relaxed))
+            .is_some_and(|won| now.saturating_duration_since(won) <= within)
     }
 
-    fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
-        match self.user_space_won_at.load(Ordering::Relaxed) {
-            0 => false,
-            at => {
-                let won = epoch() + Duration::from_millis(at - 1);
-                now.saturating_duration_since(won) <= within
-            }
+    /// Whether a trial of another connection runs now.
+    fn trial_running(&self, now: Instant) -> bool {
+        instant_of(self.trial_until.load(Ordering::Relaxed)).is_some_and(|until| now < until)
+    }
+
+    /// Whether the link's backoff after a trial the kernel won is over.
+    fn may_try(&self, now: Instant) -> bool {
+        instant_of(self.next_trial_at.load(Ordering::Relaxed)).is_none_or(|at| now >= at)
+    }
+
+    /// Claims the link's trial for one connection, for at most `longest`; false when another
+    /// connection's trial runs.
+    fn start_trial(&self, now: Instant, longest: Duration) -> bool {
+        let current = self.trial_until.load(Ordering::Relaxed);
+        if instant_of(current).is_some_and(|until| now < until) {
+            return false;
         }
+        self.trial_until
+            .compare_exchange(
+                current,
+                stamp(now + longest),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Ends the running trial with its verdict.
+    fn end_trial(&self, user_space_won: bool, now: Instant) {
+        if user_space_won {
+            self.user_space_won_at.store(stamp(now), Ordering::Relaxed);
+            self.losses.store(0, Ordering::Relaxed);
+            self.next_trial_at.store(0, Ordering::Relaxed);
+        } else {
+            let losses = self.losses.fetch_add(1, Ordering::Relaxed) + 1;
+            self.next_trial_at
+                .store(stamp(now + backoff_after(losses)), Ordering::Relaxed);
+        }
+        self.trial_until.store(0, Ordering::Relaxed);
     }
 }
 
@@ -187,7 +252,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// How often a trial looks whether the kernel has sent what it queued before the move.
 const CATCH_UP_LOOK: Duration = Duration::from_millis(1);
 
-/// How often an open window looks whether it has measured enough, once its time is up.
+/// How often an open window looks whether it has measured enough, once its time is up; also
+/// how often a connection carried for another's trial looks whether the trial ended.
 const WINDOW_LOOK: Duration = Duration::from_millis(10);
 
 /// One measuring window: bytes moved since `at`.
@@ -234,8 +300,22 @@ pub(super) enum CarriedLook {
         kernel_rate: f64,
         user_rate: f64,
     },
-    /// Back to the kernel (a trial the kernel won, or a stay that ended).
-    Return,
+    /// The trial of another connection of the link, which this one was carried for, was won
+    /// by user space: stay until then.
+    LinkWon { until: Instant },
+    /// Back to the kernel.
+    Return(ReturnReason),
+}
+
+/// Why a connection goes back to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReturnReason {
+    /// Its own trial: the kernel carried it as fast.
+    TrialLost,
+    /// The trial of another connection of the link, which this one was carried for.
+    LinkTrialLost,
+    /// Its stay after a win ended: the kernel is measured again.
+    StayOver,
 }
 
 /// One connection's trials.
@@ -246,10 +326,11 @@ pub(super) struct Trials {
     /// While in user space for a trial: the kernel's rate, when the move was made, and the
     /// user-space window once it started (when the kernel has sent what it queued before).
     trial: Option<(f64, Instant, Option<Window>)>,
-    /// When the next trial may start.
-    not_before: Option<Instant>,
-    /// Trials in a row the kernel won.
-    losses: u32,
+    /// While in user space for another connection's trial on the link.
+    joined_trial: bool,
+    /// Why the connection goes back to the kernel, once decided: it goes when user space has
+    /// written what it read, which may take more than one look.
+    returning: Option<ReturnReason>,
     /// Trials user space won (or forced moves).
     pub(super) wins: u32,
     /// `--splice-carry always`: the redirected count per direction from which the next forced
@@ -271,23 +352,37 @@ impl Trials {
         if policy.mode == CarryMode::Never {
             return Ok(KernelLook::Stay { next: None });
         }
+        // Whether the kernel redirected a look step since the last look: a busy connection.
+        let mut moving = false;
         for direction in BOTH {
             let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
-            rearm_look_mark(plane, sockets, direction, redirected)?;
+            moving |= rearm_look_mark(plane, sockets, direction, redirected)?;
             // At once at the start, then every look step in the kernel.
             let forced = matches!(policy.mode, CarryMode::Always | CarryMode::Leave);
             if forced && redirected >= self.forced_from[direction] {
                 return Ok(KernelLook::Move(MoveReason::Forced));
             }
         }
-        if policy.mode != CarryMode::Measure || self.not_before.is_some_and(|at| now < at) {
+        if policy.mode != CarryMode::Measure {
             return Ok(KernelLook::Stay { next: None });
         }
-        if self.kernel_window.is_none() && link.user_space_won_within(now, policy.stay) {
-            // Bytes are moving (a wake-up), on a link whose user space won lately: follow at
-            // once rather than after a window of waiting for the same busy CPU.
+        if moving && link.user_space_won_within(now, policy.stay) {
+            // Bytes are moving, on a link whose user space won lately: follow at once rather
+            // than after a window of waiting for the same busy CPU.
+            self.kernel_window = None;
             self.wins += 1;
             return Ok(KernelLook::Move(MoveReason::Link));
+        }
+        if moving && link.trial_running(now) {
+            // Bytes are moving while another connection of the link is on trial: its user
+            // space must carry the link's busy connections to measure what the copy gives.
+            self.kernel_window = None;
+            self.joined_trial = true;
+            return Ok(KernelLook::Move(MoveReason::JoinTrial));
+        }
+        if !link.may_try(now) {
+            self.kernel_window = None;
+            return Ok(KernelLook::Stay { next: None });
         }
         let bytes = bytes_delivered(sockets)?;
         let Some(window) = self.kernel_window else {
@@ -308,6 +403,11 @@ impl Trials {
             // Not busy enough to be worth a trial: the next wake-up opens a new window.
             return Ok(KernelLook::Stay { next: None });
         }
+        if !link.start_trial(now, longest_trial(policy)) {
+            // Another connection's trial started meanwhile: be carried for it.
+            self.joined_trial = true;
+            return Ok(KernelLook::Move(MoveReason::JoinTrial));
+        }
         self.trial = Some((rate, now, None));
         Ok(KernelLook::Move(MoveReason::Trial))
     }
@@ -323,10 +423,28 @@ impl Trials {
         until: Option<Instant>,
         now: Instant,
     ) -> io::Result<CarriedLook> {
+        if let Some(reason) = self.returning {
+            return Ok(CarriedLook::Return(reason));
+        }
+        if self.joined_trial {
+            if link.trial_running(now) {
+                return Ok(CarriedLook::Carry {
+                    next: Some(now + WINDOW_LOOK),
+                });
+            }
+            self.joined_trial = false;
+            if link.user_space_won_within(now, policy.stay) {
+                self.wins += 1;
+                return Ok(CarriedLook::LinkWon {
+                    until: now + policy.stay_after(self.wins),
+                });
+            }
+            return Ok(self.returning(ReturnReason::LinkTrialLost));
+        }
         let Some((kernel_rate, moved_at, window)) = self.trial else {
             return Ok(match until {
                 Some(until) if now < until => CarriedLook::Carry { next: Some(until) },
-                _ => CarriedLook::Return,
+                _ => self.returning(ReturnReason::StayOver),
             });
         };
         let Some(window) = window else {
@@ -351,24 +469,28 @@ impl Trials {
         }
         self.trial = None;
         let user_rate = window.rate(now, bytes);
-        if user_rate >= kernel_rate * FASTER_BY {
+        let won = user_rate >= kernel_rate * FASTER_BY;
+        link.end_trial(won, now);
+        if won {
             self.wins += 1;
-            self.losses = 0;
-            link.user_space_won(now);
             return Ok(CarriedLook::Won {
                 until: now + policy.stay_after(self.wins),
                 kernel_rate,
                 user_rate,
             });
         }
-        self.losses += 1;
-        self.not_before = Some(now + backoff_after(self.losses));
         tracing::debug!(
-            kernel_mb_s = kernel_rate / 1e6,
-            user_space_mb_s = user_rate / 1e6,
+            kernel_mb_s = (kernel_rate / 1e6).round(),
+            user_space_mb_s = (user_rate / 1e6).round(),
             "the kernel splice carries this connection as fast as user space: it stays in the kernel"
         );
-        Ok(CarriedLook::Return)
+        Ok(self.returning(ReturnReason::TrialLost))
+    }
+
+    /// Decides the return to the kernel, for this look and the next until it happens.
+    fn returning(&mut self, reason: ReturnReason) -> CarriedLook {
+        self.returning = Some(reason);
+        CarriedLook::Return(reason)
     }
 
     /// Starts over after the connection came back to the kernel: the next kernel window opens
@@ -376,6 +498,7 @@ impl Trials {
     /// move waits for [`LOOK_STEP`] more bytes.
     pub(super) fn returned(&mut self, plane: &KernelPlane, sockets: &Sockets) {
         self.kernel_window = None;
+        self.returning = None;
         for direction in BOTH {
             let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
             self.forced_from[direction] = redirected + LOOK_STEP;
@@ -384,23 +507,25 @@ impl Trials {
 }
 
 /// Sets `direction`'s next look mark [`LOOK_STEP`] past `redirected` once the verdict program
-/// passed the current one (it woke user space and stays quiet until the next generation).
+/// passed the current one (it woke user space and stays quiet until the next generation), and
+/// says whether it had been passed.
 fn rearm_look_mark(
     plane: &KernelPlane,
     sockets: &mut Sockets,
     direction: Direction,
     redirected: u64,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let (src, _) = sockets.ends_mut(direction);
     if src.credit.look_mark == 0 || redirected < src.credit.look_mark {
-        return Ok(());
+        return Ok(false);
     }
     let credit = SpliceCredit {
         look_mark: redirected + LOOK_STEP,
         look_gen: src.credit.look_gen + 1,
         ..src.credit
     };
-    src.grant(plane, credit)
+    src.grant(plane, credit)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -440,9 +565,47 @@ mod tests {
         let now = Instant::now();
         let stay = Duration::from_secs(10);
         assert!(!link.user_space_won_within(now, stay), "no win yet");
-        link.user_space_won(now);
+        link.end_trial(true, now);
         assert!(link.user_space_won_within(now + Duration::from_secs(9), stay));
         assert!(!link.user_space_won_within(now + Duration::from_secs(11), stay));
+    }
+
+    #[test]
+    fn a_link_runs_one_trial_at_a_time_and_backs_off_after_the_kernel_wins() {
+        let link = LinkTrials::default();
+        let policy = policy(CarryMode::Measure);
+        let longest = longest_trial(&policy);
+        let now = Instant::now();
+        assert!(link.may_try(now) && !link.trial_running(now));
+        assert!(link.start_trial(now, longest), "the first claims it");
+        assert!(link.trial_running(now + longest / 2));
+        assert!(
+            !link.start_trial(now + longest / 2, longest),
+            "one trial at a time"
+        );
+        // A trial whose connection closed before its end runs out.
+        assert!(!link.trial_running(now + longest + Duration::from_millis(1)));
+
+        let later = now + longest + Duration::from_secs(1);
+        assert!(link.start_trial(later, longest));
+        link.end_trial(false, later);
+        assert!(!link.trial_running(later), "ended");
+        assert!(!link.may_try(later + FIRST_BACKOFF / 2), "backing off");
+        assert!(link.may_try(later + FIRST_BACKOFF));
+        let again = later + FIRST_BACKOFF;
+        assert!(link.start_trial(again, longest));
+        link.end_trial(false, again);
+        assert!(
+            !link.may_try(again + FIRST_BACKOFF),
+            "doubled after a second loss"
+        );
+        assert!(link.may_try(again + FIRST_BACKOFF * 2));
+
+        let won_at = again + FIRST_BACKOFF * 2;
+        assert!(link.start_trial(won_at, longest));
+        link.end_trial(true, won_at);
+        assert!(link.may_try(won_at), "a win resets the backoff");
+        assert!(link.user_space_won_within(won_at, policy.stay));
     }
 
     #[test]
