@@ -86,82 +86,192 @@ impl Outcome {
 /// Carries one connection in user space until both directions end, one side resets, it idles
 /// out, or `cancel` fires.
 pub async fn carry(
+    client: TcpStream,
+    device: TcpStream,
+    limits: &CarryLimits,
+    metrics: &ConnectionCounters,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let never = CancellationToken::new();
+    match carry_until(
+        client,
+        device,
+        limits,
+        metrics,
+        cancel,
+        &never,
+        &CopyProgress::default(),
+    )
+    .await
+    {
+        Copied::Ended(outcome) => outcome,
+        Copied::Stopped { .. } => unreachable!("nothing asks it to stop"),
+    }
+}
+
+/// Bytes a copy moved so far, each counted once it was written: readable while it runs.
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    /// Read from the client and written to the device, and the other way.
+    moved: [AtomicU64; 2],
+}
+
+impl CopyProgress {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.moved.iter().map(|m| m.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// How a copy that may be stopped ended.
+pub enum Copied {
+    /// The connection ended.
+    Ended(Outcome),
+    /// Stopped on request between a write and the next read, so no byte is held in user space
+    /// and no FIN was passed on: the sockets, and what was read from each (client, device).
+    Stopped {
+        client: TcpStream,
+        device: TcpStream,
+        read: [u64; 2],
+    },
+}
+
+/// [`carry`], which also stops when `stop` fires, if it can hand the connection back whole:
+/// each direction finishes the write of what it read and waits; once both wait, it returns the
+/// sockets. A direction that ends (its FIN passed on) first makes it go on to the end instead.
+pub async fn carry_until(
     mut client: TcpStream,
     mut device: TcpStream,
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
-) -> Outcome {
+    stop: &CancellationToken,
+    progress: &CopyProgress,
+) -> Copied {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
     // Fixed buffers (no autotuning): a client that stops reading makes the proxy hold at most
     // these, which is what the memory budget counts.
     for fd in fds {
         let _ = sockopt::fix_buffers(&fd, limits.copy_socket_buffer);
     }
-    let activity = AtomicU64::new(0);
-    // Borrowed halves: unlike owned ones, dropping them does not shut the write side, so a reset
-    // is passed on as a reset and not as a FIN followed by one.
-    let (client_read, client_write) = client.split();
-    let (device_read, device_write) = device.split();
-    let to_device = pump(
-        client_read,
-        device_write,
-        Direction::ToDevice,
-        &activity,
-        metrics,
-    );
-    let from_device = pump(
-        device_read,
-        client_write,
-        Direction::FromDevice,
-        &activity,
-        metrics,
-    );
-    tokio::pin!(to_device, from_device);
-
-    let mut to_device_done = false;
-    let mut from_device_done = false;
-    let idle_check = limits
-        .idle_timeout
-        .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
-    let mut last_bytes = 0;
-    let mut last_activity = Instant::now();
-    let outcome = loop {
-        let tick = async {
-            match idle_check {
-                Some(every) => tokio::time::sleep(every).await,
-                None => std::future::pending().await,
-            }
+    let outcome = {
+        let activity = AtomicU64::new(0);
+        let pause = Pause::default();
+        // Borrowed halves: unlike owned ones, dropping them does not shut the write side, so a
+        // reset is passed on as a reset and not as a FIN followed by one.
+        let (client_read, client_write) = client.split();
+        let (device_read, device_write) = device.split();
+        let copy = |direction| Pump {
+            direction,
+            activity: &activity,
+            progress,
+            metrics,
+            stop,
+            pause: &pause,
         };
-        tokio::select! {
-            result = &mut to_device, if !to_device_done => match result {
-                Ok(()) => to_device_done = true,
-                Err((side, err)) => break Outcome::Reset { side, error: err.to_string() },
-            },
-            result = &mut from_device, if !from_device_done => match result {
-                Ok(()) => from_device_done = true,
-                Err((side, err)) => break Outcome::Reset { side, error: err.to_string() },
-            },
-            () = tick => {
-                let bytes = activity.load(Ordering::Relaxed);
-                let now = Instant::now();
-                if bytes != last_bytes {
-                    last_bytes = bytes;
-                    last_activity = now;
-                } else if limits.idle_timeout.is_some_and(|idle| now.duration_since(last_activity) >= idle) {
-                    break Outcome::IdleTimeout;
+        let to_device = copy(Direction::ToDevice).run(client_read, device_write);
+        let from_device = copy(Direction::FromDevice).run(device_read, client_write);
+        tokio::pin!(to_device, from_device);
+
+        let mut to_device_done = false;
+        let mut from_device_done = false;
+        let idle_check = limits
+            .idle_timeout
+            .map(|idle| (idle / 8).clamp(Duration::from_millis(20), Duration::from_secs(5)));
+        let mut last_bytes = 0;
+        let mut last_activity = Instant::now();
+        let mut stop_asked: Option<Instant> = None;
+        loop {
+            let tick = async {
+                match idle_check {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
                 }
+            };
+            let stop_given_up = async {
+                match stop_asked {
+                    Some(at) => tokio::time::sleep_until(at + STOP_WAIT).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut to_device, if !to_device_done => match result {
+                    Ok(()) => to_device_done = true,
+                    Err((side, err)) => break Some(Outcome::Reset { side, error: err.to_string() }),
+                },
+                result = &mut from_device, if !from_device_done => match result {
+                    Ok(()) => from_device_done = true,
+                    Err((side, err)) => break Some(Outcome::Reset { side, error: err.to_string() }),
+                },
+                () = pause.both_waiting() => break None,
+                () = stop.cancelled(), if stop_asked.is_none() => stop_asked = Some(Instant::now()),
+                () = stop_given_up, if !pause.go_on.is_cancelled() => {
+                    // One direction is stuck writing to a peer that does not read; the other
+                    // must not wait for it, which could hold up both peers for good.
+                    pause.go_on.cancel();
+                }
+                () = tick => {
+                    let bytes = activity.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    if bytes != last_bytes {
+                        last_bytes = bytes;
+                        last_activity = now;
+                    } else if limits.idle_timeout.is_some_and(|idle| now.duration_since(last_activity) >= idle) {
+                        break Some(Outcome::IdleTimeout);
+                    }
+                }
+                () = cancel.cancelled() => break Some(Outcome::Cancelled),
             }
-            () = cancel.cancelled() => break Outcome::Cancelled,
-        }
-        if to_device_done && from_device_done {
-            break Outcome::Completed;
+            if to_device_done && from_device_done {
+                break Some(Outcome::Completed);
+            }
+            if to_device_done || from_device_done {
+                // A FIN was passed on: the connection can no longer be handed back whole.
+                pause.go_on.cancel();
+            }
         }
     };
-    if outcome.aborts() {
-        reset_on_close(fds);
+    match outcome {
+        Some(outcome) => {
+            if outcome.aborts() {
+                reset_on_close(fds);
+            }
+            Copied::Ended(outcome)
+        }
+        None => {
+            let read = [0, 1].map(|i| progress.moved[i].load(Ordering::Relaxed));
+            Copied::Stopped {
+                client,
+                device,
+                read,
+            }
+        }
     }
-    outcome
+}
+
+/// How long a stop waits for both directions to finish their writes before the copy goes on.
+const STOP_WAIT: Duration = Duration::from_millis(100);
+
+/// The two directions' meeting point when a copy is asked to stop.
+#[derive(Default)]
+struct Pause {
+    /// Directions waiting, everything they read written.
+    waiting: AtomicU64,
+    changed: tokio::sync::Notify,
+    /// Fired when the copy cannot stop after all: the waiting directions go on.
+    go_on: CancellationToken,
+}
+
+impl Pause {
+    async fn both_waiting(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.waiting.load(Ordering::Acquire) == 2 && !self.go_on.is_cancelled() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// Both sockets send RST instead of FIN when the halves are dropped.
@@ -171,28 +281,78 @@ fn reset_on_close(fds: [RawFd; 2]) {
     }
 }
 
-/// Copies one direction until EOF, then shuts the target's write side. An error names the side
-/// it came from: the one `from` reads ("client" for client to device) or the one `to` writes.
-async fn pump(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
+/// One direction of a copy.
+struct Pump<'a> {
     direction: Direction,
-    activity: &AtomicU64,
-    metrics: &ConnectionCounters,
-) -> Result<(), (&'static str, io::Error)> {
-    let (source, target) = match direction {
-        Direction::ToDevice => ("client", "device"),
-        Direction::FromDevice => ("device", "client"),
-    };
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = from.read(&mut buf).await.map_err(|e| (source, e))?;
-        if n == 0 {
-            to.shutdown().await.map_err(|e| (target, e))?;
-            return Ok(());
+    activity: &'a AtomicU64,
+    progress: &'a CopyProgress,
+    metrics: &'a ConnectionCounters,
+    stop: &'a CancellationToken,
+    pause: &'a Pause,
+}
+
+impl Pump<'_> {
+    /// Copies until EOF, then shuts the target's write side. When `stop` fires it copies what its
+    /// source has queued and waits, until the copy returns or goes on. An error names the side
+    /// it came from: the one `from` reads ("client" for client to device) or the one `to` writes.
+    ///
+    /// Why copy what is queued first: the splice takes a socket's queued skbs whole
+    /// (`tcp_read_skb` ignores how much of the first one a `recv` already read), so a socket
+    /// must go back into it with nothing half-read. A queue read empty holds no half-read skb,
+    /// and what arrives after comes unread.
+    async fn run(
+        self,
+        mut from: ReadHalf<'_>,
+        mut to: WriteHalf<'_>,
+    ) -> Result<(), (&'static str, io::Error)> {
+        let (source, target) = match self.direction {
+            Direction::ToDevice => ("client", "device"),
+            Direction::FromDevice => ("device", "client"),
+        };
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut waited = false;
+        loop {
+            // A read not yet done takes nothing off the socket when dropped.
+            let n = tokio::select! {
+                biased;
+                () = self.stop.cancelled(), if !waited => {
+                    waited = true;
+                    loop {
+                        let n = sockopt::recv_queued(from.as_ref(), &mut buf)
+                            .map_err(|e| (source, e))?;
+                        match n {
+                            None => break,
+                            Some(0) => {
+                                to.shutdown().await.map_err(|e| (target, e))?;
+                                return Ok(());
+                            }
+                            Some(n) => self.copied(&mut to, &buf[..n]).await.map_err(|e| (target, e))?,
+                        }
+                    }
+                    self.pause.waiting.fetch_add(1, Ordering::Release);
+                    self.pause.changed.notify_one();
+                    self.pause.go_on.cancelled().await;
+                    continue;
+                }
+                n = from.read(&mut buf) => n.map_err(|e| (source, e))?,
+            };
+            if n == 0 {
+                to.shutdown().await.map_err(|e| (target, e))?;
+                return Ok(());
+            }
+            self.copied(&mut to, &buf[..n])
+                .await
+                .map_err(|e| (target, e))?;
         }
-        to.write_all(&buf[..n]).await.map_err(|e| (target, e))?;
-        activity.fetch_add(n as u64, Ordering::Relaxed);
-        metrics.add_bytes(direction, n as u64);
+    }
+
+    /// Writes `bytes` read from the source whole, and counts them.
+    async fn copied(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> io::Result<()> {
+        to.write_all(bytes).await?;
+        let n = bytes.len() as u64;
+        self.activity.fetch_add(n, Ordering::Relaxed);
+        self.progress.moved[self.direction as usize].fetch_add(n, Ordering::Relaxed);
+        self.metrics.add_bytes(self.direction, n);
+        Ok(())
     }
 }

@@ -41,12 +41,15 @@ pub const RESULTS: [&str; 12] = [
 ];
 
 /// Every `(to, reason)` label pair of `devicelink_splice_moves_total`.
-pub const SPLICE_MOVES: [(&str, &str); 7] = [
+pub const SPLICE_MOVES: [(&str, &str); 10] = [
     ("userspace", "trial"),
     ("userspace", "link_trial"),
     ("userspace", "link"),
-    ("copy", "faster"),
     ("userspace", "forced"),
+    ("copy", "trial"),
+    ("copy", "link_trial"),
+    ("copy", "faster"),
+    ("copy", "forced"),
     ("kernel", "kernel_as_fast"),
     ("kernel", "stay_over"),
 ];
@@ -465,7 +468,7 @@ impl Metrics {
             &mut out,
             "devicelink_splice_moves_total",
             "counter",
-            "Spliced connections moved between the kernel splice and user space, no byte lost or reordered: to user space to measure a busy connection there (reason trial, --splice-carry measure), with another busy connection of its link while that one is on trial (link_trial), because another connection of its link was carried faster there lately (link), or at every chance (forced, --splice-carry always); back to the kernel when the trial (its own or its link's) found the kernel as fast (kernel_as_fast) or when a connection user space carried faster has stayed there for --splice-carry-for (stay_over, to measure again); and to the copy for the rest of the connection when user space won the trial and the kernel lets sockets leave the splice (to copy, reason faster; the sockets leave the splice then). devicelink_splice_trials_total says which path won the trials.",
+            "Spliced connections moved between the kernel splice and user space, no byte lost or reordered. To the copy (to copy), out of the splice where the kernel lets sockets leave it: to measure a busy connection there against the kernel (trial, --splice-carry measure), with another busy connection of its link while that one is on trial (link_trial), for good once the copy was measured faster on the link (faster), or at every chance (forced, --splice-carry leave). To user space with the sockets still in the splice, where they cannot leave: trial, link_trial, link (another connection of its link was carried faster there lately) and forced (--splice-carry always). Back to the kernel (to kernel) when the trial, its own or its link's, found the kernel as fast (kernel_as_fast), or after a stay in user space (stay_over, to measure again). devicelink_splice_trials_total says which path won the trials.",
         );
         for ((to, reason), count) in SPLICE_MOVES.iter().zip(&self.splice_moves) {
             let _ = writeln!(

@@ -33,7 +33,8 @@ pub struct Session {
     /// The spliced sockets' cookies once the connection entered the kernel path: its
     /// redirected bytes are read from the kernel's counters while it lasts.
     spliced: OnceLock<SplicedCookies>,
-    /// Redirected bytes the kernel reported when the splice ended (its counters are gone then).
+    /// Redirected bytes the kernel reported when the splice ended (its counters are gone then),
+    /// summed over each time the connection was in it.
     kernel_final: [AtomicU64; Direction::COUNT as usize],
     splice_ended: AtomicBool,
     /// Which path carries it: "kernel" or "userspace", once chosen.
@@ -133,17 +134,19 @@ impl ConnectionCounters {
             client: client_cookie,
             device: device_cookie,
         });
+        // Again after a spell in the copy: the kernel counts afresh from here.
+        self.session.splice_ended.store(false, Ordering::Relaxed);
     }
 
-    /// The splice ended; `redirected` is what the kernel moved each way (`[to_device,
-    /// from_device]`), read before its counters were removed.
+    /// The splice ended (for now, or for good); `redirected` is what the kernel moved each way
+    /// (`[to_device, from_device]`) since it started, read before its counters were removed.
     pub fn splice_ended(&self, redirected: [u64; 2]) {
         for (direction, bytes) in [Direction::ToDevice, Direction::FromDevice]
             .into_iter()
             .zip(redirected)
         {
             self.link.add_kernel_bytes(direction, bytes);
-            self.session.kernel_final[direction as usize].store(bytes, Ordering::Relaxed);
+            self.session.kernel_final[direction as usize].fetch_add(bytes, Ordering::Relaxed);
         }
         self.session.splice_ended.store(true, Ordering::Relaxed);
     }
@@ -241,5 +244,11 @@ mod tests {
         counters.splice_ended([100, 200]);
         assert_eq!(session.bytes(None), [110, 200]);
         assert_eq!(counters.link.bytes(), [110, 200]);
+        // Back into the splice after a spell in the copy: its counts add up.
+        counters.spliced(1, 2);
+        counters.add_bytes(Direction::FromDevice, 5);
+        counters.splice_ended([1, 2]);
+        assert_eq!(session.bytes(None), [111, 207]);
+        assert_eq!(counters.link.bytes(), [111, 207]);
     }
 }

@@ -143,8 +143,21 @@ pub fn unacked_outq(sock: &impl AsRawFd) -> io::Result<u64> {
 }
 
 /// Every byte ever put into this socket's send queue: acknowledged plus still queued.
+///
+/// Two reads: an ACK arriving between them moves bytes from one count to the other, and the
+/// sum would come out an ACK short. So the acknowledged count is read again, and the sum taken
+/// only when it did not move (a few tries; a socket ACKed that often is read as it was last).
 pub fn bytes_queued_total(sock: &impl AsRawFd) -> io::Result<u64> {
-    Ok(tcp_info(sock)?.tcpi_bytes_acked + unacked_outq(sock)?)
+    let mut acked = tcp_info(sock)?.tcpi_bytes_acked;
+    for _ in 0..8 {
+        let queued = unacked_outq(sock)?;
+        let acked_after = tcp_info(sock)?.tcpi_bytes_acked;
+        if acked_after == acked {
+            return Ok(acked + queued);
+        }
+        acked = acked_after;
+    }
+    Ok(acked + unacked_outq(sock)?)
 }
 
 /// Makes the next `close` send a RST instead of a FIN: how a reset is passed on to the peer.
@@ -160,6 +173,30 @@ pub fn set_linger_reset(sock: &impl AsRawFd) -> io::Result<()> {
 /// change makes the kernel route the socket again at its next segment.
 pub fn set_mark(sock: &impl AsRawFd, mark: u32) -> io::Result<()> {
     set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, &mark)
+}
+
+/// Receives what is queued, without waiting: `None` when nothing is (`Some(0)` is EOF). A
+/// plain `recv`, so it sees what the socket holds whatever its async runtime last saw.
+pub fn recv_queued(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: the fd is open while `sock` is borrowed; the kernel writes at most `buf.len()`
+    // bytes into `buf`, which is initialised and that long.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(Some(n as usize))
 }
 
 /// Makes a blocking receive give up (`EAGAIN`) after `timeout`.

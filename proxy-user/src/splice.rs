@@ -18,6 +18,7 @@
 
 mod carry;
 mod connection;
+mod copy_spell;
 mod direction;
 mod drain;
 mod enter;

@@ -2,7 +2,7 @@
 //! userspace copy), is watched until both directions ended, one side failed, it idled out or
 //! was cancelled, and leaves the maps again.
 
-use std::time::Duration;
+use std::{net::TcpStream as StdTcpStream, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -10,6 +10,7 @@ use tracing::{debug, info};
 
 use super::{
     carry::Carrying,
+    copy_spell::{AfterSpell, LeftFor, copy_spell},
     direction::{BOTH, PerDirection},
     enter::{EnterError, enter},
     finish::{FinState, pass_on_fin},
@@ -57,8 +58,22 @@ pub enum Spliced {
 /// How a connection's watch ended.
 enum Watched {
     Ended(Outcome),
-    /// It left the splice (see [`Spliced::Left`]).
-    Left,
+    /// It left the splice (see [`Spliced::Left`]), for that reason.
+    Left(LeftFor),
+}
+
+/// How one stay of a connection in the splice ended.
+enum Episode {
+    /// As the connection's offer to the kernel path ends.
+    Over(Spliced),
+    /// Out of the splice for a spell in the copy, which may bring it back; what was consumed
+    /// from each socket so far (client, device): read before, redirected and read by user space.
+    Left {
+        client: TcpStream,
+        device: TcpStream,
+        left_for: LeftFor,
+        consumed: [u64; 2],
+    },
 }
 
 impl From<Outcome> for Watched {
@@ -85,10 +100,79 @@ pub async fn carry(
     client_read_before: u64,
 ) -> Spliced {
     // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
-    let (client, device) = match (client.into_std(), device.into_std()) {
+    let (mut client, mut device) = match (client.into_std(), device.into_std()) {
         (Ok(client), Ok(device)) => (client, device),
         (Err(err), _) | (_, Err(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
+    let mut read_before = [client_read_before, 0];
+    let mut again = false;
+    loop {
+        let episode = splice_once(
+            plane,
+            watcher,
+            client,
+            device,
+            limits,
+            metrics,
+            cancel,
+            read_before,
+        )
+        .await;
+        let (left_client, left_device, left_for, consumed) = match episode {
+            // Back from the copy and refused by the splice now: the copy carries it on.
+            Episode::Over(Spliced::Fallback { client, device, .. }) if again => {
+                return Spliced::Left { client, device };
+            }
+            Episode::Over(Spliced::Done(outcome)) if again => {
+                debug!(?outcome, "the connection ended back in the splice");
+                return Spliced::Done(outcome);
+            }
+            Episode::Over(spliced) => return spliced,
+            Episode::Left {
+                client,
+                device,
+                left_for,
+                consumed,
+            } => (client, device, left_for, consumed),
+        };
+        metrics.count_splice_move("copy", left_for.label());
+        match copy_spell(left_client, left_device, left_for, limits, metrics, cancel).await {
+            AfterSpell::Ended(outcome) => {
+                debug!(?outcome, "the connection ended in a spell in the copy");
+                return Spliced::Done(outcome);
+            }
+            AfterSpell::Stay { client, device } => return Spliced::Left { client, device },
+            AfterSpell::Back {
+                client: back_client,
+                device: back_device,
+                read,
+                reason,
+            } => {
+                metrics.count_splice_move("kernel", reason);
+                read_before = [consumed[0] + read[0], consumed[1] + read[1]];
+                client = back_client;
+                device = back_device;
+                again = true;
+            }
+        }
+    }
+}
+
+/// One stay in the splice: enters it, watches it, and leaves the maps again.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the connection's two sockets, the plane and watcher, and its per-connection settings"
+)]
+async fn splice_once(
+    plane: &KernelPlane,
+    watcher: &SpliceWatcher,
+    client: StdTcpStream,
+    device: StdTcpStream,
+    limits: &CarryLimits,
+    metrics: &ConnectionCounters,
+    cancel: &CancellationToken,
+    read_before: [u64; 2],
+) -> Episode {
     let mut sockets = match enter(
         plane,
         client,
@@ -103,42 +187,55 @@ pub async fn carry(
             device,
             reason,
         }) => {
-            return match (TcpStream::from_std(client), TcpStream::from_std(device)) {
-                (Ok(client), Ok(device)) => Spliced::Fallback {
-                    client,
-                    device,
-                    reason,
+            return Episode::Over(
+                match (TcpStream::from_std(client), TcpStream::from_std(device)) {
+                    (Ok(client), Ok(device)) => Spliced::Fallback {
+                        client,
+                        device,
+                        reason,
+                    },
+                    (Err(err), _) | (_, Err(err)) => Spliced::Done(Outcome::from_io(err)),
                 },
-                (Err(err), _) | (_, Err(err)) => Spliced::Done(Outcome::from_io(err)),
-            };
+            );
         }
-        Err(EnterError::Io(err)) => return Spliced::Done(Outcome::from_io(err)),
+        Err(EnterError::Io(err)) => return Episode::Over(Spliced::Done(Outcome::from_io(err))),
     };
-    sockets.client.read_before = client_read_before;
+    sockets.client.read_before = read_before[0];
+    sockets.device.read_before = read_before[1];
     quick_acks::follow(&sockets, limits.spliced_device_mark, Reader::Kernel);
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
     let watched = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
     // The kernel's counts go with the link entries below: keep them for the session's record.
     // Each socket's count is what it redirected: client to device first.
-    metrics.splice_ended(
-        sockets
-            .both()
-            .map(|socket| plane.link_bytes(socket.cookie).0),
-    );
+    let redirected = sockets
+        .both()
+        .map(|socket| plane.link_bytes(socket.cookie).0);
+    metrics.splice_ended(redirected);
     for socket in sockets.both() {
         // Closing the socket (below) takes it out of the hash.
         plane.unlink(socket.cookie, socket.credit_written);
     }
     let outcome = match watched {
         Watched::Ended(outcome) => outcome,
-        Watched::Left => {
+        Watched::Left(left_for) => {
+            let consumed = [
+                sockets.client.read_before + redirected[0] + sockets.client.user_read,
+                sockets.device.read_before + redirected[1] + sockets.device.user_read,
+            ];
             let Sockets { client, device } = sockets;
             return match (
                 TcpStream::from_std(client.stream),
                 TcpStream::from_std(device.stream),
             ) {
-                (Ok(client), Ok(device)) => Spliced::Left { client, device },
-                (Err(err), _) | (_, Err(err)) => Spliced::Done(Outcome::from_io(err)),
+                (Ok(client), Ok(device)) => Episode::Left {
+                    client,
+                    device,
+                    left_for,
+                    consumed,
+                },
+                (Err(err), _) | (_, Err(err)) => {
+                    Episode::Over(Spliced::Done(Outcome::from_io(err)))
+                }
             };
         }
     };
@@ -149,7 +246,7 @@ pub async fn carry(
             let _ = sockopt::set_linger_reset(&socket.stream);
         }
     }
-    Spliced::Done(outcome)
+    Episode::Over(Spliced::Done(outcome))
 }
 
 /// The connection's life once in the splice: forward held bytes, pace senders, pass FINs on,
@@ -184,9 +281,9 @@ async fn watch(
     // during a trial, whose end decides).
     let mut carrying: Option<Carrying> = None;
     let mut carry_until: Option<Instant> = None;
-    // Set once user space won a trial on a kernel where sockets can leave the splice: the
-    // connection is on its way out to the copy.
-    let mut leaving = false;
+    // Set once the connection is on its way out of the splice to the copy (on a kernel where
+    // sockets can leave it), and why.
+    let mut leaving: Option<LeftFor> = None;
     let policy = &limits.splice_carry;
     loop {
         let now = Instant::now();
@@ -199,15 +296,15 @@ async fn watch(
             if let Err(err) = carry.pump(plane, sockets, metrics) {
                 return Outcome::from_io(err).into();
             }
-            if leaving {
+            if let Some(left_for) = leaving {
                 match try_leave(carry, plane, sockets) {
                     Ok(Leaving::Left) => {
-                        metrics.count_splice_move("copy", "faster");
                         debug!(
                             client = %peer_name(&sockets.client.stream),
-                            "left the splice; the userspace copy carries the connection from here"
+                            reason = left_for.label(),
+                            "left the splice for the userspace copy"
                         );
-                        return Watched::Left;
+                        return Watched::Left(left_for);
                     }
                     // A psock still queues bytes (the kernel gives no wake-up for that).
                     Ok(Leaving::NotYet) => trial_wake = Some(now + LEAVE_LOOK),
@@ -237,7 +334,7 @@ async fn watch(
                     }) => {
                         metrics.count_splice_trial(true);
                         if can_leave {
-                            leaving = true;
+                            leaving = Some(LeftFor::Good);
                             trial_wake = Some(now);
                             info!(
                                 client = %peer_name(&sockets.client.stream),
@@ -259,7 +356,7 @@ async fn watch(
                     }
                     Ok(CarriedLook::LinkWon { until }) => {
                         if can_leave {
-                            leaving = true;
+                            leaving = Some(LeftFor::Good);
                             trial_wake = Some(now);
                         } else {
                             carry_until = Some(until);
@@ -333,11 +430,25 @@ async fn watch(
                     }
                     quick_acks::follow(sockets, limits.spliced_device_mark, Reader::UserSpace);
                     let label = match reason {
-                        MoveReason::Trial => "trial",
-                        MoveReason::JoinTrial => "link_trial",
+                        // The copy is measured outside the splice where sockets can leave it
+                        // (see `copy_spell`); elsewhere user space carries them in place.
+                        MoveReason::Trial => {
+                            if can_leave {
+                                leaving = trials
+                                    .take_kernel_rate()
+                                    .map(|kernel_rate| LeftFor::Trial { kernel_rate });
+                            }
+                            "trial"
+                        }
+                        MoveReason::JoinTrial => {
+                            if can_leave {
+                                leaving = Some(LeftFor::LinkTrial);
+                            }
+                            "link_trial"
+                        }
                         MoveReason::Link => {
                             if can_leave {
-                                leaving = true;
+                                leaving = Some(LeftFor::Good);
                             } else {
                                 carry_until = Some(now + policy.stay_after(trials.wins));
                             }
@@ -349,14 +460,17 @@ async fn watch(
                         }
                         MoveReason::Forced => {
                             if policy.mode == CarryMode::Leave && can_leave {
-                                leaving = true;
+                                leaving = Some(LeftFor::Forced);
                             } else {
                                 carry_until = Some(now + policy.stay);
                             }
                             "forced"
                         }
                     };
-                    metrics.count_splice_move("userspace", label);
+                    if leaving.is_none() {
+                        // Counted as a move to the copy once out of the splice.
+                        metrics.count_splice_move("userspace", label);
+                    }
                     debug!(
                         client = %peer_name(&sockets.client.stream),
                         reason = label,

@@ -145,8 +145,8 @@ fn prepare(socket: &mut SplicedSocket, sndbuf: u32, max_queued: u32) -> io::Resu
         debug!(%err, "SO_SNDBUFFORCE refused; keeping the default send buffer");
     }
     socket.cookie = sockopt::cookie(&socket.stream)?;
-    // Nothing was written to the socket yet, so its send queue is empty and what it has put on
-    // the wire so far (the SYN) is all acknowledged.
-    socket.queued_base = sockopt::tcp_info(&socket.stream)?.tcpi_bytes_acked;
+    // What was put into its send queue before: nothing on a new connection, what the copy
+    // wrote on one back from a spell there.
+    socket.queued_base = sockopt::bytes_queued_total(&socket.stream)?;
     Ok(())
 }

@@ -85,8 +85,9 @@ pub enum CarryMode {
     /// At once, and again [`LOOK_STEP`] bytes after each return to the kernel: each connection
     /// alternates between the kernel and user space (to test the move itself).
     Always,
-    /// At once, out of the splice to the copy for good where the kernel allows it (to test
-    /// leaving the splice).
+    /// At once out of the splice to the copy where the kernel allows it, for
+    /// `--splice-carry-for`, then back, and out again [`LOOK_STEP`] bytes later: each connection
+    /// alternates between the splice and the copy (to test leaving and coming back).
     #[value(hide = true)]
     Leave,
 }
@@ -188,13 +189,13 @@ fn instant_of(stamp: u64) -> Option<Instant> {
 }
 
 impl LinkTrials {
-    fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
+    pub(super) fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
         instant_of(self.user_space_won_at.load(Ordering::Relaxed))
             .is_some_and(|won| now.saturating_duration_since(won) <= within)
     }
 
     /// Whether a trial of another connection runs now.
-    fn trial_running(&self, now: Instant) -> bool {
+    pub(super) fn trial_running(&self, now: Instant) -> bool {
         instant_of(self.trial_until.load(Ordering::Relaxed)).is_some_and(|until| now < until)
     }
 
@@ -218,6 +219,11 @@ impl LinkTrials {
                 Ordering::Relaxed,
             )
             .is_ok()
+    }
+
+    /// Ends the running trial without a verdict: its connection closed.
+    pub(super) fn abandon_trial(&self) {
+        self.trial_until.store(0, Ordering::Relaxed);
     }
 
     /// Ends the running trial with its verdict.
@@ -277,6 +283,59 @@ impl Window {
     fn rate(&self, now: Instant, bytes: u64) -> f64 {
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-6);
         bytes.saturating_sub(self.bytes) as f64 / seconds
+    }
+}
+
+/// The copy's window of a trial where sockets leave the splice for it (see `copy_spell`).
+pub(super) struct CopyWindow {
+    kernel_rate: f64,
+    window: Window,
+}
+
+/// What a look at a copy's window found.
+#[derive(Debug, PartialEq)]
+pub(super) enum CopyVerdict {
+    Measuring,
+    CopyFaster { kernel_rate: f64, copy_rate: f64 },
+    KernelAsFast { kernel_rate: f64, copy_rate: f64 },
+}
+
+impl CopyWindow {
+    /// A window from `now`, to beat `kernel_rate` (bytes delivered per second).
+    pub(super) fn new(kernel_rate: f64, now: Instant) -> Self {
+        Self {
+            kernel_rate,
+            window: Window { at: now, bytes: 0 },
+        }
+    }
+
+    /// Judges the trial once the window measured enough (`bytes`: what the copy wrote since it
+    /// started), and ends the link's trial with the verdict.
+    pub(super) fn judge(
+        &self,
+        now: Instant,
+        bytes: u64,
+        policy: &CarryPolicy,
+        link: &LinkTrials,
+    ) -> CopyVerdict {
+        if !self.window.done(now, bytes, policy.trial) {
+            return CopyVerdict::Measuring;
+        }
+        let copy_rate = self.window.rate(now, bytes);
+        let kernel_rate = self.kernel_rate;
+        let won = copy_rate >= kernel_rate * FASTER_BY;
+        link.end_trial(won, now);
+        if won {
+            CopyVerdict::CopyFaster {
+                kernel_rate,
+                copy_rate,
+            }
+        } else {
+            CopyVerdict::KernelAsFast {
+                kernel_rate,
+                copy_rate,
+            }
+        }
     }
 }
 
@@ -485,6 +544,12 @@ impl Trials {
             "the kernel splice carries this connection as fast as user space: it stays in the kernel"
         );
         Ok(self.returning(ReturnReason::TrialLost))
+    }
+
+    /// The kernel's rate of the trial that just moved the connection, taken to measure the copy
+    /// against: this connection's trial continues outside the splice (see `copy_spell`).
+    pub(super) fn take_kernel_rate(&mut self) -> Option<f64> {
+        self.trial.take().map(|(kernel_rate, _, _)| kernel_rate)
     }
 
     /// Decides the return to the kernel, for this look and the next until it happens.

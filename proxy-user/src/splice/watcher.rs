@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -47,6 +47,8 @@ pub(super) struct Registration<'a> {
     watcher: &'a SpliceWatcher,
     token: u64,
     cookies: [u64; 2],
+    /// The sockets' fds, open while the connection's watch (which holds this) lasts.
+    fds: [RawFd; 2],
     notify: Arc<Notify>,
 }
 
@@ -59,8 +61,20 @@ impl Registration<'_> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        // The sockets leave the epoll set when they are closed, right after this; events that
-        // arrive in between find no waiter and are ignored.
+        // Out of the epoll set now, not only when closed: a connection that comes back into
+        // the splice after a spell in the copy registers the same sockets again.
+        for fd in self.fds {
+            // SAFETY: the watcher's epoll fd is open while `self.watcher` is; `fd` is one of
+            // the connection's sockets, open while its watch lasts; DEL reads no event.
+            unsafe {
+                libc::epoll_ctl(
+                    self.watcher.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
         let mut waiters = self
             .watcher
             .waiters
@@ -214,6 +228,7 @@ impl SpliceWatcher {
             watcher: self,
             token,
             cookies,
+            fds: sockets.both().map(|socket| socket.stream.as_raw_fd()),
             notify,
         };
         for socket in sockets.both() {
