@@ -249,6 +249,31 @@ pub async fn carry_until(
     }
 }
 
+/// Copies what `from` has queued now to `to`, without waiting for more: before a socket a
+/// `recv` has read from enters the splice, which takes queued skbs whole (`tcp_read_skb`
+/// ignores how much of the first one was read), so none may be left half-read. Returns the
+/// bytes copied, and whether `from` ended (its FIN was queued too; nothing is passed on).
+pub async fn copy_queued(
+    from: &TcpStream,
+    to: &mut TcpStream,
+    direction: Direction,
+    metrics: &ConnectionCounters,
+) -> io::Result<(u64, bool)> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut copied = 0;
+    loop {
+        match sockopt::recv_queued(from, &mut buf)? {
+            None => return Ok((copied, false)),
+            Some(0) => return Ok((copied, true)),
+            Some(n) => {
+                to.write_all(&buf[..n]).await?;
+                copied += n as u64;
+                metrics.add_bytes(direction, n as u64);
+            }
+        }
+    }
+}
+
 /// How long a stop waits for both directions to finish their writes before the copy goes on.
 const STOP_WAIT: Duration = Duration::from_millis(100);
 

@@ -282,6 +282,12 @@ pub fn upload_and_check_counted(
         len,
     )
     .map_err(|e| format!("upload: {e}"))?;
+    check_device_sum(stream, sent, len)
+}
+
+/// The end of an upload to a [`Behavior::SinkThenReply`] device: half-closes, and checks the
+/// checksum the device saw against `sent` and its reply.
+pub fn check_device_sum(stream: &mut TcpStream, sent: Checksum, len: u64) -> Result<(), String> {
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| format!("half-close: {e}"))?;

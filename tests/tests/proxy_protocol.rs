@@ -46,7 +46,33 @@ fn start(topology: &Topology, data_plane: &str, extra: &[&str]) -> Proxy {
     .unwrap_or_else(|e| panic!("proxy: {e:#}"))
 }
 
-/// From `balancer`, a connection whose header is `header`, then a checksummed transfer.
+/// A writer that puts `header` in front of the first bytes written, in one `write`: a balancer
+/// that has the client's first bytes when it connects sends them in the header's segment, and
+/// the proxy must pass on the payload that shares a segment with the header, not the header.
+struct HeaderFirst<'a> {
+    stream: &'a mut TcpStream,
+    header: Option<Vec<u8>>,
+}
+
+impl std::io::Write for HeaderFirst<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.header.take() {
+            Some(mut first) => {
+                first.extend_from_slice(buf);
+                self.stream.write_all(&first)?;
+                Ok(buf.len())
+            }
+            None => self.stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// From `balancer`, a connection whose header is `header`, sent in one segment with the start
+/// of a checksummed transfer.
 fn relayed_transfer(
     topology: &Topology,
     balancer: IpAddr,
@@ -60,10 +86,17 @@ fn relayed_transfer(
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        stream
-            .write_all(&header)
-            .map_err(|e| format!("header: {e}"))?;
-        peers::upload_and_check(&mut stream, seed, 3 << 20, None)
+        let len = 3 << 20;
+        let sent = devicelink_testbed::send_pattern(
+            &mut HeaderFirst {
+                stream: &mut stream,
+                header: Some(header),
+            },
+            seed,
+            len,
+        )
+        .map_err(|e| format!("upload: {e}"))?;
+        peers::check_device_sum(&mut stream, sent, len)
     })
 }
 

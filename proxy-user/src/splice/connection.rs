@@ -4,6 +4,7 @@
 
 use std::{net::TcpStream as StdTcpStream, time::Duration};
 
+use devicelink_proxy_common::Direction;
 use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -24,7 +25,7 @@ use super::{
     watcher::SpliceWatcher,
 };
 use crate::{
-    copy::{CarryLimits, Outcome},
+    copy::{self, CarryLimits, Outcome},
     kernel::KernelPlane,
     session::ConnectionCounters,
     sockopt,
@@ -99,6 +100,22 @@ pub async fn carry(
     cancel: &CancellationToken,
     client_read_before: u64,
 ) -> Spliced {
+    let mut device = device;
+    let mut client_read_before = client_read_before;
+    if client_read_before > 0 {
+        // A header read off the client may have ended inside an skb whose rest is payload.
+        match copy::copy_queued(&client, &mut device, Direction::ToDevice, metrics).await {
+            Ok((copied, false)) => client_read_before += copied,
+            Ok((_, true)) => {
+                return Spliced::Fallback {
+                    client,
+                    device,
+                    reason: "the client ended its stream with its first bytes".into(),
+                };
+            }
+            Err(err) => return Spliced::Done(Outcome::from_io(err)),
+        }
+    }
     // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
     let (mut client, mut device) = match (client.into_std(), device.into_std()) {
         (Ok(client), Ok(device)) => (client, device),
