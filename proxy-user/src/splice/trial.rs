@@ -12,18 +12,18 @@
 //! targets' send queues, not merely taken in by the kernel):
 //!
 //! 1. A connection that delivered at least [`BUSY_BYTES_PER_SECOND`] through the kernel over a
-//!    window (`--splice-carry-trial` and [`WINDOW_BYTES`]) is carried in user space, its
-//!    sockets still in the splice (the `carry` module); once the kernel has sent what it queued
-//!    before, a second window measures user space. The link's other busy connections are
-//!    carried in user space with it until its trial ends ([`LinkTrials`]): they share its
-//!    sender and the CPU its bytes arrive on, so only with all of them moved does one
-//!    connection's rate show what the copy would give.
-//! 2. If user space delivered [`FASTER_BY`] more, the connection leaves the splice for the copy
-//!    where the kernel allows it (the `leave` module), or else stays carried for
-//!    `--splice-carry-for` (doubled each time a later trial says so again, up to 64 times)
-//!    before the kernel is measured again. Its link remembers the win, and the link's other
-//!    busy connections go with it.
-//! 3. Otherwise they all go back to the kernel at once, and the link's next trial waits
+//!    window (`--splice-carry-trial` and [`WINDOW_BYTES`]) goes on trial. Where sockets can
+//!    leave the splice, it leaves for the userspace copy, which a second window measures (the
+//!    `copy_spell` module, [`CopyWindow`]); elsewhere user space carries it with its sockets
+//!    still in the splice (the `carry` module), and once the kernel has sent what it queued
+//!    before, the second window measures that. The link's other busy connections go with it
+//!    until its trial ends ([`LinkTrials`]): they share its sender and the CPU its bytes
+//!    arrive on, so only with all of them moved does one connection's rate show the difference.
+//! 2. If the second window delivered [`FASTER_BY`] more, the connection stays in the copy (or,
+//!    where sockets cannot leave, stays carried for `--splice-carry-for`, doubled each time a
+//!    later trial says so again, up to 64 times, before the kernel is measured again). Its link
+//!    remembers the win, and the link's other busy connections go with it.
+//! 3. Otherwise they all come back into the kernel splice, and the link's next trial waits
 //!    [`FIRST_BACKOFF`], doubled after each trial the kernel won.
 //!
 //! The verdict program wakes the connection's task every [`LOOK_STEP`] bytes it redirects, so a
