@@ -133,13 +133,14 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub splice_max_queued: Option<u32>,
 
-    /// eBPF splice: when a connection is carried in user space for a while, its sockets
-    /// staying in the splice: `measure` when a trial on the busy connection shows user space
-    /// carrying it faster (the kernel sends spliced bytes from the CPU that received them, which
-    /// the sender may keep busy), `never`, or `always` (at once and after every return, so each
-    /// connection alternates between the two paths: for testing the move). Default: `measure`
-    /// with `--data-plane auto` (the faster path for each connection), `never` with
-    /// `--data-plane ebpf` (the splice only).
+    /// eBPF splice: when a connection moves to user space: `measure` when a trial on the busy
+    /// connection (and its link's other busy ones) shows the userspace copy carrying it faster
+    /// (the kernel sends spliced bytes from the CPU that received them, which the sender may
+    /// keep busy); it stays in the copy then, and comes back into the splice when not. `never`,
+    /// or `always` (carried in user space with its sockets in the splice, at once and after
+    /// every return, so each connection alternates between the two paths: for testing the
+    /// move). Default: `measure` with `--data-plane auto` (the faster path for each connection),
+    /// `never` with `--data-plane ebpf` (the splice only).
     #[arg(long, value_enum)]
     pub splice_carry: Option<CarryMode>,
 
@@ -148,9 +149,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_fine_duration)]
     pub splice_carry_trial: Duration,
 
-    /// eBPF splice: how long a connection user space carried faster stays there before the
-    /// kernel path is measured again, doubled each time user space wins again, up to 64 times
-    /// this (digits and a unit: us, ms, s).
+    /// eBPF splice: how long a link remembers that user space carried one of its connections
+    /// faster (its other busy connections follow without a trial meanwhile); where sockets
+    /// cannot leave the splice, also how long such a connection stays carried in user space
+    /// before the kernel path is measured again, doubled each time user space wins again, up to
+    /// 64 times this (digits and a unit: us, ms, s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_fine_duration)]
     pub splice_carry_for: Duration,
 

@@ -116,13 +116,6 @@ pub struct CopyProgress {
     moved: [AtomicU64; 2],
 }
 
-impl CopyProgress {
-    /// Both directions together.
-    pub fn total(&self) -> u64 {
-        self.moved.iter().map(|m| m.load(Ordering::Relaxed)).sum()
-    }
-}
-
 /// How a copy that may be stopped ended.
 pub enum Copied {
     /// The connection ended.

@@ -89,7 +89,9 @@ pub(super) async fn copy_spell(
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut window = match left_for {
-        LeftFor::Trial { kernel_rate } => Some(CopyWindow::new(kernel_rate, started)),
+        LeftFor::Trial { kernel_rate } => {
+            Some(CopyWindow::new(kernel_rate, started, link.moved()))
+        }
         _ => None,
     };
     // Settled: whether the copy stays (`Some(true)`), or the connection goes back.
@@ -102,7 +104,7 @@ pub(super) async fn copy_spell(
             () = tokio::time::sleep(SPELL_LOOK), if settled.is_none() => {
                 let now = Instant::now();
                 settled = match (left_for, window.as_mut()) {
-                    (LeftFor::Trial { .. }, Some(window)) => match window.judge(now, progress.total(), policy, link) {
+                    (LeftFor::Trial { .. }, Some(window)) => match window.judge(now, link.moved(), policy, link) {
                         CopyVerdict::Measuring => None,
                         CopyVerdict::CopyFaster { kernel_rate, copy_rate } => {
                             metrics.count_splice_trial(true);
