@@ -89,9 +89,7 @@ pub(super) async fn copy_spell(
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut window = match left_for {
-        LeftFor::Trial { kernel_rate } => {
-            Some(CopyWindow::new(kernel_rate, started, link.moved()))
-        }
+        LeftFor::Trial { kernel_rate } => Some(CopyWindow::new(kernel_rate, started, link.moved())),
         _ => None,
     };
     // Settled: whether the copy stays (`Some(true)`), or the connection goes back.

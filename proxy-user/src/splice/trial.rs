@@ -168,6 +168,9 @@ pub struct LinkTrials {
     /// While a trial runs: the latest it can end (same clock), plus one; 0: none. A connection
     /// that closes mid-trial leaves it to run out.
     trial_until: AtomicU64,
+    /// While one connection measures the kernel's window for the link: the latest it can end
+    /// (same clock), plus one; 0: none.
+    window_until: AtomicU64,
     /// When the next trial may start (same clock), plus one; 0: at once.
     next_trial_at: AtomicU64,
     /// Trials in a row the kernel won.
@@ -230,6 +233,22 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Takes `slot` (a [`stamp`] of when its holder's claim runs out) until `now + longest`, unless
+/// another holder's claim still runs.
+fn claim(slot: &AtomicU64, now: Instant, longest: Duration) -> bool {
+    let current = slot.load(Ordering::Relaxed);
+    if instant_of(current).is_some_and(|until| now < until) {
+        return false;
+    }
+    slot.compare_exchange(
+        current,
+        stamp(now + longest),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    )
+    .is_ok()
+}
+
 /// `at` on the [`LinkTrials`] clock: milliseconds since [`epoch`], plus one (0 is "never").
 fn stamp(at: Instant) -> u64 {
     at.saturating_duration_since(epoch()).as_millis() as u64 + 1
@@ -288,18 +307,13 @@ impl LinkTrials {
     /// Claims the link's trial for one connection, for at most `longest`; false when another
     /// connection's trial runs.
     fn start_trial(&self, now: Instant, longest: Duration) -> bool {
-        let current = self.trial_until.load(Ordering::Relaxed);
-        if instant_of(current).is_some_and(|until| now < until) {
-            return false;
-        }
-        self.trial_until
-            .compare_exchange(
-                current,
-                stamp(now + longest),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        claim(&self.trial_until, now, longest)
+    }
+
+    /// Claims the link's kernel window for one connection, for at most `longest`; false when
+    /// another connection measures one.
+    fn claim_window(&self, now: Instant, longest: Duration) -> bool {
+        claim(&self.window_until, now, longest)
     }
 
     /// Ends the running trial without a verdict: its connection closed.
@@ -500,22 +514,26 @@ impl Trials {
         if moving && link.user_space_won_within(now, policy.stay) {
             // Bytes are moving, on a link whose user space won lately: follow at once rather
             // than after a window of waiting for the same busy CPU.
-            self.kernel_window = None;
+            self.close_window(link);
             self.wins += 1;
             return Ok(KernelLook::Move(MoveReason::Link));
         }
         if moving && link.trial_running(now) {
             // Bytes are moving while another connection of the link is on trial: its user
             // space must carry the link's busy connections to measure what the copy gives.
-            self.kernel_window = None;
+            self.close_window(link);
             self.joined_trial = true;
             return Ok(KernelLook::Move(MoveReason::JoinTrial));
         }
         if !link.may_try(now) {
-            self.kernel_window = None;
+            self.close_window(link);
             return Ok(KernelLook::Stay { next: None });
         }
-        if self.kernel_window.is_none() && !moving {
+        // One connection of the link measures the kernel's window, for all of them: it reads
+        // every member's sockets at each look.
+        if self.kernel_window.is_none()
+            && !(moving && link.claim_window(now, policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK))
+        {
             return Ok(KernelLook::Stay { next: None });
         }
         let bytes = link.moved();
@@ -532,7 +550,7 @@ impl Trials {
             });
         }
         let rate = window.rate(now, bytes);
-        self.kernel_window = None;
+        self.close_window(link);
         if rate < BUSY_BYTES_PER_SECOND as f64 {
             // Not busy enough to be worth a trial: the next wake-up opens a new window.
             return Ok(KernelLook::Stay { next: None });
@@ -625,6 +643,13 @@ impl Trials {
     /// against: this connection's trial continues outside the splice (see `copy_spell`).
     pub(super) fn take_kernel_rate(&mut self) -> Option<f64> {
         self.trial.take().map(|(kernel_rate, _, _)| kernel_rate)
+    }
+
+    /// Closes the kernel window this connection measures for its link, if it has one open.
+    fn close_window(&mut self, link: &LinkTrials) {
+        if self.kernel_window.take().is_some() {
+            link.window_until.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Decides the return to the kernel, for this look and the next until it happens.
@@ -764,7 +789,11 @@ mod tests {
         let (mut device, _device_peer) = loopback_pair();
         client.write_all(&[1; 1000]).unwrap();
         let member = link.join(&client, &device).unwrap();
-        assert_eq!(link.moved(), 0, "bytes entered before it joined do not count");
+        assert_eq!(
+            link.moved(),
+            0,
+            "bytes entered before it joined do not count"
+        );
         client.write_all(&[2; 300]).unwrap();
         device.write_all(&[3; 200]).unwrap();
         assert_eq!(link.moved(), 500, "both ways");
@@ -775,7 +804,11 @@ mod tests {
         assert_eq!(link.moved(), 550);
         drop(member);
         client.write_all(&[5; 10]).unwrap();
-        assert_eq!(link.moved(), 550, "a connection that left keeps what it moved, no more");
+        assert_eq!(
+            link.moved(),
+            550,
+            "a connection that left keeps what it moved, no more"
+        );
         drop(second);
         assert_eq!(link.moved(), 550);
     }
