@@ -414,7 +414,7 @@ async fn serve_client(
                     // Counted as carried by the kernel, where it started;
                     // devicelink_splice_moves_total counts the move.
                     metrics.count_path(Path::Kernel);
-                    copy::carry(client, device, &limits, &counters, &cancel).await
+                    copy::carry_from_splice(client, device, &limits, &counters, &cancel).await
                 }
             }
         }

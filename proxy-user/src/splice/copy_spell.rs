@@ -94,7 +94,16 @@ pub(super) async fn copy_spell(
     };
     // Settled: whether the copy stays (`Some(true)`), or the connection goes back.
     let mut settled: Option<bool> = None;
-    let copied = copy::carry_until(client, device, limits, metrics, cancel, &stop, &progress);
+    let copied = copy::carry_until(
+        client,
+        device,
+        limits,
+        metrics,
+        cancel,
+        &stop,
+        &progress,
+        copy::Buffers::Keep,
+    );
     tokio::pin!(copied);
     let copied = loop {
         tokio::select! {
