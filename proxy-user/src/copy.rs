@@ -132,10 +132,11 @@ pub enum Buffers {
     /// `--copy-socket-buffer`, fixed (no autotuning): a client that stops reading makes the
     /// proxy hold at most these, which is what the memory budget counts.
     Fix,
-    /// As they are: a connection that left the splice keeps the splice's buffers, which its
-    /// memory budget counts. Shrinking the receive buffer under a window already advertised
-    /// makes the kernel prune the queue and the sender back off: one bulk stream copied at
-    /// 70-160 MB/s for the first tenths of a second after leaving.
+    /// A connection that left the splice keeps the splice's receive buffers, which its memory
+    /// budget counts: shrinking a receive buffer under a window already advertised makes the
+    /// kernel prune the queue and the sender back off (one bulk stream copied at 70-160 MB/s
+    /// for the first tenths of a second after leaving). Its send buffers are held to what the
+    /// budget counts for its queues (`--splice-max-queued`), which nothing bounds in the copy.
     Keep,
 }
 
@@ -177,9 +178,21 @@ pub async fn carry_until(
     buffers: Buffers,
 ) -> Copied {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
-    if buffers == Buffers::Fix {
-        for fd in fds {
-            let _ = sockopt::fix_buffers(&fd, limits.copy_socket_buffer);
+    match buffers {
+        Buffers::Fix => {
+            for fd in fds {
+                let _ = sockopt::fix_buffers(&fd, limits.copy_socket_buffer);
+            }
+        }
+        Buffers::Keep => {
+            // The kernel keeps twice what is asked.
+            let queue = u64::from(limits.splice_max_queued)
+                * devicelink_spec::memory::QUEUE_TRUESIZE_PERCENT
+                / 100;
+            let sndbuf = (queue / 2).min(u64::from(limits.splice_sndbuf));
+            for fd in fds {
+                let _ = sockopt::force_sndbuf(&fd, u32::try_from(sndbuf).unwrap_or(u32::MAX));
+            }
         }
     }
     let outcome = {
