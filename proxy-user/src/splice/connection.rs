@@ -123,13 +123,17 @@ pub async fn carry(
     };
     let mut read_before = [client_read_before, 0];
     let mut again = false;
-    // Counted in its link's trials for as long as it may come back into the splice.
-    let _member = match metrics.link.trials.join(&client, &device) {
-        Ok(member) => Some(member),
-        Err(err) => {
-            debug!(%err, "this connection's bytes are left out of its link's trials");
-            None
-        }
+    // Counted in its link's trials for as long as it may come back into the splice; only
+    // trials read it, so without them no descriptors are duplicated on the way in.
+    let _member = match limits.splice_carry.mode {
+        CarryMode::Measure => match metrics.link.trials.join(&client, &device) {
+            Ok(member) => Some(member),
+            Err(err) => {
+                debug!(%err, "this connection's bytes are left out of its link's trials");
+                None
+            }
+        },
+        CarryMode::Never | CarryMode::Always | CarryMode::Leave => None,
     };
     loop {
         let episode = splice_once(
