@@ -1,8 +1,8 @@
 //! The end of a direction. Its FIN reaches user space as `EPOLLRDHUP` on its source socket; the
 //! target's write side is shut only once every byte has moved: the source's received bytes (less
-//! the FIN's sequence number) all went through the verdict program or user space, and all of
-//! those are in the target's send queue. Shutting earlier loses what the target's psock still
-//! holds.
+//! the FIN's sequence number) all went through the verdict program or user space, user space
+//! wrote every byte it read, and all of those are in the target's send queue. Shutting earlier
+//! loses what the target's psock or user space still holds.
 
 use std::io;
 
@@ -66,6 +66,12 @@ pub(super) fn pass_on_fin(
 /// went through the verdict program or user space, and all of that is in the target's send queue.
 fn drained(plane: &KernelPlane, sockets: &Sockets, direction: Direction) -> io::Result<bool> {
     let src = sockets.source(direction);
+    let dst = sockets.target(direction);
+    // User space carrying the connection may have read bytes it has not written yet (its
+    // target was full, or bytes the kernel redirected before were still in a psock).
+    if src.user_read != dst.user_written {
+        return Ok(false);
+    }
     let (redirected, _) = plane.link_bytes(src.cookie);
     let received = sockopt::tcp_info(&src.stream)?.tcpi_bytes_received;
     let consumed = src.read_before + src.user_read + redirected;
@@ -73,5 +79,5 @@ fn drained(plane: &KernelPlane, sockets: &Sockets, direction: Direction) -> io::
     if received.saturating_sub(1) != consumed {
         return Ok(false);
     }
-    target_caught_up(sockets.target(direction), redirected)
+    target_caught_up(dst, redirected)
 }
