@@ -349,7 +349,7 @@ async fn serve_client(
             }
             let _ = sockopt::set_linger_reset(&client);
             drop(client);
-            finish(&shared, &settings, &session, refusal.label());
+            finish(&shared, &settings, &session, refusal.label(), None);
             return;
         }
     };
@@ -424,11 +424,28 @@ async fn serve_client(
             copy::carry(client, device, &limits, &counters, &cancel).await
         }
     };
-    finish(&shared, &settings, &session, outcome.label());
+    // What reset it, for the closing line: the session's record keeps only the label.
+    let reset = match &outcome {
+        copy::Outcome::Reset { side, error } => Some(format!("{side}: {error}")),
+        _ => None,
+    };
+    finish(
+        &shared,
+        &settings,
+        &session,
+        outcome.label(),
+        reset.as_deref(),
+    );
 }
 
 /// Counts how the connection ended, leaves its audit line and event, and forgets it.
-fn finish(shared: &LinkShared, settings: &LinkSettings, session: &Session, result: &'static str) {
+fn finish(
+    shared: &LinkShared,
+    settings: &LinkSettings,
+    session: &Session,
+    result: &'static str,
+    reset: Option<&str>,
+) {
     let carrier = &shared.carrier;
     carrier.metrics.count_result(result);
     shared.stats.count_result(result);
@@ -450,6 +467,7 @@ fn finish(shared: &LinkShared, settings: &LinkSettings, session: &Session, resul
         bytes_from_device = from_device,
         data_plane = session.path().unwrap_or("none"),
         close_reason = reason,
+        reset,
         "connection closed"
     );
     carrier.events.push(
