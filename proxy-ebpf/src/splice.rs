@@ -18,6 +18,13 @@ use devicelink_proxy_common::{
 #[map]
 static SPLICE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
+/// Where a socket leaving the splice waits, with no program attached: its psock (and the bytes
+/// the verdict program held on it) lives on while it is here, so bytes held in the instant the
+/// socket left `SPLICE_SOCKETS` can still be read (leaving drops a psock's queue with it).
+/// Written only by user space.
+#[map]
+static SPLICE_PARKED: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+
 #[map]
 static SPLICE_LINKS: HashMap<u64, SpliceLink> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 

@@ -89,6 +89,8 @@ pub struct KernelCounters {
 
 pub struct KernelPlane {
     sockets: Mutex<SockHash<MapData, u64>>,
+    /// Sockets on their way out of the splice (see `SPLICE_PARKED` in the kernel program).
+    parked: Mutex<SockHash<MapData, u64>>,
     links: Mutex<HashMap<MapData, u64, SpliceLink>>,
     credits: Mutex<HashMap<MapData, u64, SpliceCredit>>,
     /// Taken once by the splice watcher, which waits on it.
@@ -173,6 +175,7 @@ impl KernelPlane {
             other => other?,
         };
         let sockets: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_SOCKETS")?;
+        let parked: SockHash<MapData, u64> = take(&mut ebpf, "SPLICE_PARKED")?;
         let links: HashMap<MapData, u64, SpliceLink> = take(&mut ebpf, "SPLICE_LINKS")?;
         let credits: HashMap<MapData, u64, SpliceCredit> = take(&mut ebpf, "SPLICE_CREDITS")?;
         let notices: RingBuf<MapData> = take(&mut ebpf, "SPLICE_NOTICES")?;
@@ -187,6 +190,7 @@ impl KernelPlane {
         return_freed_heap();
         let mut plane = Self {
             sockets: Mutex::new(sockets),
+            parked: Mutex::new(parked),
             links: Mutex::new(links),
             credits: Mutex::new(credits),
             notices: Mutex::new(Some(notices)),
@@ -221,6 +225,20 @@ impl KernelPlane {
     pub fn remove_socket(&self, cookie: u64) -> Result<(), MapError> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         sockets.remove(&cookie)
+    }
+
+    /// Puts a socket in the parking hash, which keeps its psock alive once it leaves the splice
+    /// hash (see the `leave` module). Fails for a socket no longer ESTABLISHED.
+    pub fn park(&self, cookie: u64, socket: &impl AsRawFd) -> Result<(), MapError> {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        parked.insert(cookie, socket.as_raw_fd(), 0)
+    }
+
+    /// Takes a socket out of the parking hash: out of the splice hash too, its psock goes, and
+    /// the socket is a plain TCP socket again.
+    pub fn unpark(&self, cookie: u64) -> Result<(), MapError> {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        parked.remove(&cookie)
     }
 
     /// Records where bytes arriving on `cookie` go. Done before the socket enters the hash, and
@@ -333,6 +351,7 @@ fn load_object(
 ) -> Result<Ebpf, KernelError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("SPLICE_SOCKETS", capacity)
+        .map_max_entries("SPLICE_PARKED", capacity)
         .map_max_entries("SPLICE_LINKS", capacity)
         .map_max_entries("SPLICE_CREDITS", capacity)
         .override_global(

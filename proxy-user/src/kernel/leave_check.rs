@@ -6,11 +6,12 @@
 //! bytes passed to its psock queue, so after it left the map, reads stalled or failed. Which
 //! kernels carry the fix cannot be told from a version number (distributions backport), so the
 //! proxy does what the fix is about: passes bytes to a socket's psock queue, reads them, takes
-//! the socket out of the map, and reads more.
+//! the socket out of the map, and reads more. Then it checks that bytes held on a socket with
+//! its FIN, and not read yet, survive its leaving when it waits in the parking hash meanwhile.
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -53,7 +54,152 @@ pub(super) fn sockets_can_leave(plane: &KernelPlane) -> Result<(), String> {
         });
     // In case the check stopped half way (closing the socket takes it out of the hash anyway).
     let _ = plane.remove_socket(cookie);
+    checked?;
+    held_bytes_survive_leaving(plane, &listener)?;
+    held_bytes_read_back_in_the_splice(plane, &listener)
+}
+
+/// The third part: a socket that left the splice hash while parked, with bytes held and no FIN,
+/// enters it again, its held bytes are read there, and it reads on after leaving both hashes
+/// with TCP's read position right (the kernel counts a psock's bytes as read only while the
+/// socket is in a hash with the program).
+fn held_bytes_read_back_in_the_splice(
+    plane: &KernelPlane,
+    listener: &TcpListener,
+) -> Result<(), String> {
+    let addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let mut sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
+    let (mut receiver, _) = listener
+        .accept()
+        .map_err(|err| format!("accepting: {err}"))?;
+    receiver
+        .set_read_timeout(Some(READ_WAIT))
+        .map_err(|err| err.to_string())?;
+    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    let held: &[u8] = b"held as the socket leaves, read back in";
+    let checked = plane
+        .insert_socket(cookie, &receiver)
+        .map_err(|err| format!("entering the splice hash: {err}"))
+        .and_then(|()| {
+            plane
+                .park(cookie, &receiver)
+                .map_err(|err| format!("entering the parking hash: {err}"))
+        })
+        .and_then(|()| sender.write_all(held).map_err(|err| err.to_string()))
+        .and_then(|()| wait_held(&receiver, held.len()))
+        .and_then(|()| {
+            plane
+                .remove_socket(cookie)
+                .map_err(|err| format!("leaving the splice hash: {err}"))
+        })
+        .and_then(|()| {
+            plane
+                .insert_socket(cookie, &receiver)
+                .map_err(|err| format!("entering the splice hash again while parked: {err}"))
+        })
+        .and_then(|()| {
+            plane
+                .unpark(cookie)
+                .map_err(|err| format!("leaving the parking hash: {err}"))
+        })
+        .and_then(|()| {
+            let mut got = vec![0u8; held.len()];
+            receiver
+                .read_exact(&mut got)
+                .map_err(|err| format!("reading held bytes back in the splice: {err}"))?;
+            if got != held {
+                return Err(format!("read {got:?} back in the splice, held {held:?}"));
+            }
+            plane
+                .remove_socket(cookie)
+                .map_err(|err| format!("leaving the splice hash again: {err}"))
+        })
+        .and_then(|()| {
+            exchange(&mut sender, &mut receiver, b"after leaving for good")
+                .map_err(|err| format!("reading after leaving for good: {err}"))
+        });
+    let _ = plane.remove_socket(cookie);
+    let _ = plane.unpark(cookie);
     checked
+}
+
+/// The second half of the check: bytes the verdict program held on a socket, with its FIN, in
+/// the instant it left the splice hash are still there to read when it waited in the parking
+/// hash meanwhile (without it, leaving drops the psock and its queue). A connection leaving the
+/// splice as its peer sends its last bytes relies on this.
+fn held_bytes_survive_leaving(plane: &KernelPlane, listener: &TcpListener) -> Result<(), String> {
+    let addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let mut sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
+    let (mut receiver, _) = listener
+        .accept()
+        .map_err(|err| format!("accepting: {err}"))?;
+    receiver
+        .set_read_timeout(Some(READ_WAIT))
+        .map_err(|err| err.to_string())?;
+    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    let held: &[u8] = b"held as the socket leaves";
+    let checked = plane
+        .insert_socket(cookie, &receiver)
+        .map_err(|err| format!("entering the splice hash: {err}"))
+        .and_then(|()| {
+            plane
+                .park(cookie, &receiver)
+                .map_err(|err| format!("entering the parking hash: {err}"))
+        })
+        .and_then(|()| {
+            sender
+                .write_all(held)
+                .and_then(|()| sender.shutdown(Shutdown::Write))
+                .map_err(|err| err.to_string())
+        })
+        .and_then(|()| wait_held(&receiver, held.len()))
+        .and_then(|()| {
+            plane
+                .remove_socket(cookie)
+                .map_err(|err| format!("leaving the splice hash: {err}"))
+        })
+        .and_then(|()| {
+            let mut got = vec![0u8; held.len()];
+            receiver.read_exact(&mut got).map_err(|err| {
+                format!("reading held bytes after leaving the splice hash: {err}")
+            })?;
+            if got != held {
+                return Err(format!("read {got:?} after leaving, held {held:?}"));
+            }
+            plane
+                .unpark(cookie)
+                .map_err(|err| format!("leaving the parking hash: {err}"))?;
+            match receiver.read(&mut got) {
+                Ok(0) => Ok(()),
+                Ok(n) => Err(format!(
+                    "{n} bytes after the held ones, where the stream ended"
+                )),
+                Err(err) => Err(format!(
+                    "reading the end of the stream after leaving: {err}"
+                )),
+            }
+        });
+    let _ = plane.remove_socket(cookie);
+    let _ = plane.unpark(cookie);
+    checked
+}
+
+/// Waits until `len` bytes wait to be read on `receiver` (peeked, not taken).
+fn wait_held(receiver: &TcpStream, len: usize) -> Result<(), String> {
+    let mut buf = vec![0u8; len];
+    let deadline = std::time::Instant::now() + READ_WAIT;
+    loop {
+        let peeked = receiver
+            .peek(&mut buf)
+            .map_err(|err| format!("waiting for held bytes: {err}"))?;
+        if peeked == len {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{peeked} of {len} bytes held after {READ_WAIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Sends `bytes` on `sender` and reads them back whole on `receiver`.

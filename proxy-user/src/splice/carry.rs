@@ -47,6 +47,8 @@ struct Pipe {
     caught_up: bool,
     /// Whether the source reached its end of stream.
     eof: bool,
+    /// The most it may still read, when set (see [`Carrying::limit_reads`]).
+    read_limit: Option<u64>,
 }
 
 impl Pipe {
@@ -57,6 +59,7 @@ impl Pipe {
             end: 0,
             caught_up: false,
             eof: false,
+            read_limit: None,
         }
     }
 
@@ -76,6 +79,8 @@ enum Wait {
     CatchUp,
     /// Nothing: its source ended and everything read was written.
     Done,
+    /// Nothing: it read as much as it may (see [`Carrying::limit_reads`]).
+    Limited,
 }
 
 /// A connection while user space carries it.
@@ -159,12 +164,23 @@ impl Carrying {
                 if pipe.eof {
                     break Wait::Done;
                 }
-                match recv_into(&src.stream, &mut pipe.buf)? {
+                let room = match pipe.read_limit {
+                    Some(0) => break Wait::Limited,
+                    Some(limit) => pipe
+                        .buf
+                        .len()
+                        .min(usize::try_from(limit).unwrap_or(usize::MAX)),
+                    None => pipe.buf.len(),
+                };
+                match recv_into(&src.stream, &mut pipe.buf[..room])? {
                     None => break Wait::Readable,
                     Some(0) => pipe.eof = true,
                     Some(read) => {
                         pipe.end = read;
                         let read = read as u64;
+                        if let Some(limit) = pipe.read_limit.as_mut() {
+                            *limit -= read;
+                        }
                         // Held bytes the hold path forwarded but had not read off yet come
                         // first: they were written before.
                         let skip = (src.to_discard as u64).min(read);
@@ -190,7 +206,7 @@ impl Carrying {
                     Wait::Readable => ready(&fds[source], Interest::READABLE).await,
                     Wait::Writable => ready(&fds[target], Interest::WRITABLE).await,
                     Wait::CatchUp => tokio::time::sleep(CATCH_UP_LOOK).await,
-                    Wait::Done => std::future::pending().await,
+                    Wait::Done | Wait::Limited => std::future::pending().await,
                 }
             }
         };
@@ -198,6 +214,13 @@ impl Carrying {
             () = wait_one(Direction::ToDevice, 0, 1) => {}
             () = wait_one(Direction::FromDevice, 1, 0) => {}
         }
+    }
+
+    /// Lets `direction` read at most `limit` more bytes off its source (`None`: no limit): a
+    /// connection on its way out of the splice reads exactly what the verdict program held, and
+    /// leaves the rest to the copy.
+    pub(super) fn limit_reads(&mut self, direction: Direction, limit: Option<u64>) {
+        self.pipes[direction].read_limit = limit;
     }
 
     /// Whether a direction's source has ended (its FIN is then passed on by the whole look).

@@ -17,7 +17,7 @@ use super::{
     finish::{FinState, pass_on_fin},
     hold::Holds,
     integrity::IntegrityChecks,
-    leave::{Leaving, try_leave},
+    leave::{Departure, Leaving},
     pace::Pacer,
     quick_acks::{self, Reader},
     socket::Sockets,
@@ -313,6 +313,7 @@ async fn watch(
     // Set once the connection is on its way out of the splice to the copy (on a kernel where
     // sockets can leave it), and why.
     let mut leaving: Option<LeftFor> = None;
+    let mut departure = Departure::default();
     let policy = &limits.splice_carry;
     loop {
         let now = Instant::now();
@@ -320,13 +321,16 @@ async fn watch(
         let mut pace_wake = None;
         let mut trial_wake = None;
         // Out of the splice only before either FIN was passed on (the copy passes its own).
-        let can_leave = plane.sockets_can_leave() && !finished.to_device && !finished.from_device;
+        let can_leave = plane.sockets_can_leave()
+            && departure.may_leave()
+            && !finished.to_device
+            && !finished.from_device;
         if let Some(carry) = carrying.as_mut() {
             if let Err(err) = carry.pump(plane, sockets, metrics) {
                 return Outcome::from_io(err).into();
             }
             if let Some(left_for) = leaving {
-                match try_leave(carry, plane, sockets) {
+                match departure.try_leave(carry, plane, sockets, now) {
                     Ok(Leaving::Left) => {
                         debug!(
                             client = %peer_name(&sockets.client.stream),
@@ -337,6 +341,20 @@ async fn watch(
                     }
                     // A psock still queues bytes (the kernel gives no wake-up for that).
                     Ok(Leaving::NotYet) => trial_wake = Some(now + LEAVE_LOOK),
+                    Ok(Leaving::Cannot) => {
+                        // Its FIN came: it ends in the splice, carried there for now.
+                        debug!(
+                            client = %peer_name(&sockets.client.stream),
+                            reason = left_for.label(),
+                            "a socket of the connection is no longer established: it stays in the splice"
+                        );
+                        if matches!(left_for, LeftFor::Trial { .. }) {
+                            metrics.link.trials.abandon_trial();
+                        }
+                        leaving = None;
+                        carry_until = None;
+                        trial_wake = Some(now);
+                    }
                     Err(err) => {
                         return Outcome::Reset {
                             side: "proxy",

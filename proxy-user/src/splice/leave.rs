@@ -2,16 +2,27 @@
 //! the splice hash, and the copy carries it from there to its end.
 //!
 //! Only a connection user space already carries (the verdict program holds every byte) leaves,
-//! and only once nothing can be lost: leaving the hash discards what the socket's psock still
-//! queues, both bytes redirected to it and bytes held on it. So it waits until every byte
-//! redirected has entered its target's send queue, every held byte was read and written, and
-//! then shuts the gate the splice entered through (`SO_RCVLOWAT` at its maximum: new bytes stay
-//! in the socket's own receive queue instead of reaching the verdict program). A byte held
-//! after the last look (only under receive-memory pressure or at a FIN, with the gate shut)
-//! would be lost with the psock: the held count is read again once the sockets are out, and a
-//! connection missing bytes is reset, never carried on short.
+//! and only once nothing can be lost: leaving the hash drops the socket's psock with whatever it
+//! still queues, both bytes redirected to it and bytes held on it. So it waits until every byte
+//! redirected has entered its target's send queue and every held byte was read and written, then
+//! shuts the gate the splice entered through (`SO_RCVLOWAT` at its maximum: new bytes stay in the
+//! socket's own receive queue instead of reaching the verdict program).
+//!
+//! The gate does not stop everything: a FIN, or a receive buffer close to full, makes TCP run
+//! the verdict program anyway, which then holds what was queued. That can happen in the instant
+//! between the last look and the socket leaving the hash, and those bytes would go with the
+//! psock. So each socket first enters the parking hash, which has no program and keeps the psock
+//! (and its queue) alive; then it leaves the splice hash, where the verdict program stops for
+//! it; bytes it held in that instant with a FIN are read off by the carry (nothing follows a FIN,
+//! so the read position TCP then keeps behind does not matter); and only then the socket leaves
+//! the parking hash, its psock with it. Bytes held in that instant without a FIN (a sender that
+//! fills the receive window wakes the reader whatever the gate) cannot be read that way: the
+//! sockets go back into the splice hash, the carry reads them there, and they try again.
 
-use std::io;
+use std::{io, time::Duration};
+
+use tokio::time::Instant;
+use tracing::debug;
 
 use super::{
     carry::Carrying,
@@ -19,49 +30,154 @@ use super::{
 };
 use crate::{kernel::KernelPlane, sockopt};
 
+/// How long bytes held as the sockets left the splice may take to be read and written; a
+/// connection that cannot is reset, never carried on short.
+const HELD_READ_WAIT: Duration = Duration::from_secs(1);
+
 /// Where a connection stands on its way out of the splice.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Leaving {
     /// Bytes are still on their way through a psock: look again shortly.
     NotYet,
-    /// Out of the hash: the copy takes over.
+    /// Out of both hashes: the copy takes over.
     Left,
+    /// A socket is no longer ESTABLISHED (its FIN came): it cannot enter the parking hash, so
+    /// the connection stays in the splice.
+    Cannot,
 }
 
-/// Takes the carried connection's sockets out of the splice hash once nothing can be lost.
-pub(super) fn try_leave(
-    carry: &Carrying,
-    plane: &KernelPlane,
-    sockets: &Sockets,
-) -> io::Result<Leaving> {
-    if !carry.empty() || !all_held_read(plane, sockets) || !both_caught_up(plane, sockets)? {
-        return Ok(Leaving::NotYet);
+/// A connection's way out of the splice.
+#[derive(Debug, Default)]
+pub(super) struct Departure {
+    /// Set once the sockets are out of the splice hash and wait in the parking hash for the
+    /// carry to read what the verdict program held as they left: since when.
+    parked_at: Option<Instant>,
+    /// Set once a socket could not enter the parking hash: the connection stays in the splice.
+    refused: bool,
+}
+
+impl Departure {
+    /// Whether the connection may still try to leave.
+    pub(super) fn may_leave(&self) -> bool {
+        !self.refused
     }
-    for socket in sockets.both() {
-        sockopt::set_rcvlowat(&socket.stream, i32::MAX)?;
-    }
-    if !all_held_read(plane, sockets) {
-        // The verdict program held more between the two looks: read it first.
-        for socket in sockets.both() {
-            sockopt::set_rcvlowat(&socket.stream, 1)?;
+
+    /// Takes the carried connection's sockets out of the splice hash once nothing can be lost.
+    pub(super) fn try_leave(
+        &mut self,
+        carry: &mut Carrying,
+        plane: &KernelPlane,
+        sockets: &Sockets,
+        now: Instant,
+    ) -> io::Result<Leaving> {
+        if let Some(since) = self.parked_at {
+            return self.read_held_then_go(carry, plane, sockets, since, now);
         }
-        return Ok(Leaving::NotYet);
+        if !carry.empty() || !all_held_read(plane, sockets) || !both_caught_up(plane, sockets)? {
+            return Ok(Leaving::NotYet);
+        }
+        set_gates(sockets, i32::MAX)?;
+        if !all_held_read(plane, sockets) {
+            // The verdict program held more between the two looks: read it first.
+            set_gates(sockets, 1)?;
+            return Ok(Leaving::NotYet);
+        }
+        for (index, socket) in sockets.both().into_iter().enumerate() {
+            if let Err(err) = plane.park(socket.cookie, &socket.stream) {
+                for parked in &sockets.both()[..index] {
+                    plane.unpark(parked.cookie).map_err(|err| {
+                        io::Error::other(format!("taking a socket out of the parking hash: {err}"))
+                    })?;
+                }
+                set_gates(sockets, 1)?;
+                debug!(%err, "a socket of the connection could not enter the parking hash");
+                self.refused = true;
+                return Ok(Leaving::Cannot);
+            }
+        }
+        for socket in sockets.both() {
+            plane.remove_socket(socket.cookie).map_err(|err| {
+                io::Error::other(format!("taking a socket out of the splice: {err}"))
+            })?;
+        }
+        // Out of the splice hash, the verdict program no longer runs for them and the held
+        // counts are final; without the gate, the carry is woken for bytes as they come.
+        set_gates(sockets, 1)?;
+        let mut held_without_fin = false;
+        for socket in sockets.both() {
+            if plane.link_bytes(socket.cookie).1 != socket.user_read
+                && !sockopt::poll_state(&socket.stream)?.read_closed
+            {
+                held_without_fin = true;
+            }
+        }
+        if held_without_fin {
+            // Held because the receive window was about to close (TCP then wakes the reader
+            // whatever the gate), not for a FIN: read now, those bytes would leave TCP's read
+            // position behind what follows (the kernel counts a psock's bytes as read only
+            // while the socket is in a hash with the program). Back into the splice, where
+            // the carry reads them, and out again at a later look.
+            for socket in sockets.both() {
+                plane.insert_socket(socket.cookie, &socket.stream).map_err(|err| {
+                    io::Error::other(format!(
+                        "bytes the splice held as the connection left it could not be carried on: back into the splice hash: {err}"
+                    ))
+                })?;
+            }
+            for socket in sockets.both() {
+                plane.unpark(socket.cookie).map_err(|err| {
+                    io::Error::other(format!("taking a socket out of the parking hash: {err}"))
+                })?;
+            }
+            debug!("bytes arrived as the connection left the splice: back into it to read them");
+            return Ok(Leaving::NotYet);
+        }
+        if !all_held_read(plane, sockets) {
+            debug!(
+                "bytes arrived with a FIN as the connection left the splice: read from the parking hash"
+            );
+        }
+        self.parked_at = Some(now);
+        self.read_held_then_go(carry, plane, sockets, now, now)
     }
+
+    /// Out of the splice hash: once the carry read and wrote every held byte, the sockets leave
+    /// the parking hash.
+    fn read_held_then_go(
+        &mut self,
+        carry: &mut Carrying,
+        plane: &KernelPlane,
+        sockets: &Sockets,
+        since: Instant,
+        now: Instant,
+    ) -> io::Result<Leaving> {
+        for (direction, socket) in super::direction::BOTH.into_iter().zip(sockets.both()) {
+            let held = plane.link_bytes(socket.cookie).1;
+            carry.limit_reads(direction, Some(held.saturating_sub(socket.user_read)));
+        }
+        if !carry.empty() || !all_held_read(plane, sockets) {
+            if now.duration_since(since) >= HELD_READ_WAIT {
+                return Err(io::Error::other(
+                    "bytes the splice held as the connection left it could not be read",
+                ));
+            }
+            return Ok(Leaving::NotYet);
+        }
+        for socket in sockets.both() {
+            plane.unpark(socket.cookie).map_err(|err| {
+                io::Error::other(format!("taking a socket out of the parking hash: {err}"))
+            })?;
+        }
+        Ok(Leaving::Left)
+    }
+}
+
+/// Sets both sockets' `SO_RCVLOWAT`: the splice's gate (see the `enter` module).
+fn set_gates(sockets: &Sockets, lowat: i32) -> io::Result<()> {
     for socket in sockets.both() {
-        plane
-            .remove_socket(socket.cookie)
-            .map_err(|err| io::Error::other(format!("taking a socket out of the splice: {err}")))?;
+        sockopt::set_rcvlowat(&socket.stream, lowat)?;
     }
-    if !all_held_read(plane, sockets) {
-        return Err(io::Error::other(
-            "bytes held while the connection left the splice were lost with the socket's psock queue",
-        ));
-    }
-    // Out of the hash: the gate would only slow the copy's reads down.
-    for socket in sockets.both() {
-        sockopt::set_rcvlowat(&socket.stream, 1)?;
-    }
-    Ok(Leaving::Left)
+    Ok(())
 }
 
 /// Whether every byte the verdict program held was read off its socket.
