@@ -557,6 +557,51 @@ fn ebpf_mode_copies_no_payload_in_user_space() {
     );
 }
 
+/// A connection user space carries (its sockets still in the splice) passes the client's FIN on
+/// only once it wrote every byte it read: a slow device keeps the last bytes read waiting in the
+/// proxy when the FIN arrives, and passing it on then would end the device's stream short.
+#[test]
+fn half_close_waits_for_carried_bytes_ebpf() {
+    const LEN: u64 = 4 << 20;
+    let (topology, _server, proxy) = setup(
+        "carryfin",
+        "ebpf",
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec: 16 << 20,
+            slow_for: u64::MAX,
+        },
+        &[
+            "--splice-carry",
+            "always",
+            "--splice-carry-for",
+            "60s",
+            "--splice-sndbuf",
+            "256K",
+        ],
+    );
+    let failures = topology.client.run(|| {
+        (0..3)
+            .filter_map(|i| {
+                let mut stream = connect();
+                peers::upload_and_check(&mut stream, i, LEN, None)
+                    .err()
+                    .map(|e| format!("connection {i}: {e}"))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        failures.is_empty(),
+        "uploads carried in user space ended short:\n{}\n{}",
+        failures.join("\n"),
+        proxy.process.log()
+    );
+    let (moved, _) = moves(&proxy);
+    assert!(
+        moved >= 3.0,
+        "each upload should have been carried in user space: {moved} moves"
+    );
+}
+
 /// A client that uploads faster than the device reads (a device on a slow link) must be made to
 /// wait: the proxy keeps at most about `--splice-max-queued` of the upload, not all of it (the
 /// kernel's own splice queue has no bound), and every byte arrives, in order.
