@@ -46,7 +46,7 @@ use tokio::time::Instant;
 
 use super::{
     direction::{BOTH, PerDirection},
-    socket::{Sockets, both_caught_up},
+    socket::{Sockets, both_caught_up, bytes_entered},
 };
 use crate::{kernel::KernelPlane, sockopt::bytes_queued_total};
 
@@ -343,6 +343,19 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// How often a trial looks whether the kernel has sent what it queued before the move.
 const CATCH_UP_LOOK: Duration = Duration::from_millis(1);
 
+/// The most bytes a direction may have waiting in a psock (redirected, not yet in its target's
+/// send queue) for the connection to move to user space at once: user space writes nothing
+/// until those are sent, and on a busy CPU, where moving pays, the kernel sends them slowly
+/// (eight streams each way: 0.2-0.4 s to send what had queued, while the queue was often near
+/// empty a few milliseconds later).
+const MOVE_BACKLOG: u64 = 1 << 20;
+
+/// How often a connection waiting to move looks whether its psock queues have shrunk.
+const MOVE_LOOK: Duration = Duration::from_millis(2);
+
+/// How long a connection waits for its psock queues to shrink before it moves anyway.
+const MOVE_WAIT: Duration = Duration::from_millis(250);
+
 /// How often an open window looks whether it has measured enough, once its time is up; also
 /// how often a connection carried for another's trial looks whether the trial ended.
 const WINDOW_LOOK: Duration = Duration::from_millis(10);
@@ -476,6 +489,8 @@ pub(super) struct Trials {
     /// Why the connection goes back to the kernel, once decided: it goes when user space has
     /// written what it read, which may take more than one look.
     returning: Option<ReturnReason>,
+    /// Since when a move waits for the psock queues to shrink (see [`MOVE_BACKLOG`]).
+    move_waiting_since: Option<Instant>,
     /// Trials user space won (or forced moves).
     pub(super) wins: u32,
     /// `--splice-carry always`: the redirected count per direction from which the next forced
@@ -511,9 +526,16 @@ impl Trials {
         if policy.mode != CarryMode::Measure {
             return Ok(KernelLook::Stay { next: None });
         }
+        // A move that waits for the psock queues goes on waiting only on the paths below that
+        // still lead to it.
+        let waiting = self.move_waiting_since.take();
+        let moving = moving || waiting.is_some();
         if moving && link.user_space_won_within(now, policy.stay) {
             // Bytes are moving, on a link whose user space won lately: follow at once rather
             // than after a window of waiting for the same busy CPU.
+            if let Some(next) = self.wait_to_move(plane, sockets, waiting, now)? {
+                return Ok(KernelLook::Stay { next: Some(next) });
+            }
             self.close_window(link);
             self.wins += 1;
             return Ok(KernelLook::Move(MoveReason::Link));
@@ -521,6 +543,9 @@ impl Trials {
         if moving && link.trial_running(now) {
             // Bytes are moving while another connection of the link is on trial: its user
             // space must carry the link's busy connections to measure what the copy gives.
+            if let Some(next) = self.wait_to_move(plane, sockets, waiting, now)? {
+                return Ok(KernelLook::Stay { next: Some(next) });
+            }
             self.close_window(link);
             self.joined_trial = true;
             return Ok(KernelLook::Move(MoveReason::JoinTrial));
@@ -550,11 +575,16 @@ impl Trials {
             });
         }
         let rate = window.rate(now, bytes);
-        self.close_window(link);
         if rate < BUSY_BYTES_PER_SECOND as f64 {
             // Not busy enough to be worth a trial: the next wake-up opens a new window.
+            self.close_window(link);
             return Ok(KernelLook::Stay { next: None });
         }
+        // The window stays open meanwhile: its rate is taken over the longer time.
+        if let Some(next) = self.wait_to_move(plane, sockets, waiting, now)? {
+            return Ok(KernelLook::Stay { next: Some(next) });
+        }
+        self.close_window(link);
         if !link.start_trial(now, longest_trial(policy)) {
             // Another connection's trial started meanwhile: be carried for it.
             self.joined_trial = true;
@@ -639,6 +669,24 @@ impl Trials {
         Ok(self.returning(ReturnReason::TrialLost))
     }
 
+    /// When to look again if the move should wait for the psock queues to shrink (see
+    /// [`MOVE_BACKLOG`]); `None` to move now. `waiting`: since when it waits, if it did at the
+    /// last look.
+    fn wait_to_move(
+        &mut self,
+        plane: &KernelPlane,
+        sockets: &Sockets,
+        waiting: Option<Instant>,
+        now: Instant,
+    ) -> io::Result<Option<Instant>> {
+        let since = waiting.unwrap_or(now);
+        if now.duration_since(since) < MOVE_WAIT && psock_backlog(plane, sockets)? > MOVE_BACKLOG {
+            self.move_waiting_since = Some(since);
+            return Ok(Some(now + MOVE_LOOK));
+        }
+        Ok(None)
+    }
+
     /// The kernel's rate of the trial that just moved the connection, taken to measure the copy
     /// against: this connection's trial continues outside the splice (see `copy_spell`).
     pub(super) fn take_kernel_rate(&mut self) -> Option<f64> {
@@ -674,6 +722,19 @@ impl Trials {
 /// Sets `direction`'s next look mark [`LOOK_STEP`] past `redirected` once the verdict program
 /// passed the current one (it woke user space and stays quiet until the next generation), and
 /// says whether it had been passed.
+/// The most bytes either direction has waiting in a psock: redirected (or written by user
+/// space) and not yet in its target's send queue.
+fn psock_backlog(plane: &KernelPlane, sockets: &Sockets) -> io::Result<u64> {
+    let mut most = 0;
+    for direction in BOTH {
+        let (redirected, _) = plane.link_bytes(sockets.source(direction).cookie);
+        let target = sockets.target(direction);
+        let waiting = (redirected + target.user_written).saturating_sub(bytes_entered(target)?);
+        most = most.max(waiting);
+    }
+    Ok(most)
+}
+
 fn rearm_look_mark(
     plane: &KernelPlane,
     sockets: &mut Sockets,
