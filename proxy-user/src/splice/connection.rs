@@ -128,7 +128,7 @@ pub async fn carry(
     let mut again = false;
     // Counted in its link's trials for as long as it may come back into the splice; only
     // trials read it, so without them no descriptors are duplicated on the way in.
-    let member = match limits.splice_carry.mode {
+    let _member = match limits.splice_carry.mode {
         CarryMode::Measure => match metrics.link.trials.join(&client, &device) {
             Ok(member) => Some(member),
             Err(err) => {
@@ -173,12 +173,6 @@ pub async fn carry(
             } => (client, device, unwritten, left_for, consumed),
         };
         metrics.count_splice_move("copy", left_for.label());
-        if member.is_some() {
-            // Read on the way out and written by the copy at once: counted neither in the
-            // kernel's window nor in the copy's.
-            let bytes = unwritten.iter().map(|bytes| bytes.len() as u64).sum();
-            metrics.link.trials.discount(bytes);
-        }
         let spell = copy_spell(
             left_client,
             left_device,

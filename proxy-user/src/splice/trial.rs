@@ -186,8 +186,6 @@ struct Members {
     by_id: BTreeMap<u64, Member>,
     /// Bytes moved by connections that are no longer members.
     departed: u64,
-    /// Bytes members wrote that a window must not count (see [`LinkTrials::discount`]).
-    discounted: u64,
 }
 
 /// One connection's two sockets (duplicated descriptors, so they stay readable until it leaves)
@@ -288,16 +286,7 @@ impl LinkTrials {
     /// link's total is what shows which path carries them faster.
     pub(super) fn moved(&self) -> u64 {
         let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        (members.departed + members.by_id.values().map(Member::moved).sum::<u64>())
-            .saturating_sub(members.discounted)
-    }
-
-    /// Leaves `bytes` a member is about to write out of [`Self::moved`]: bytes a connection
-    /// read on its way out of the splice, which the copy writes at once, were delivered to the
-    /// proxy before, and would credit the copy's window with a burst it did not carry.
-    pub(super) fn discount(&self, bytes: u64) {
-        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members.discounted += bytes;
+        members.departed + members.by_id.values().map(Member::moved).sum::<u64>()
     }
 
     pub(super) fn user_space_won_within(&self, now: Instant, within: Duration) -> bool {
@@ -883,23 +872,6 @@ mod tests {
         );
         drop(second);
         assert_eq!(link.moved(), 550);
-    }
-
-    #[test]
-    fn bytes_read_on_the_way_out_of_the_splice_count_in_no_window() {
-        use std::io::Write as _;
-        let link = LinkTrials::default();
-        let (mut client, _client_peer) = loopback_pair();
-        let (device, _device_peer) = loopback_pair();
-        let _member = link.join(&client, &device).unwrap();
-        client.write_all(&[1; 400]).unwrap();
-        assert_eq!(link.moved(), 400);
-        // 300 bytes read as the connection left, which the copy writes at once.
-        link.discount(300);
-        client.write_all(&[2; 300]).unwrap();
-        assert_eq!(link.moved(), 400, "the copy's burst is not its rate");
-        client.write_all(&[3; 50]).unwrap();
-        assert_eq!(link.moved(), 450);
     }
 
     #[test]
