@@ -44,14 +44,6 @@ const STALL_AFTER: Duration = Duration::from_millis(20);
 /// to count as stalled at a closed window.
 const STALL_SETTLE: Duration = Duration::from_millis(2);
 
-/// The longest the sources go unread in one stall: a steady sender that is not filling the
-/// window (so never stops) would otherwise wait until it filled the receive buffer, and a peer
-/// that answers what it reads (an echo) stops reading once its answers are not read, which can
-/// keep the kernel from sending what the move waits for. The read is tried then anyway (it
-/// comes back short if the sender had not stopped), or the carry reads again for
-/// [`STALL_AFTER`] before the next stall.
-const STALL_MAX: Duration = Duration::from_millis(50);
-
 /// Where a connection stands on its way out of the splice.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Leaving {
@@ -76,8 +68,6 @@ pub(super) struct Departure {
     trying_since: Option<Instant>,
     /// While its sources are not read (a stall): the held counts last seen, and since when.
     still: Option<([u64; 2], Instant)>,
-    /// Since when its sources are not read, while they are not.
-    stalled_since: Option<Instant>,
 }
 
 impl Departure {
@@ -118,38 +108,26 @@ impl Departure {
             if now.duration_since(trying) < STALL_AFTER {
                 return Ok(Leaving::NotYet);
             }
-            if sockets.both().iter().any(|socket| socket.to_discard != 0) {
-                // The carry must read those off first.
-                self.stay(carry, sockets, Unwritten::default())?;
-                return Ok(Leaving::NotYet);
-            }
             for direction in BOTH {
                 carry.limit_reads(direction, Some(0));
             }
-            let stalled_since = *self.stalled_since.get_or_insert(now);
-            let overdue = now.duration_since(stalled_since) >= STALL_MAX;
-            if !caught_up {
-                if overdue {
-                    // Unread sources can hold up the very peer the kernel waits on (an echo
-                    // server blocked writing stops reading): read again for a while.
-                    self.stay(carry, sockets, Unwritten::default())?;
-                    self.trying_since = Some(now);
-                }
+            if !caught_up || sockets.both().iter().any(|socket| socket.to_discard != 0) {
                 self.still = None;
                 return Ok(Leaving::NotYet);
             }
             let held = sockets
                 .both()
                 .map(|socket| plane.link_bytes(socket.cookie).1);
-            let settled = match self.still {
-                Some((seen, since)) if seen == held => now.duration_since(since) >= STALL_SETTLE,
+            match self.still {
+                Some((seen, since)) if seen == held => {
+                    if now.duration_since(since) < STALL_SETTLE {
+                        return Ok(Leaving::NotYet);
+                    }
+                }
                 _ => {
                     self.still = Some((held, now));
-                    false
+                    return Ok(Leaving::NotYet);
                 }
-            };
-            if !settled && !overdue {
-                return Ok(Leaving::NotYet);
             }
             self.still = None;
             set_gates(sockets, i32::MAX)?;
@@ -166,7 +144,6 @@ impl Departure {
             if !all_held_read(plane, sockets) {
                 // Held more meanwhile, or a read came short: carried on, and tried again.
                 debug!("the senders did not stall: the connection tries to leave again");
-                self.trying_since = Some(now);
                 return self
                     .stay(carry, sockets, unwritten)
                     .map(|()| Leaving::NotYet);
@@ -260,7 +237,6 @@ impl Departure {
             carry.limit_reads(direction, None);
         }
         self.still = None;
-        self.stalled_since = None;
         set_gates(sockets, 1)
     }
 
