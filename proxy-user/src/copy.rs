@@ -92,38 +92,19 @@ pub async fn carry(
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
 ) -> Outcome {
-    carry_with(
-        client,
-        device,
-        limits,
-        metrics,
-        cancel,
-        Buffers::Fix,
-        Unwritten::default(),
-    )
-    .await
+    carry_with(client, device, limits, metrics, cancel, Buffers::Fix).await
 }
 
 /// [`carry`] for a connection that left the kernel splice mid-stream: its sockets keep the
-/// splice's buffers (see [`Buffers::Keep`]), and what it read on its way out is written first.
+/// splice's buffers (see [`Buffers::Keep`]).
 pub async fn carry_from_splice(
     client: TcpStream,
     device: TcpStream,
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
-    unwritten: Unwritten,
 ) -> Outcome {
-    carry_with(
-        client,
-        device,
-        limits,
-        metrics,
-        cancel,
-        Buffers::Keep,
-        unwritten,
-    )
-    .await
+    carry_with(client, device, limits, metrics, cancel, Buffers::Keep).await
 }
 
 async fn carry_with(
@@ -133,23 +114,17 @@ async fn carry_with(
     metrics: &ConnectionCounters,
     cancel: &CancellationToken,
     buffers: Buffers,
-    unwritten: Unwritten,
 ) -> Outcome {
     let never = CancellationToken::new();
     let progress = CopyProgress::default();
     let copied = carry_until(
-        client, device, limits, metrics, cancel, &never, &progress, buffers, unwritten,
+        client, device, limits, metrics, cancel, &never, &progress, buffers,
     );
     match copied.await {
         Copied::Ended(outcome) => outcome,
         Copied::Stopped { .. } => unreachable!("nothing asks it to stop"),
     }
 }
-
-/// Bytes a connection leaving the splice read off its sockets on the way and has not written
-/// yet, client to device first: the copy writes them before anything it reads. They were
-/// counted as read where they were read, so a copy's own `read` counts leave them out.
-pub type Unwritten = [Vec<u8>; 2];
 
 /// The socket buffers a copy runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +176,6 @@ pub async fn carry_until(
     stop: &CancellationToken,
     progress: &CopyProgress,
     buffers: Buffers,
-    unwritten: Unwritten,
 ) -> Copied {
     let fds = [client.as_raw_fd(), device.as_raw_fd()];
     match buffers {
@@ -236,10 +210,8 @@ pub async fn carry_until(
             stop,
             pause: &pause,
         };
-        let [to_device_first, from_device_first] = unwritten;
-        let to_device = copy(Direction::ToDevice).run(client_read, device_write, to_device_first);
-        let from_device =
-            copy(Direction::FromDevice).run(device_read, client_write, from_device_first);
+        let to_device = copy(Direction::ToDevice).run(client_read, device_write);
+        let from_device = copy(Direction::FromDevice).run(device_read, client_write);
         tokio::pin!(to_device, from_device);
 
         let mut to_device_done = false;
@@ -398,19 +370,11 @@ impl Pump<'_> {
         self,
         mut from: ReadHalf<'_>,
         mut to: WriteHalf<'_>,
-        first: Vec<u8>,
     ) -> Result<(), (&'static str, io::Error)> {
         let (source, target) = match self.direction {
             Direction::ToDevice => ("client", "device"),
             Direction::FromDevice => ("device", "client"),
         };
-        if !first.is_empty() {
-            // Read before this copy began: not this copy's progress.
-            to.write_all(&first).await.map_err(|e| (target, e))?;
-            let n = first.len() as u64;
-            self.activity.fetch_add(n, Ordering::Relaxed);
-            self.metrics.add_bytes(self.direction, n);
-        }
         let mut buf = vec![0u8; COPY_BUFFER];
         let mut waited = false;
         loop {

@@ -410,16 +410,11 @@ async fn serve_client(
                     metrics.count_path(Path::Userspace);
                     copy::carry(client, device, &limits, &counters, &cancel).await
                 }
-                splice::Spliced::Left {
-                    client,
-                    device,
-                    unwritten,
-                } => {
+                splice::Spliced::Left { client, device } => {
                     // Counted as carried by the kernel, where it started;
                     // devicelink_splice_moves_total counts the move.
                     metrics.count_path(Path::Kernel);
-                    copy::carry_from_splice(client, device, &limits, &counters, &cancel, unwritten)
-                        .await
+                    copy::carry_from_splice(client, device, &limits, &counters, &cancel).await
                 }
             }
         }

@@ -161,10 +161,6 @@ impl Carrying {
                 }
                 pipe.start = 0;
                 pipe.end = 0;
-                if pipe.buf.len() > CARRY_BUFFER {
-                    // Grown for bytes pushed in (see `push_unwritten`): back to its size.
-                    pipe.buf = vec![0u8; CARRY_BUFFER].into_boxed_slice();
-                }
                 if pipe.eof {
                     break Wait::Done;
                 }
@@ -225,27 +221,6 @@ impl Carrying {
     /// leaves the rest to the copy.
     pub(super) fn limit_reads(&mut self, direction: Direction, limit: Option<u64>) {
         self.pipes[direction].read_limit = limit;
-    }
-
-    /// Puts bytes read off `direction`'s source outside the pump (a leave that did not happen)
-    /// in its pipe, to be written before anything it reads next. Only while the pipe is empty.
-    pub(super) fn push_unwritten(&mut self, direction: Direction, bytes: Vec<u8>) {
-        let pipe = &mut self.pipes[direction];
-        debug_assert_eq!(
-            pipe.start, pipe.end,
-            "a pipe takes pushed bytes only when empty"
-        );
-        if bytes.is_empty() {
-            return;
-        }
-        let len = bytes.len();
-        if len > pipe.buf.len() {
-            pipe.buf = bytes.into_boxed_slice();
-        } else {
-            pipe.buf[..len].copy_from_slice(&bytes);
-        }
-        pipe.start = 0;
-        pipe.end = len;
     }
 
     /// Whether a direction's source has ended (its FIN is then passed on by the whole look).

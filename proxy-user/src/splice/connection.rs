@@ -25,7 +25,7 @@ use super::{
     watcher::SpliceWatcher,
 };
 use crate::{
-    copy::{self, CarryLimits, Outcome, Unwritten},
+    copy::{self, CarryLimits, Outcome},
     kernel::KernelPlane,
     session::ConnectionCounters,
     sockopt,
@@ -48,21 +48,19 @@ pub enum Spliced {
         reason: String,
     },
     /// Left the splice mid-stream because user space carries it faster (see the `trial` and
-    /// `leave` modules): every byte so far moved or is in `unwritten`, the sockets are out of
-    /// the hash; the copy carries it to its end.
+    /// `leave` modules): every byte so far moved, the sockets are out of the hash; the copy
+    /// carries it to its end.
     Left {
         client: TcpStream,
         device: TcpStream,
-        unwritten: Unwritten,
     },
 }
 
 /// How a connection's watch ended.
 enum Watched {
     Ended(Outcome),
-    /// It left the splice (see [`Spliced::Left`]), for that reason, with what it read on the
-    /// way out and has not written.
-    Left(LeftFor, Unwritten),
+    /// It left the splice (see [`Spliced::Left`]), for that reason.
+    Left(LeftFor),
 }
 
 /// How one stay of a connection in the splice ended.
@@ -74,7 +72,6 @@ enum Episode {
     Left {
         client: TcpStream,
         device: TcpStream,
-        unwritten: Unwritten,
         left_for: LeftFor,
         consumed: [u64; 2],
     },
@@ -150,14 +147,10 @@ pub async fn carry(
             read_before,
         )
         .await;
-        let (left_client, left_device, unwritten, left_for, consumed) = match episode {
+        let (left_client, left_device, left_for, consumed) = match episode {
             // Back from the copy and refused by the splice now: the copy carries it on.
             Episode::Over(Spliced::Fallback { client, device, .. }) if again => {
-                return Spliced::Left {
-                    client,
-                    device,
-                    unwritten: Unwritten::default(),
-                };
+                return Spliced::Left { client, device };
             }
             Episode::Over(Spliced::Done(outcome)) if again => {
                 debug!(?outcome, "the connection ended back in the splice");
@@ -167,37 +160,17 @@ pub async fn carry(
             Episode::Left {
                 client,
                 device,
-                unwritten,
                 left_for,
                 consumed,
-            } => (client, device, unwritten, left_for, consumed),
+            } => (client, device, left_for, consumed),
         };
         metrics.count_splice_move("copy", left_for.label());
-        let spell = copy_spell(
-            left_client,
-            left_device,
-            unwritten,
-            left_for,
-            limits,
-            metrics,
-            cancel,
-        );
-        match spell.await {
+        match copy_spell(left_client, left_device, left_for, limits, metrics, cancel).await {
             AfterSpell::Ended(outcome) => {
                 debug!(?outcome, "the connection ended in a spell in the copy");
                 return Spliced::Done(outcome);
             }
-            AfterSpell::Stay {
-                client,
-                device,
-                unwritten,
-            } => {
-                return Spliced::Left {
-                    client,
-                    device,
-                    unwritten,
-                };
-            }
+            AfterSpell::Stay { client, device } => return Spliced::Left { client, device },
             AfterSpell::Back {
                 client: back_client,
                 device: back_device,
@@ -273,7 +246,7 @@ async fn splice_once(
     }
     let outcome = match watched {
         Watched::Ended(outcome) => outcome,
-        Watched::Left(left_for, unwritten) => {
+        Watched::Left(left_for) => {
             let consumed = [
                 sockets.client.read_before + redirected[0] + sockets.client.user_read,
                 sockets.device.read_before + redirected[1] + sockets.device.user_read,
@@ -286,7 +259,6 @@ async fn splice_once(
                 (Ok(client), Ok(device)) => Episode::Left {
                     client,
                     device,
-                    unwritten,
                     left_for,
                     consumed,
                 },
@@ -359,13 +331,13 @@ async fn watch(
             }
             if let Some(left_for) = leaving {
                 match departure.try_leave(carry, plane, sockets, now) {
-                    Ok(Leaving::Left(unwritten)) => {
+                    Ok(Leaving::Left) => {
                         debug!(
                             client = %peer_name(&sockets.client.stream),
                             reason = left_for.label(),
                             "left the splice for the userspace copy"
                         );
-                        return Watched::Left(left_for, unwritten);
+                        return Watched::Left(left_for);
                     }
                     // A psock still queues bytes (the kernel gives no wake-up for that).
                     Ok(Leaving::NotYet) => trial_wake = Some(now + LEAVE_LOOK),

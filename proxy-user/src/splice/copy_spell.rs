@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::trial::{CopyVerdict, CopyWindow, LinkTrials};
 use crate::{
-    copy::{self, CarryLimits, Copied, CopyProgress, Outcome, Unwritten},
+    copy::{self, CarryLimits, Copied, CopyProgress, Outcome},
     session::ConnectionCounters,
 };
 
@@ -49,11 +49,10 @@ impl LeftFor {
 pub(super) enum AfterSpell {
     /// The connection ended during it.
     Ended(Outcome),
-    /// The copy carries it to its end, writing `unwritten` first.
+    /// The copy carries it to its end.
     Stay {
         client: TcpStream,
         device: TcpStream,
-        unwritten: Unwritten,
     },
     /// Back into the splice: the sockets, what the copy read from each (client, device), and
     /// the `reason` of the `to="kernel"` move.
@@ -69,11 +68,10 @@ pub(super) enum AfterSpell {
 const SPELL_LOOK: Duration = Duration::from_millis(10);
 
 /// Copies the connection that left the splice `left_for` a reason that may bring it back, until
-/// that reason is settled; `unwritten` first.
+/// that reason is settled.
 pub(super) async fn copy_spell(
     client: TcpStream,
     device: TcpStream,
-    unwritten: Unwritten,
     left_for: LeftFor,
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
@@ -85,11 +83,7 @@ pub(super) async fn copy_spell(
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |addr| addr.to_string());
     if left_for == LeftFor::Good {
-        return AfterSpell::Stay {
-            client,
-            device,
-            unwritten,
-        };
+        return AfterSpell::Stay { client, device };
     }
     let progress = CopyProgress::default();
     let stop = CancellationToken::new();
@@ -109,7 +103,6 @@ pub(super) async fn copy_spell(
         &stop,
         &progress,
         copy::Buffers::Keep,
-        unwritten,
     );
     tokio::pin!(copied);
     let copied = loop {
@@ -184,10 +177,6 @@ pub(super) async fn copy_spell(
             (Err(err), _) | (_, Err(err)) => AfterSpell::Ended(Outcome::from_io(err)),
         },
         // Only a verdict for the splice stops the copy.
-        Copied::Stopped { client, device, .. } => AfterSpell::Stay {
-            client,
-            device,
-            unwritten: Unwritten::default(),
-        },
+        Copied::Stopped { client, device, .. } => AfterSpell::Stay { client, device },
     }
 }
