@@ -27,15 +27,7 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 pub(super) fn sockets_can_leave(plane: &KernelPlane) -> Result<(), String> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|err| format!("no loopback to check on: {err}"))?;
-    let addr = listener.local_addr().map_err(|err| err.to_string())?;
-    let mut sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
-    let (mut receiver, _) = listener
-        .accept()
-        .map_err(|err| format!("accepting: {err}"))?;
-    receiver
-        .set_read_timeout(Some(READ_WAIT))
-        .map_err(|err| err.to_string())?;
-    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    let (mut sender, mut receiver, cookie) = connected_pair(&listener)?;
     // No link entry: the verdict program passes this socket's bytes to its own psock queue, as
     // it does for a connection user space carries.
     plane
@@ -67,15 +59,7 @@ fn held_bytes_read_back_in_the_splice(
     plane: &KernelPlane,
     listener: &TcpListener,
 ) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|err| err.to_string())?;
-    let mut sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
-    let (mut receiver, _) = listener
-        .accept()
-        .map_err(|err| format!("accepting: {err}"))?;
-    receiver
-        .set_read_timeout(Some(READ_WAIT))
-        .map_err(|err| err.to_string())?;
-    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    let (mut sender, mut receiver, cookie) = connected_pair(listener)?;
     let held: &[u8] = b"held as the socket leaves, read back in";
     let checked = plane
         .insert_socket(cookie, &receiver)
@@ -103,13 +87,8 @@ fn held_bytes_read_back_in_the_splice(
                 .map_err(|err| format!("leaving the parking hash: {err}"))
         })
         .and_then(|()| {
-            let mut got = vec![0u8; held.len()];
-            receiver
-                .read_exact(&mut got)
+            read_expected(&mut receiver, held)
                 .map_err(|err| format!("reading held bytes back in the splice: {err}"))?;
-            if got != held {
-                return Err(format!("read {got:?} back in the splice, held {held:?}"));
-            }
             plane
                 .remove_socket(cookie)
                 .map_err(|err| format!("leaving the splice hash again: {err}"))
@@ -128,15 +107,7 @@ fn held_bytes_read_back_in_the_splice(
 /// hash meanwhile (without it, leaving drops the psock and its queue). A connection leaving the
 /// splice as its peer sends its last bytes relies on this.
 fn held_bytes_survive_leaving(plane: &KernelPlane, listener: &TcpListener) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|err| err.to_string())?;
-    let mut sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
-    let (mut receiver, _) = listener
-        .accept()
-        .map_err(|err| format!("accepting: {err}"))?;
-    receiver
-        .set_read_timeout(Some(READ_WAIT))
-        .map_err(|err| err.to_string())?;
-    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    let (mut sender, mut receiver, cookie) = connected_pair(listener)?;
     let held: &[u8] = b"held as the socket leaves";
     let checked = plane
         .insert_socket(cookie, &receiver)
@@ -159,17 +130,13 @@ fn held_bytes_survive_leaving(plane: &KernelPlane, listener: &TcpListener) -> Re
                 .map_err(|err| format!("leaving the splice hash: {err}"))
         })
         .and_then(|()| {
-            let mut got = vec![0u8; held.len()];
-            receiver.read_exact(&mut got).map_err(|err| {
+            read_expected(&mut receiver, held).map_err(|err| {
                 format!("reading held bytes after leaving the splice hash: {err}")
             })?;
-            if got != held {
-                return Err(format!("read {got:?} after leaving, held {held:?}"));
-            }
             plane
                 .unpark(cookie)
                 .map_err(|err| format!("leaving the parking hash: {err}"))?;
-            match receiver.read(&mut got) {
+            match receiver.read(&mut [0u8; 1]) {
                 Ok(0) => Ok(()),
                 Ok(n) => Err(format!(
                     "{n} bytes after the held ones, where the stream ended"
@@ -205,12 +172,32 @@ fn wait_held(receiver: &TcpStream, len: usize) -> Result<(), String> {
 /// Sends `bytes` on `sender` and reads them back whole on `receiver`.
 fn exchange(sender: &mut TcpStream, receiver: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
     sender.write_all(bytes).map_err(|err| err.to_string())?;
-    let mut got = vec![0u8; bytes.len()];
+    read_expected(receiver, bytes)
+}
+
+/// Reads `expected.len()` bytes on `receiver` and compares them with `expected`.
+fn read_expected(receiver: &mut TcpStream, expected: &[u8]) -> Result<(), String> {
+    let mut got = vec![0u8; expected.len()];
     receiver
         .read_exact(&mut got)
         .map_err(|err| err.to_string())?;
-    if got != bytes {
-        return Err(format!("read {got:?}, sent {bytes:?}"));
+    if got != expected {
+        return Err(format!("read {got:?}, expected {expected:?}"));
     }
     Ok(())
+}
+
+/// A loopback connection of the check's own on `listener`: the sending end, the receiving end
+/// (reads give up after [`READ_WAIT`]) and the receiving socket's cookie.
+fn connected_pair(listener: &TcpListener) -> Result<(TcpStream, TcpStream, u64), String> {
+    let addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let sender = TcpStream::connect(addr).map_err(|err| format!("connecting: {err}"))?;
+    let (receiver, _) = listener
+        .accept()
+        .map_err(|err| format!("accepting: {err}"))?;
+    receiver
+        .set_read_timeout(Some(READ_WAIT))
+        .map_err(|err| err.to_string())?;
+    let cookie = sockopt::cookie(&receiver).map_err(|err| err.to_string())?;
+    Ok((sender, receiver, cookie))
 }
