@@ -23,7 +23,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     direction::{BOTH, PerDirection},
     nonblocking::{recv_into, send_nonblocking},
-    socket::{Sockets, target_caught_up},
+    socket::{Sockets, SplicedSocket, target_caught_up},
 };
 use crate::{kernel::KernelPlane, session::ConnectionCounters};
 
@@ -65,6 +65,36 @@ impl Pipe {
 
     fn pending(&self) -> &[u8] {
         &self.buf[self.start..self.end]
+    }
+
+    /// Makes room for `more` bytes after those pending, growing the buffer if it must.
+    fn make_room(&mut self, more: usize) {
+        if self.buf.len() - self.end >= more {
+            return;
+        }
+        let pending = self.end - self.start;
+        let mut grown = vec![0u8; (pending + more).max(CARRY_BUFFER)].into_boxed_slice();
+        grown[..pending].copy_from_slice(self.pending());
+        self.buf = grown;
+        self.start = 0;
+        self.end = pending;
+    }
+
+    /// Accounts `read` bytes just received into `buf[end..]` from `src`.
+    fn took(&mut self, src: &mut SplicedSocket, read: usize) {
+        if let Some(limit) = self.read_limit.as_mut() {
+            *limit = limit.saturating_sub(read as u64);
+        }
+        // Held bytes the hold path forwarded but had not read off yet come first: they were
+        // written before. They head the socket's queue, so nothing read is pending then.
+        let skip = src.to_discard.min(read);
+        src.to_discard -= skip;
+        if skip > 0 {
+            debug_assert_eq!(self.start, self.end, "bytes read before forwarded ones");
+            self.start = self.end + skip;
+        }
+        self.end += read;
+        src.user_read += (read - skip) as u64;
     }
 }
 
@@ -161,6 +191,10 @@ impl Carrying {
                 }
                 pipe.start = 0;
                 pipe.end = 0;
+                if pipe.buf.len() > CARRY_BUFFER {
+                    // Grown to read what the splice held at once (see `read_all_held`).
+                    pipe.buf = vec![0u8; CARRY_BUFFER].into_boxed_slice();
+                }
                 if pipe.eof {
                     break Wait::Done;
                 }
@@ -175,19 +209,7 @@ impl Carrying {
                 match recv_into(&src.stream, &mut pipe.buf[..room])? {
                     None => break Wait::Readable,
                     Some(0) => pipe.eof = true,
-                    Some(read) => {
-                        pipe.end = read;
-                        let read = read as u64;
-                        if let Some(limit) = pipe.read_limit.as_mut() {
-                            *limit -= read;
-                        }
-                        // Held bytes the hold path forwarded but had not read off yet come
-                        // first: they were written before.
-                        let skip = (src.to_discard as u64).min(read);
-                        src.to_discard -= skip as usize;
-                        pipe.start = skip as usize;
-                        src.user_read += read - skip;
-                    }
+                    Some(read) => pipe.took(src, read),
                 }
             };
         }
@@ -214,6 +236,45 @@ impl Carrying {
             () = wait_one(Direction::ToDevice, 0, 1) => {}
             () = wait_one(Direction::FromDevice, 1, 0) => {}
         }
+    }
+
+    /// Reads every byte the verdict program holds on `direction`'s source into its pipe at
+    /// once, however many (the pipe grows for them; the kernel frees as much as it hands over):
+    /// a connection leaving the splice under a sender that keeps the window full needs an
+    /// instant with nothing held unread, and reading a psock's queue a buffer at a time lets
+    /// the sender refill it between two reads. Stops early when `recv` has nothing (the
+    /// socket's own receive queue has bytes and the splice's gate is shut) or at the end of
+    /// the stream. True when nothing held is left unread.
+    pub(super) fn read_all_held(
+        &mut self,
+        plane: &KernelPlane,
+        sockets: &mut Sockets,
+        direction: Direction,
+    ) -> io::Result<bool> {
+        let (src, _) = sockets.ends_mut(direction);
+        let pipe = &mut self.pipes[direction];
+        let unread = |src: &SplicedSocket| {
+            let (_, held) = plane.link_bytes(src.cookie);
+            usize::try_from(held.saturating_sub(src.user_read))
+                .unwrap_or(usize::MAX)
+                .saturating_add(src.to_discard)
+        };
+        // What is held now, no more: a sender that keeps the receive buffer under pressure
+        // gets past the shut gate, and reading on as it refills would never end.
+        let mut left = unread(src);
+        pipe.make_room(left);
+        while left > 0 && !pipe.eof {
+            let end = pipe.end;
+            match recv_into(&src.stream, &mut pipe.buf[end..end + left])? {
+                None => break,
+                Some(0) => pipe.eof = true,
+                Some(read) => {
+                    pipe.took(src, read);
+                    left -= read;
+                }
+            }
+        }
+        Ok(unread(src) == 0)
     }
 
     /// Lets `direction` read at most `limit` more bytes off its source (`None`: no limit): a

@@ -335,6 +335,12 @@ async fn watch(
                         debug!(
                             client = %peer_name(&sockets.client.stream),
                             reason = left_for.label(),
+                            took_ms = departure
+                                .first_try
+                                .map_or(0, |at| now.duration_since(at).as_millis()),
+                            waits_kernel_sending = departure.waits.kernel_sending,
+                            waits_writing = departure.waits.writing,
+                            waits_reading_held = departure.waits.reading_held,
                             "left the splice for the userspace copy"
                         );
                         return Watched::Left(left_for);

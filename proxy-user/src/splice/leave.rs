@@ -3,10 +3,15 @@
 //!
 //! Only a connection user space already carries (the verdict program holds every byte) leaves,
 //! and only once nothing can be lost: leaving the hash drops the socket's psock with whatever it
-//! still queues, both bytes redirected to it and bytes held on it. So it waits until every byte
-//! redirected has entered its target's send queue and every held byte was read and written, then
-//! shuts the gate the splice entered through (`SO_RCVLOWAT` at its maximum: new bytes stay in the
-//! socket's own receive queue instead of reaching the verdict program).
+//! still queues, both bytes redirected to it and bytes held on it. So from its first try the
+//! carry stops reading a buffer at a time and writes out what it read, while what arrives stays
+//! held; once every byte redirected has entered its target's send queue and the carry has
+//! written everything, the gate the splice entered through is shut (`SO_RCVLOWAT` at its
+//! maximum: new bytes stay in the socket's own receive queue instead of reaching the verdict
+//! program) and every held byte is read in one go, however many, for the carry to write
+//! before the copy takes over. Reading them a buffer at a time, a sender that keeps the window
+//! full refills the psock's queue between two reads, and the instant with nothing held never
+//! came for tenths of a second.
 //!
 //! The gate does not stop everything: a FIN, or a receive buffer close to full, makes TCP run
 //! the verdict program anyway, which then holds what was queued. That can happen in the instant
@@ -26,6 +31,7 @@ use tracing::debug;
 
 use super::{
     carry::Carrying,
+    direction::BOTH,
     socket::{Sockets, both_caught_up},
 };
 use crate::{kernel::KernelPlane, sockopt};
@@ -54,6 +60,21 @@ pub(super) struct Departure {
     parked_at: Option<Instant>,
     /// Set once a socket could not enter the parking hash: the connection stays in the splice.
     refused: bool,
+    /// When the connection first tried to leave, and the looks that found it not ready, by
+    /// what held it back: for the log line once it left.
+    pub(super) first_try: Option<Instant>,
+    pub(super) waits: LeaveWaits,
+}
+
+/// Looks at which a connection could not leave the splice yet, by what held it back.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct LeaveWaits {
+    /// Bytes the kernel redirected before the move were still in a psock.
+    pub(super) kernel_sending: u32,
+    /// Bytes user space read were not all written yet.
+    pub(super) writing: u32,
+    /// A byte arrived while the held ones were read (each look tries a few times).
+    pub(super) reading_held: u32,
 }
 
 impl Departure {
@@ -67,19 +88,28 @@ impl Departure {
         &mut self,
         carry: &mut Carrying,
         plane: &KernelPlane,
-        sockets: &Sockets,
+        sockets: &mut Sockets,
         now: Instant,
     ) -> io::Result<Leaving> {
         if let Some(since) = self.parked_at {
             return self.read_held_then_go(carry, plane, sockets, since, now);
         }
-        if !carry.empty() || !all_held_read(plane, sockets) || !both_caught_up(plane, sockets)? {
+        self.first_try.get_or_insert(now);
+        // The carry reads nothing more a buffer at a time: it writes what it read, while what
+        // arrives meanwhile stays held, to be read at once below.
+        for direction in BOTH {
+            carry.limit_reads(direction, Some(0));
+        }
+        if !both_caught_up(plane, sockets)? {
+            self.waits.kernel_sending += 1;
             return Ok(Leaving::NotYet);
         }
-        set_gates(sockets, i32::MAX)?;
-        if !all_held_read(plane, sockets) {
-            // The verdict program held more between the two looks: read it first.
-            set_gates(sockets, 1)?;
+        if !carry.empty() {
+            self.waits.writing += 1;
+            return Ok(Leaving::NotYet);
+        }
+        if !read_held_behind_shut_gate(carry, plane, sockets)? {
+            self.waits.reading_held += 1;
             return Ok(Leaving::NotYet);
         }
         for (index, socket) in sockets.both().into_iter().enumerate() {
@@ -90,6 +120,9 @@ impl Departure {
                     })?;
                 }
                 set_gates(sockets, 1)?;
+                for direction in BOTH {
+                    carry.limit_reads(direction, None);
+                }
                 debug!(%err, "a socket of the connection could not enter the parking hash");
                 self.refused = true;
                 return Ok(Leaving::Cannot);
@@ -151,16 +184,20 @@ impl Departure {
         since: Instant,
         now: Instant,
     ) -> io::Result<Leaving> {
-        for (direction, socket) in super::direction::BOTH.into_iter().zip(sockets.both()) {
+        for (direction, socket) in BOTH.into_iter().zip(sockets.both()) {
             let held = plane.link_bytes(socket.cookie).1;
             carry.limit_reads(direction, Some(held.saturating_sub(socket.user_read)));
         }
-        if !carry.empty() || !all_held_read(plane, sockets) {
+        if !all_held_read(plane, sockets) {
             if now.duration_since(since) >= HELD_READ_WAIT {
                 return Err(io::Error::other(
                     "bytes the splice held as the connection left it could not be read",
                 ));
             }
+            return Ok(Leaving::NotYet);
+        }
+        if !carry.empty() {
+            // Written as fast as the peer takes them: its flow control, not a fault.
             return Ok(Leaving::NotYet);
         }
         for socket in sockets.both() {
@@ -170,6 +207,36 @@ impl Departure {
         }
         Ok(Leaving::Left)
     }
+}
+
+/// How many times a leave shuts the gate and reads what the verdict program held before it
+/// gives up until its next look.
+const READ_HELD_TRIES: usize = 3;
+
+/// Shuts the splice's gate and reads every held byte at once, so that nothing held is left
+/// unread; true when that worked, with the gate left shut. New bytes then stay in the socket's
+/// own receive queue, which the copy reads after the connection left; but while that queue has
+/// bytes, the sockmap's `recv` refuses to read the psock's (it would pass them to the verdict
+/// program first, which the shut gate forbids), so a byte arriving between shutting the gate
+/// and the read fails the try: the gate opens again, the verdict program holds what waited,
+/// and the next try reads that too.
+fn read_held_behind_shut_gate(
+    carry: &mut Carrying,
+    plane: &KernelPlane,
+    sockets: &mut Sockets,
+) -> io::Result<bool> {
+    for _ in 0..READ_HELD_TRIES {
+        set_gates(sockets, i32::MAX)?;
+        let mut all_read = true;
+        for direction in BOTH {
+            all_read &= carry.read_all_held(plane, sockets, direction)?;
+        }
+        if all_read && all_held_read(plane, sockets) {
+            return Ok(true);
+        }
+        set_gates(sockets, 1)?;
+    }
+    Ok(false)
 }
 
 /// Sets both sockets' `SO_RCVLOWAT`: the splice's gate (see the `enter` module).

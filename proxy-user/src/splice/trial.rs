@@ -36,7 +36,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         Mutex, OnceLock,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -175,6 +175,10 @@ pub struct LinkTrials {
     next_trial_at: AtomicU64,
     /// Trials in a row the kernel won.
     losses: AtomicU32,
+    /// The most connections the link had when the kernel won one of those trials (0: none
+    /// since user space last won). A link with more connections than that may try again
+    /// before its backoff ends (see [`LinkTrials::may_try`]).
+    kernel_won_with: AtomicUsize,
     /// The link's connections on the kernel path, whose bytes its trials count.
     members: Mutex<Members>,
 }
@@ -299,9 +303,22 @@ impl LinkTrials {
         instant_of(self.trial_until.load(Ordering::Relaxed)).is_some_and(|until| now < until)
     }
 
-    /// Whether the link's backoff after a trial the kernel won is over.
+    /// Whether the link may start a trial: its backoff after a trial the kernel won is over,
+    /// or it has more connections than it had at any trial the kernel won since. The kernel's
+    /// sending work for all of a link's connections runs on the CPU their bytes arrive on, so
+    /// a verdict for one bulk stream says little about sixteen streams later on the same link
+    /// (a firmware upload in the morning, several sessions at once in the afternoon); a link
+    /// whose number of connections goes up and down tries again only past its highest.
     fn may_try(&self, now: Instant) -> bool {
-        instant_of(self.next_trial_at.load(Ordering::Relaxed)).is_none_or(|at| now >= at)
+        let backoff_over =
+            instant_of(self.next_trial_at.load(Ordering::Relaxed)).is_none_or(|at| now >= at);
+        backoff_over || self.connections() > self.kernel_won_with.load(Ordering::Relaxed)
+    }
+
+    /// The link's connections that may be in the splice (see [`LinkTrials::join`]).
+    fn connections(&self) -> usize {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.by_id.len()
     }
 
     /// Claims the link's trial for one connection, for at most `longest`; false when another
@@ -327,7 +344,10 @@ impl LinkTrials {
             self.user_space_won_at.store(stamp(now), Ordering::Relaxed);
             self.losses.store(0, Ordering::Relaxed);
             self.next_trial_at.store(0, Ordering::Relaxed);
+            self.kernel_won_with.store(0, Ordering::Relaxed);
         } else {
+            self.kernel_won_with
+                .fetch_max(self.connections(), Ordering::Relaxed);
             let losses = self.losses.fetch_add(1, Ordering::Relaxed) + 1;
             self.next_trial_at
                 .store(stamp(now + backoff_after(losses)), Ordering::Relaxed);
@@ -872,6 +892,44 @@ mod tests {
         );
         drop(second);
         assert_eq!(link.moved(), 550);
+    }
+
+    #[test]
+    fn a_link_with_more_connections_than_the_kernel_won_with_may_try_at_once() {
+        let link = LinkTrials::default();
+        let longest = longest_trial(&policy(CarryMode::Measure));
+        let pairs: Vec<_> = (0..4).map(|_| (loopback_pair(), loopback_pair())).collect();
+        let join = |index: usize| {
+            let ((client, _), (device, _)) = &pairs[index];
+            link.join(client, device).unwrap()
+        };
+        let now = Instant::now();
+        let first = join(0);
+        let second = join(1);
+        assert!(link.start_trial(now, longest));
+        link.end_trial(false, now);
+        assert!(!link.may_try(now), "backing off with the two it lost with");
+        let third = join(2);
+        assert!(
+            link.may_try(now),
+            "a third connection: the verdict may differ"
+        );
+        assert!(link.start_trial(now, longest));
+        link.end_trial(false, now);
+        drop(third);
+        drop(second);
+        assert!(!link.may_try(now));
+        let (_second, _third) = (join(1), join(2));
+        assert!(
+            !link.may_try(now),
+            "back to three: no more than the kernel won with"
+        );
+        let _fourth = join(3);
+        assert!(link.may_try(now), "past the highest");
+        assert!(link.start_trial(now, longest));
+        link.end_trial(true, now);
+        drop(first);
+        assert!(link.may_try(now), "a win resets it all");
     }
 
     #[test]
