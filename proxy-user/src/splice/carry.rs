@@ -323,3 +323,46 @@ async fn ready(fd: &AsyncFd<OwnedFd>, interest: Interest) {
         Err(_) => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> SplicedSocket {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        SplicedSocket::new(stream, SpliceCredit::default())
+    }
+
+    /// Puts `bytes` into the pipe as a read from `src` would.
+    fn read_into(pipe: &mut Pipe, src: &mut SplicedSocket, bytes: &[u8]) {
+        pipe.make_room(bytes.len());
+        pipe.buf[pipe.end..pipe.end + bytes.len()].copy_from_slice(bytes);
+        pipe.took(src, bytes.len());
+    }
+
+    #[test]
+    fn a_pipe_grows_for_what_the_splice_held_and_keeps_what_is_pending() {
+        let mut src = socket();
+        let mut pipe = Pipe::new();
+        read_into(&mut pipe, &mut src, b"first");
+        pipe.start = 2;
+        let held = vec![7u8; CARRY_BUFFER * 3];
+        read_into(&mut pipe, &mut src, &held);
+        assert_eq!(&pipe.pending()[..3], b"rst", "pending bytes kept, in order");
+        assert_eq!(pipe.pending().len(), 3 + held.len());
+        assert_eq!(src.user_read, 5 + held.len() as u64);
+    }
+
+    #[test]
+    fn bytes_the_hold_path_forwarded_are_skipped_and_not_counted_again() {
+        let mut src = socket();
+        src.to_discard = 3;
+        let mut pipe = Pipe::new();
+        pipe.read_limit = Some(10);
+        read_into(&mut pipe, &mut src, b"olda");
+        assert_eq!(pipe.pending(), b"a");
+        assert_eq!((src.to_discard, src.user_read), (0, 1));
+        assert_eq!(pipe.read_limit, Some(6), "the limit counts every byte read");
+    }
+}

@@ -3,15 +3,14 @@
 //!
 //! Only a connection user space already carries (the verdict program holds every byte) leaves,
 //! and only once nothing can be lost: leaving the hash drops the socket's psock with whatever it
-//! still queues, both bytes redirected to it and bytes held on it. So from its first try the
-//! carry stops reading a buffer at a time and writes out what it read, while what arrives stays
-//! held; once every byte redirected has entered its target's send queue and the carry has
-//! written everything, the gate the splice entered through is shut (`SO_RCVLOWAT` at its
-//! maximum: new bytes stay in the socket's own receive queue instead of reaching the verdict
-//! program) and every held byte is read in one go, however many, for the carry to write
-//! before the copy takes over. Reading them a buffer at a time, a sender that keeps the window
-//! full refills the psock's queue between two reads, and the instant with nothing held never
-//! came for tenths of a second.
+//! still queues, both bytes redirected to it and bytes held on it. So once every byte redirected
+//! has entered its target's send queue, the carry stops reading a buffer at a time and writes
+//! out what it read, while what arrives stays held; once it has written everything, the gate
+//! the splice entered through is shut (`SO_RCVLOWAT` at its maximum: new bytes stay in the
+//! socket's own receive queue instead of reaching the verdict program) and every held byte is
+//! read in one go, however many, for the carry to write before the copy takes over. Read a
+//! buffer at a time, a sender that keeps the window full refills the psock's queue between two
+//! reads, and the instant with nothing held did not come for tenths of a second.
 //!
 //! The gate does not stop everything: a FIN, or a receive buffer close to full, makes TCP run
 //! the verdict program anyway, which then holds what was queued. That can happen in the instant
@@ -95,14 +94,16 @@ impl Departure {
             return self.read_held_then_go(carry, plane, sockets, since, now);
         }
         self.first_try.get_or_insert(now);
+        if !both_caught_up(plane, sockets)? {
+            // Meanwhile a direction the kernel has caught up on is carried as usual (a
+            // viewer's request while a frame is still on its way the other way).
+            self.waits.kernel_sending += 1;
+            return Ok(Leaving::NotYet);
+        }
         // The carry reads nothing more a buffer at a time: it writes what it read, while what
         // arrives meanwhile stays held, to be read at once below.
         for direction in BOTH {
             carry.limit_reads(direction, Some(0));
-        }
-        if !both_caught_up(plane, sockets)? {
-            self.waits.kernel_sending += 1;
-            return Ok(Leaving::NotYet);
         }
         if !carry.empty() {
             self.waits.writing += 1;
