@@ -288,6 +288,7 @@ fn run_at_full_speed(src: &mut SplicedSocket, limits: &CarryLimits) -> io::Resul
     if src.pacing.clamp_failed {
         sockopt::set_rcvbuf(&src.stream, hold_rcvbuf(limits.splice_max_queued))?;
         src.pacing.clamp_failed = false;
+        debug!("the queue is back under the mark: the sender's receive buffer is given back");
     }
     Ok(())
 }
