@@ -633,6 +633,68 @@ fn leaving_the_splice_toward_a_slow_device_ebpf() {
     assert!(left >= 1.0, "the upload should have left the splice");
 }
 
+/// Eight clients uploading at once through one link faster than its device reads, where the
+/// link's connections may move between paths: each keeps its share of the link's queue (a
+/// quarter of `--splice-max-queued` with eight busy), not the whole limit, so the kernel has
+/// little to send before any of them can move; every byte arrives, in order.
+#[test]
+fn a_busy_link_queues_a_share_per_connection_ebpf() {
+    const CONNECTIONS: u64 = 8;
+    const LEN: u64 = 96 << 20;
+    const MIB: u64 = 1 << 20;
+    let (topology, server, proxy) = setup(
+        "share",
+        "ebpf",
+        Behavior::SlowSinkThenReply {
+            bytes_per_sec: 100 << 20,
+            slow_for: u64::MAX,
+        },
+        &["--splice-carry", "measure"],
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let uploading = Arc::new(AtomicU64::new(CONNECTIONS));
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|seed| {
+            let (sent, uploading) = (Arc::clone(&sent), Arc::clone(&uploading));
+            topology.client.spawn(move || {
+                let mut stream = connect();
+                let result = peers::upload_and_check_counted(&mut stream, seed, LEN, None, &sent);
+                uploading.fetch_sub(1, Ordering::Relaxed);
+                result
+            })
+        })
+        .collect();
+    // How far the clients together got ahead of what the device read.
+    let mut ahead_max = 0;
+    while uploading.load(Ordering::Relaxed) > 0 {
+        let ahead = sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(server.received.load(Ordering::Relaxed));
+        ahead_max = ahead_max.max(ahead);
+        thread::sleep(Duration::from_millis(5));
+    }
+    for client in clients {
+        client.join().unwrap().unwrap_or_else(|e| {
+            panic!(
+                "an upload through a busy link to a slow device: {e}\n{}",
+                proxy.process.log()
+            )
+        });
+    }
+    eprintln!(
+        "{CONNECTIONS} clients got at most {} MiB ahead of the device together",
+        ahead_max / MIB
+    );
+    // Per connection: its 16 MiB share of the queue, the client's send buffer (4 MiB at most
+    // here) and the proxy's receive buffers. With the whole 64 MiB limit each, the eight
+    // queue more than 512 MiB.
+    assert!(
+        ahead_max < CONNECTIONS * 40 * MIB,
+        "{CONNECTIONS} clients got {} MiB ahead of the device: each queued more than its share",
+        ahead_max / MIB
+    );
+}
+
 /// A client that uploads faster than the device reads (a device on a slow link) must be made to
 /// wait: the proxy keeps at most about `--splice-max-queued` of the upload, not all of it (the
 /// kernel's own splice queue has no bound), and every byte arrives, in order.

@@ -18,10 +18,10 @@ use super::{
     hold::Holds,
     integrity::IntegrityChecks,
     leave::{Departure, Leaving},
-    pace::Pacer,
+    pace::{Pacer, link_share},
     quick_acks::{self, Reader},
     socket::Sockets,
-    trial::{CarriedLook, CarryMode, KernelLook, MoveReason, ReturnReason, Trials},
+    trial::{CarriedLook, CarryMode, KernelLook, LinkMember, MoveReason, ReturnReason, Trials},
     watcher::SpliceWatcher,
 };
 use crate::{
@@ -125,7 +125,7 @@ pub async fn carry(
     let mut again = false;
     // Counted in its link's trials for as long as it may come back into the splice; only
     // trials read it, so without them no descriptors are duplicated on the way in.
-    let _member = match limits.splice_carry.mode {
+    let member = match limits.splice_carry.mode {
         CarryMode::Measure => match metrics.link.trials.join(&client, &device) {
             Ok(member) => Some(member),
             Err(err) => {
@@ -143,6 +143,7 @@ pub async fn carry(
             device,
             limits,
             metrics,
+            member.as_ref(),
             cancel,
             read_before,
         )
@@ -199,6 +200,7 @@ async fn splice_once(
     device: StdTcpStream,
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
+    member: Option<&LinkMember<'_>>,
     cancel: &CancellationToken,
     read_before: [u64; 2],
 ) -> Episode {
@@ -233,7 +235,16 @@ async fn splice_once(
     sockets.device.read_before = read_before[1];
     quick_acks::follow(&sockets, limits.spliced_device_mark, Reader::Kernel);
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
-    let watched = watch(plane, watcher, &mut sockets, limits, metrics, cancel).await;
+    let watched = watch(
+        plane,
+        watcher,
+        &mut sockets,
+        limits,
+        metrics,
+        member,
+        cancel,
+    )
+    .await;
     // The kernel's counts go with the link entries below: keep them for the session's record.
     // Each socket's count is what it redirected: client to device first.
     let redirected = sockets
@@ -287,6 +298,7 @@ async fn watch(
     sockets: &mut Sockets,
     limits: &CarryLimits,
     metrics: &ConnectionCounters,
+    member: Option<&LinkMember<'_>>,
     cancel: &CancellationToken,
 ) -> Watched {
     let registration = match watcher.register(sockets) {
@@ -315,8 +327,14 @@ async fn watch(
     let mut leaving: Option<LeftFor> = None;
     let mut departure = Departure::default();
     let policy = &limits.splice_carry;
+    let full_queue = u64::from(limits.splice_max_queued);
     loop {
         let now = Instant::now();
+        // Where the link's connections may move between paths, the busier the link, the less
+        // each may have queued (see `pace::link_share`).
+        let queue_limit = member.map_or(full_queue, |member| {
+            link_share(full_queue, member.busy_connections(now))
+        });
         let mut drain_wake = None;
         let mut pace_wake = None;
         let mut trial_wake = None;
@@ -456,7 +474,7 @@ async fn watch(
                 }
             }
         } else {
-            drain_wake = match holds.forward(plane, sockets, limits, metrics, now) {
+            drain_wake = match holds.forward(plane, sockets, queue_limit, metrics, now) {
                 Ok(wake) => wake,
                 Err(err) => {
                     return Outcome::Reset {
@@ -466,12 +484,12 @@ async fn watch(
                     .into();
                 }
             };
-            pace_wake = match pacer.look(plane, sockets, limits, &finished, now) {
+            pace_wake = match pacer.look(plane, sockets, limits, queue_limit, &finished, now) {
                 Ok(wake) => wake,
                 Err(err) => return Outcome::from_io(err).into(),
             };
             holds.advance_recheck(now);
-            match trials.look_in_kernel(plane, sockets, policy, &metrics.link.trials, now) {
+            match trials.look_in_kernel(plane, sockets, policy, &metrics.link.trials, member, now) {
                 Ok(KernelLook::Stay { next }) => trial_wake = next,
                 Ok(KernelLook::Move(reason)) => {
                     let started = pacer
@@ -629,7 +647,7 @@ async fn watch(
             if pace_at.is_none() || wake_at.is_some_and(|at| now >= at) {
                 break;
             }
-            pace_at = match pacer.look(plane, sockets, limits, &finished, now) {
+            pace_at = match pacer.look(plane, sockets, limits, queue_limit, &finished, now) {
                 Ok(wake) => wake,
                 Err(err) => return Outcome::from_io(err).into(),
             };

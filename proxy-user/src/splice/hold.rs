@@ -21,7 +21,7 @@ use super::{
     nonblocking::{recv_nonblocking, send_nonblocking},
     socket::{Sockets, SplicedSocket, queued_in_proxy, target_caught_up},
 };
-use crate::{copy::CarryLimits, kernel::KernelPlane, session::ConnectionCounters, sockopt};
+use crate::{kernel::KernelPlane, session::ConnectionCounters, sockopt};
 
 /// After held bytes were forwarded (or at start), look again after these delays: a verdict run
 /// that read the old forwarded count may still be adding to the held count.
@@ -90,20 +90,28 @@ impl Holds {
         }
     }
 
-    /// Forwards what each direction holds ([`forward_held`]). Returns when the next look is due
-    /// for a direction that waits for its target to drain, if one does.
+    /// Forwards what each direction holds ([`forward_held`]), each direction allowed
+    /// `queue_limit` queued (the connection's share of `--splice-max-queued`). Returns when the
+    /// next look is due for a direction that waits for its target to drain, if one does.
     pub(super) fn forward(
         &mut self,
         plane: &KernelPlane,
         sockets: &mut Sockets,
-        limits: &CarryLimits,
+        queue_limit: u64,
         metrics: &ConnectionCounters,
         now: Instant,
     ) -> io::Result<Option<Instant>> {
         let mut drain_wake: Option<Instant> = None;
         let mut forwarding = false;
         for direction in BOTH {
-            let state = forward_held(plane, sockets, direction, limits, metrics, &mut self.buf)?;
+            let state = forward_held(
+                plane,
+                sockets,
+                direction,
+                queue_limit,
+                metrics,
+                &mut self.buf,
+            )?;
             match state {
                 HeldState::Forwarded => {
                     forwarding = true;
@@ -192,11 +200,10 @@ fn forward_held(
     plane: &KernelPlane,
     sockets: &mut Sockets,
     direction: Direction,
-    limits: &CarryLimits,
+    limit: u64,
     metrics: &ConnectionCounters,
     buf: &mut Vec<u8>,
 ) -> io::Result<HeldState> {
-    let limit = u64::from(limits.splice_max_queued);
     let (src, dst) = sockets.ends_mut(direction);
     let mut state = HeldState::None;
     for _ in 0..CATCH_UP_ROUNDS {

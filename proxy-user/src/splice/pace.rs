@@ -105,11 +105,14 @@ impl Pacer {
 
     /// [`pace`] for both directions not `finished`; returns when the next paced look is due, if
     /// either direction is paced.
+    ///
+    /// `queue_limit`: this connection's share of `--splice-max-queued` ([`link_share`]).
     pub(super) fn look(
         &mut self,
         plane: &KernelPlane,
         sockets: &mut Sockets,
         limits: &CarryLimits,
+        queue_limit: u64,
         finished: &PerDirection<bool>,
         now: Instant,
     ) -> io::Result<Option<Instant>> {
@@ -118,7 +121,7 @@ impl Pacer {
             if finished[direction] {
                 continue;
             }
-            match pace(plane, sockets, direction, limits, now)? {
+            match pace(plane, sockets, direction, limits, queue_limit, now)? {
                 Some(excess) => {
                     let clamp_failed = sockets.source(direction).pacing.clamp_failed;
                     let look = next_pace_look(self.watch[direction], now, excess, clamp_failed);
@@ -130,6 +133,23 @@ impl Pacer {
         }
         Ok(wake)
     }
+}
+
+/// How much of `--splice-max-queued` (`limit`) each direction of a connection may have queued
+/// when `busy` connections of its link are moving bytes through the kernel (where a link's
+/// connections may move between paths): all of it for one or two, down to a quarter of it for
+/// eight or more (twice the limit shared among them).
+///
+/// What a connection has queued is what the kernel must send before the connection can move to
+/// user space, and on the CPU its bytes arrive on it sends that slowly when moving pays. With
+/// the whole limit each, eight streams each way queued up to 512 MiB toward the slower side,
+/// and a trial waited up to a second for the kernel to send it, carrying part of the link in
+/// user space and part in the kernel meanwhile (both slower than either alone). A single bulk
+/// stream needs the whole limit (a quarter of it: a third of its rate, its sender stopped at
+/// the hard limit between namespaces), eight streams do not (a quarter each: the same rate).
+pub(super) fn link_share(limit: u64, busy: usize) -> u64 {
+    let busy = u64::try_from(busy.max(1)).unwrap_or(u64::MAX);
+    (limit.saturating_mul(2) / busy).clamp(limit / 4, limit)
 }
 
 /// Above how much queued a clamp set at `queued`, on a sender granted `window` bytes, has
@@ -213,15 +233,26 @@ fn pace(
     sockets: &mut Sockets,
     direction: Direction,
     limits: &CarryLimits,
+    limit: u64,
     now: Instant,
 ) -> io::Result<Option<u64>> {
-    let limit = u64::from(limits.splice_max_queued);
     let (src, dst) = sockets.ends_mut(direction);
     let (redirected, _) = plane.link_bytes(src.cookie);
     if !src.pacing.paced && redirected <= src.credit.pace_limit {
         return Ok(None);
     }
     let queued = queued_in_proxy(dst, redirected)?;
+    let hard_limit = redirected + limit.saturating_sub(queued);
+    if hard_limit < src.credit.redirect_limit {
+        // The connection's share of the link's queue shrank (more of its connections are
+        // busy): the hard limit comes down now, not at the next grant, which a sender the clamp
+        // does not slow would otherwise reach only at the old one.
+        let credit = SpliceCredit {
+            redirect_limit: hard_limit,
+            ..src.credit
+        };
+        src.grant(plane, credit)?;
+    }
     let pace_at = pace_mark(limit);
     if queued > pace_at {
         if !src.pacing.paced && !src.pacing.clamp_failed {
@@ -343,6 +374,21 @@ mod tests {
         assert_eq!(late, 38 * MIB);
         assert!(!clamp_failing(clamp(0, late), before, 38 * MIB, limit));
         assert!(clamp_failing(clamp(0, late), before, 38 * MIB + 1, limit));
+    }
+
+    #[test]
+    fn a_busy_link_shares_twice_the_limit_down_to_a_quarter_each() {
+        let limit = 64 * MIB;
+        assert_eq!(link_share(limit, 0), limit, "not counted yet: all of it");
+        assert_eq!(link_share(limit, 1), limit);
+        assert_eq!(
+            link_share(limit, 2),
+            limit,
+            "two bulk streams keep all of it"
+        );
+        assert_eq!(link_share(limit, 4), 32 * MIB);
+        assert_eq!(link_share(limit, 8), 16 * MIB);
+        assert_eq!(link_share(limit, 16), 16 * MIB, "never under a quarter");
     }
 
     #[test]

@@ -198,6 +198,8 @@ struct Members {
 struct Member {
     sockets: [OwnedFd; 2],
     base: u64,
+    /// When the kernel last moved a look step of its bytes ([`stamp`]; 0: not yet).
+    busy_at: u64,
 }
 
 impl Member {
@@ -223,6 +225,35 @@ fn acked_total(sockets: &[OwnedFd; 2]) -> u64 {
 pub(super) struct LinkMember<'a> {
     link: &'a LinkTrials,
     id: u64,
+}
+
+/// How recently a connection must have moved a look step through the kernel to count as one of
+/// its link's busy connections ([`LinkTrials::busy_connections`]).
+const BUSY_LATELY: Duration = Duration::from_secs(1);
+
+impl LinkMember<'_> {
+    /// Notes that the kernel just moved a look step of this connection's bytes.
+    pub(super) fn busy(&self, now: Instant) {
+        let mut members = self.link.members.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(member) = members.by_id.get_mut(&self.id) {
+            member.busy_at = stamp(now);
+        }
+    }
+
+    /// The link's connections that moved a look step through the kernel within the last
+    /// [`BUSY_LATELY`], this one among them if it did: how many share the link's queue (see
+    /// `pace::link_share`).
+    pub(super) fn busy_connections(&self, now: Instant) -> usize {
+        let members = self.link.members.lock().unwrap_or_else(|e| e.into_inner());
+        members
+            .by_id
+            .values()
+            .filter(|member| {
+                instant_of(member.busy_at)
+                    .is_some_and(|at| now.saturating_duration_since(at) <= BUSY_LATELY)
+            })
+            .count()
+    }
 }
 
 impl Drop for LinkMember<'_> {
@@ -282,7 +313,14 @@ impl LinkTrials {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let id = members.next_id;
         members.next_id += 1;
-        members.by_id.insert(id, Member { sockets, base });
+        members.by_id.insert(
+            id,
+            Member {
+                sockets,
+                base,
+                busy_at: 0,
+            },
+        );
         Ok(LinkMember { link: self, id })
     }
 
@@ -523,13 +561,15 @@ pub(super) struct Trials {
 
 impl Trials {
     /// A look while the kernel carries the connection: opens and closes its kernel window, and
-    /// moves each look mark on that was passed.
+    /// moves each look mark on that was passed (noting the connection busy in its link, as
+    /// `member`, when one was).
     pub(super) fn look_in_kernel(
         &mut self,
         plane: &KernelPlane,
         sockets: &mut Sockets,
         policy: &CarryPolicy,
         link: &LinkTrials,
+        member: Option<&LinkMember<'_>>,
         now: Instant,
     ) -> io::Result<KernelLook> {
         if policy.mode == CarryMode::Never {
@@ -548,6 +588,9 @@ impl Trials {
         }
         if policy.mode != CarryMode::Measure {
             return Ok(KernelLook::Stay { next: None });
+        }
+        if moving && let Some(member) = member {
+            member.busy(now);
         }
         // A move that waits for the psock queues goes on waiting only on the paths below that
         // still lead to it.
@@ -742,9 +785,6 @@ impl Trials {
     }
 }
 
-/// Sets `direction`'s next look mark [`LOOK_STEP`] past `redirected` once the verdict program
-/// passed the current one (it woke user space and stays quiet until the next generation), and
-/// says whether it had been passed.
 /// The most bytes either direction has waiting in a psock: redirected (or written by user
 /// space) and not yet in its target's send queue.
 fn psock_backlog(plane: &KernelPlane, sockets: &Sockets) -> io::Result<u64> {
@@ -758,6 +798,9 @@ fn psock_backlog(plane: &KernelPlane, sockets: &Sockets) -> io::Result<u64> {
     Ok(most)
 }
 
+/// Sets `direction`'s next look mark [`LOOK_STEP`] past `redirected` once the verdict program
+/// passed the current one (it woke user space and stays quiet until the next generation), and
+/// says whether it had been passed.
 fn rearm_look_mark(
     plane: &KernelPlane,
     sockets: &mut Sockets,
@@ -949,6 +992,38 @@ mod tests {
         link.end_trial(true, now);
         drop(first);
         assert!(link.may_try(now), "a win resets it all");
+    }
+
+    #[test]
+    fn a_link_counts_the_connections_that_moved_bytes_through_the_kernel_lately() {
+        let link = LinkTrials::default();
+        let pairs: Vec<_> = (0..3).map(|_| (loopback_pair(), loopback_pair())).collect();
+        let members: Vec<_> = pairs
+            .iter()
+            .map(|((client, _), (device, _))| link.join(client, device).unwrap())
+            .collect();
+        let now = Instant::now();
+        assert_eq!(members[0].busy_connections(now), 0, "none moved yet");
+        members[0].busy(now);
+        members[1].busy(now + Duration::from_millis(500));
+        let later = now + Duration::from_millis(800);
+        assert_eq!(
+            members[2].busy_connections(later),
+            2,
+            "idle ones do not count"
+        );
+        assert_eq!(
+            members[2].busy_connections(now + BUSY_LATELY + Duration::from_millis(100)),
+            1,
+            "busy only lately"
+        );
+        drop(members);
+        let member = link.join(&pairs[0].0.0, &pairs[0].1.0).unwrap();
+        assert_eq!(
+            member.busy_connections(later),
+            0,
+            "gone with their connections"
+        );
     }
 
     #[test]
