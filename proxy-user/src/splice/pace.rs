@@ -243,10 +243,12 @@ fn pace(
     }
     let queued = queued_in_proxy(dst, redirected)?;
     let hard_limit = redirected + limit.saturating_sub(queued);
-    if hard_limit < src.credit.redirect_limit {
-        // The connection's share of the link's queue shrank (more of its connections are
-        // busy): the hard limit comes down now, not at the next grant, which a sender the clamp
-        // does not slow would otherwise reach only at the old one.
+    if limit < u64::from(limits.splice_max_queued) && hard_limit < src.credit.redirect_limit {
+        // The connection's share of the link's queue is less than the whole limit (more of its
+        // connections are busy): the hard limit comes down to it now, not at the next grant,
+        // which a sender the clamp does not slow would otherwise reach only at the old one.
+        // With the whole limit the last grant stands: bytes user space wrote since count
+        // against it, and bringing it down for those would hold a saturated stream sooner.
         let credit = SpliceCredit {
             redirect_limit: hard_limit,
             ..src.credit
