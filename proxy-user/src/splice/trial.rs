@@ -554,7 +554,7 @@ pub(super) struct Trials {
     /// Since when a move waits for the psock queues to shrink (see [`MOVE_BACKLOG`]).
     move_waiting_since: Option<Instant>,
     /// Until when the connection, new in the splice, opens no kernel window (set at its first
-    /// look): see [`Trials::look_in_kernel`].
+    /// look, as it enters): see [`Trials::look_in_kernel`].
     warm_until: Option<Instant>,
     /// Trials user space won (or forced moves).
     pub(super) wins: u32,
@@ -579,6 +579,8 @@ impl Trials {
         if policy.mode == CarryMode::Never {
             return Ok(KernelLook::Stay { next: None });
         }
+        // The first look comes as the connection enters the splice.
+        let warm_until = *self.warm_until.get_or_insert(now + policy.trial);
         // Whether the kernel redirected a look step since the last look: a busy connection.
         let mut moving = false;
         for direction in BOTH {
@@ -630,7 +632,6 @@ impl Trials {
         // way), and a window from their start showed the kernel far less than what it
         // carried a moment later (eight streams each way: 286-1230 MB/s, against 1.7 GB/s
         // through the splice alone), sending links the copy does not carry faster to it.
-        let warm_until = *self.warm_until.get_or_insert(now + policy.trial);
         if self.kernel_window.is_none()
             && !(moving
                 && now >= warm_until
