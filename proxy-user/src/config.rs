@@ -129,7 +129,9 @@ pub struct Args {
     /// suffixes). The kernel's own splice queue has no bound: without this, a fast client
     /// uploading to a slow device would have the proxy buffer the whole upload. The sender is
     /// slowed from a quarter of this on; the rest is margin before bytes are held and copied.
-    /// Default 64M, halved (down to 256K) until the connection limit fits `--memory-budget`.
+    /// With `--data-plane auto`, a link's busy connections share twice this, each keeping at
+    /// least a quarter of it. Default 64M, halved (down to 256K) until the connection limit fits
+    /// `--memory-budget`.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub splice_max_queued: Option<u32>,
 

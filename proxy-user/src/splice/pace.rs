@@ -144,9 +144,10 @@ impl Pacer {
 /// user space, and on the CPU its bytes arrive on it sends that slowly when moving pays. With
 /// the whole limit each, eight streams each way queued up to 512 MiB toward the slower side,
 /// and a trial waited up to a second for the kernel to send it, carrying part of the link in
-/// user space and part in the kernel meanwhile (both slower than either alone). A single bulk
-/// stream needs the whole limit (a quarter of it: a third of its rate, its sender stopped at
-/// the hard limit between namespaces), eight streams do not (a quarter each: the same rate).
+/// user space and part in the kernel meanwhile (slower than either alone). A single bulk stream
+/// needs the whole limit (with a quarter of it: a third to a half of its rate, its sender
+/// stopped at the hard limit between namespaces), eight streams do not (a quarter each: the
+/// same rate).
 pub(super) fn link_share(limit: u64, busy: usize) -> u64 {
     let busy = u64::try_from(busy.max(1)).unwrap_or(u64::MAX);
     (limit.saturating_mul(2) / busy).clamp(limit / 4, limit)

@@ -13,13 +13,13 @@
 //!
 //! 1. A connection that delivered at least [`BUSY_BYTES_PER_SECOND`] through the kernel over a
 //!    window (`--splice-carry-trial` and [`WINDOW_BYTES`], opened no sooner than a trial time
-//!    after it entered the splice) goes on trial. Where sockets can
-//!    leave the splice, it leaves for the userspace copy, which a second window measures (the
-//!    `copy_spell` module, [`CopyWindow`]); elsewhere user space carries it with its sockets
-//!    still in the splice (the `carry` module), and once the kernel has sent what it queued
-//!    before, the second window measures that. The link's other busy connections go with it
-//!    until its trial ends ([`LinkTrials`]): they share its sender and the CPU its bytes
-//!    arrive on, so only with all of them moved does one connection's rate show the difference.
+//!    after it entered the splice) goes on trial. Where sockets can leave the splice, it leaves
+//!    for the userspace copy, which a second window measures (the `copy_spell` module,
+//!    [`CopyWindow`]); elsewhere user space carries it with its sockets still in the splice
+//!    (the `carry` module), and once the kernel has sent what it queued before, the second
+//!    window measures that. The link's other busy connections go with it until its trial ends
+//!    ([`LinkTrials`]): they share its sender and the CPU its bytes arrive on, so only with all
+//!    of them moved does one connection's rate show the difference.
 //! 2. If the second window delivered [`FASTER_BY`] more, the connection stays in the copy (or,
 //!    where sockets cannot leave, stays carried for `--splice-carry-for`, doubled each time a
 //!    later trial says so again, up to 64 times, before the kernel is measured again). Its link
@@ -229,7 +229,7 @@ pub(super) struct LinkMember<'a> {
 }
 
 /// How recently a connection must have moved a look step through the kernel to count as one of
-/// its link's busy connections ([`LinkTrials::busy_connections`]).
+/// its link's busy connections ([`LinkMember::busy_connections`]).
 const BUSY_LATELY: Duration = Duration::from_secs(1);
 
 impl LinkMember<'_> {
