@@ -761,7 +761,7 @@ fn fast_client_waits_for_slow_device(mode: &str) {
         );
         // The device (100 MiB/s) is slower than a clamped client's trickle between namespaces,
         // so the clamp gives way and holds at the hard limit stop the client; each copies what
-        // its small receive buffer kept: 1.5-3% copied. (Reading a hold's bytes off round by
+        // its small receive buffer kept: 2-6.5% copied. (Reading a hold's bytes off round by
         // round would let the client refill the window each time: 13-19%.)
         let copied = proxy.metric("devicelink_user_space_bytes_total{direction=\"to_device\"}");
         eprintln!("{mode}: the proxy copied {copied} of {LEN} bytes");

@@ -43,6 +43,16 @@ const CLAMP_GROWTH: u64 = 1 << 20;
 /// kernel): the hold at the hard limit keeps at most about this much for user space to copy.
 const PACED_RCVBUF: u32 = 128 << 10;
 
+/// The receive buffer to give a sender whose clamp failed, last advertised a `window` of that
+/// many bytes: [`PACED_RCVBUF`], or the window if larger. TCP never takes back a window it
+/// advertised, and a buffer shrunk under it makes the kernel prune the receive queue and drop
+/// what the sender sends into it, which the sender resends only at its retransmission timeout,
+/// doubled each time (seen: senders idle 0.2-0.9 s; queue prunes in two rounds of the bench's
+/// throughput measures through `auto` went from 42 to 7).
+fn paced_rcvbuf(window: u32) -> u32 {
+    PACED_RCVBUF.max(window)
+}
+
 /// How the sender feeding one spliced socket is being slowed.
 #[derive(Debug, Default)]
 pub(super) struct Pacing {
@@ -277,7 +287,8 @@ fn pace(
             // sender (a shut window), with a small receive buffer so that the hold keeps few
             // bytes to copy.
             sockopt::set_window_clamp(&src.stream, unclamped_window(src)?)?;
-            sockopt::set_rcvbuf(&src.stream, PACED_RCVBUF)?;
+            let window = sockopt::tcp_info(&src.stream)?.tcpi_rcv_wnd;
+            sockopt::set_rcvbuf(&src.stream, paced_rcvbuf(window))?;
             debug!(
                 queued,
                 low = src.pacing.clamped.low,
@@ -424,6 +435,21 @@ mod tests {
         let slow = Some((now - ms(2), 10 * MIB + 1));
         assert_eq!(next_pace_look(slow, now, 10 * MIB, false), ms(10));
         assert_eq!(next_pace_look(slow, now, 10 * MIB, true), ms(20));
+    }
+
+    #[test]
+    fn a_failed_clamp_never_shrinks_the_buffer_under_the_advertised_window() {
+        assert_eq!(paced_rcvbuf(0), PACED_RCVBUF);
+        assert_eq!(
+            paced_rcvbuf(3072),
+            PACED_RCVBUF,
+            "a clamped window: the small buffer"
+        );
+        assert_eq!(
+            paced_rcvbuf(4 << 20),
+            4 << 20,
+            "a window still open: room for it"
+        );
     }
 
     #[test]
