@@ -633,6 +633,20 @@ fn leaving_the_splice_toward_a_slow_device_ebpf() {
     assert!(left >= 1.0, "the upload should have left the splice");
 }
 
+/// The most bytes the clients had `sent` beyond what the device `received`, looked at every 5 ms
+/// until `finished`: what sat in buffers on the way.
+fn most_ahead(sent: &AtomicU64, received: &AtomicU64, finished: impl Fn() -> bool) -> u64 {
+    let mut most = 0;
+    while !finished() {
+        let ahead = sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(received.load(Ordering::Relaxed));
+        most = most.max(ahead);
+        thread::sleep(Duration::from_millis(5));
+    }
+    most
+}
+
 /// Eight clients uploading at once through one link faster than its device reads, where the
 /// link's connections may move between paths: each keeps its share of the link's queue (a
 /// quarter of `--splice-max-queued` with eight busy), not the whole limit, so the kernel has
@@ -665,14 +679,9 @@ fn a_busy_link_queues_a_share_per_connection_ebpf() {
         })
         .collect();
     // How far the clients together got ahead of what the device read.
-    let mut ahead_max = 0;
-    while uploading.load(Ordering::Relaxed) > 0 {
-        let ahead = sent
-            .load(Ordering::Relaxed)
-            .saturating_sub(server.received.load(Ordering::Relaxed));
-        ahead_max = ahead_max.max(ahead);
-        thread::sleep(Duration::from_millis(5));
-    }
+    let ahead_max = most_ahead(&sent, &server.received, || {
+        uploading.load(Ordering::Relaxed) == 0
+    });
     for client in clients {
         client.join().unwrap().unwrap_or_else(|e| {
             panic!(
@@ -722,14 +731,7 @@ fn fast_client_waits_for_slow_device(mode: &str) {
         })
     };
     // How far the client got ahead of what the device read: what sits in buffers on the way.
-    let mut ahead_max = 0;
-    while !done.load(Ordering::Relaxed) {
-        let ahead = sent
-            .load(Ordering::Relaxed)
-            .saturating_sub(server.received.load(Ordering::Relaxed));
-        ahead_max = ahead_max.max(ahead);
-        thread::sleep(Duration::from_millis(5));
-    }
+    let ahead_max = most_ahead(&sent, &server.received, || done.load(Ordering::Relaxed));
     client
         .join()
         .unwrap()
