@@ -147,6 +147,16 @@ pub struct CopyProgress {
     moved: [AtomicU64; 2],
 }
 
+impl CopyProgress {
+    /// Bytes moved both ways together.
+    pub fn total(&self) -> u64 {
+        self.moved
+            .iter()
+            .map(|moved| moved.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// How a copy that may be stopped ended.
 pub enum Copied {
     /// The connection ended.
@@ -300,14 +310,15 @@ pub async fn copy_queued(
     direction: Direction,
     metrics: &ConnectionCounters,
 ) -> io::Result<(u64, bool)> {
-    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut buf = Vec::with_capacity(COPY_BUFFER);
     let mut copied = 0;
     loop {
+        buf.clear();
         match sockopt::recv_queued(from, &mut buf)? {
             None => return Ok((copied, false)),
             Some(0) => return Ok((copied, true)),
             Some(n) => {
-                to.write_all(&buf[..n]).await?;
+                to.write_all(&buf).await?;
                 copied += n as u64;
                 metrics.add_bytes(direction, n as u64);
             }
@@ -375,15 +386,20 @@ impl Pump<'_> {
             Direction::ToDevice => ("client", "device"),
             Direction::FromDevice => ("device", "client"),
         };
-        let mut buf = vec![0u8; COPY_BUFFER];
+        // Read into its spare capacity, never zeroed: the pages of a connection that idles
+        // stay unwritten, so not resident (a buffer reused from a freed one would be, zeroed
+        // whole before its first byte).
+        let mut buf = Vec::with_capacity(COPY_BUFFER);
         let mut waited = false;
         loop {
+            buf.clear();
             // A read not yet done takes nothing off the socket when dropped.
             let n = tokio::select! {
                 biased;
                 () = self.stop.cancelled(), if !waited => {
                     waited = true;
                     loop {
+                        buf.clear();
                         let n = sockopt::recv_queued(from.as_ref(), &mut buf)
                             .map_err(|e| (source, e))?;
                         match n {
@@ -392,7 +408,7 @@ impl Pump<'_> {
                                 to.shutdown().await.map_err(|e| (target, e))?;
                                 return Ok(());
                             }
-                            Some(n) => self.copied(&mut to, &buf[..n]).await.map_err(|e| (target, e))?,
+                            Some(_) => self.copied(&mut to, &buf).await.map_err(|e| (target, e))?,
                         }
                     }
                     self.pause.waiting.fetch_add(1, Ordering::Release);
@@ -400,7 +416,7 @@ impl Pump<'_> {
                     self.pause.go_on.cancelled().await;
                     continue;
                 }
-                n = from.read(&mut buf) => n.map_err(|e| (source, e))?,
+                n = from.read_buf(&mut buf) => n.map_err(|e| (source, e))?,
             };
             if n == 0 {
                 to.shutdown().await.map_err(|e| (target, e))?;

@@ -176,15 +176,20 @@ pub fn set_mark(sock: &impl AsRawFd, mark: u32) -> io::Result<()> {
 }
 
 /// Receives what is queued, without waiting: `None` when nothing is (`Some(0)` is EOF). A
-/// plain `recv`, so it sees what the socket holds whatever its async runtime last saw.
-pub fn recv_queued(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: the fd is open while `sock` is borrowed; the kernel writes at most `buf.len()`
-    // bytes into `buf`, which is initialised and that long.
+/// plain `recv`, so it sees what the socket holds whatever its async runtime last saw. Appends
+/// to `buf`, into its spare capacity (reserved here if it has none): no byte of the buffer is
+/// written before the kernel fills it.
+pub fn recv_queued(sock: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    // With no room the kernel would return 0, which reads as the end of the stream.
+    buf.reserve(1);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the fd is open while `sock` is borrowed; the kernel writes at most `spare.len()`
+    // bytes at the start of `spare`, which is that long and owned by `buf`.
     let n = unsafe {
         libc::recv(
             sock.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
             libc::MSG_DONTWAIT,
         )
     };
@@ -196,7 +201,10 @@ pub fn recv_queued(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Option<usi
             Err(err)
         };
     }
-    Ok(Some(n as usize))
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(Some(n))
 }
 
 /// Makes a blocking receive give up (`EAGAIN`) after `timeout`.
