@@ -199,7 +199,8 @@ pub enum Switch {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DataPlaneChoice {
-    /// eBPF splice when the kernel and privileges allow, else the userspace copy (logged).
+    /// eBPF splice when the kernel and privileges allow, else the userspace copy (logged); each
+    /// connection is measured on both paths (`--splice-carry measure`).
     Auto,
     /// eBPF splice or fail at start.
     Ebpf,

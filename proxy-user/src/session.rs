@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -37,8 +37,9 @@ pub struct Session {
     /// summed over each time the connection was in it.
     kernel_final: [AtomicU64; Direction::COUNT as usize],
     splice_ended: AtomicBool,
-    /// Which path carries it: "kernel" or "userspace", once chosen.
-    path: OnceLock<&'static str>,
+    /// Which path carries it now: "kernel" or "userspace", once chosen (under `--data-plane
+    /// auto` the copy carries a connection's opening, then the kernel).
+    path: Mutex<Option<&'static str>>,
     /// Fired to close this connection alone.
     pub cancel: CancellationToken,
     /// Why the proxy closed it, when it did (see [`Session::close`]).
@@ -67,11 +68,11 @@ impl Session {
     }
 
     pub fn path(&self) -> Option<&'static str> {
-        self.path.get().copied()
+        *self.path.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn set_path(&self, path: &'static str) {
-        let _ = self.path.set(path);
+        *self.path.lock().unwrap_or_else(PoisonError::into_inner) = Some(path);
     }
 
     /// Bytes carried so far: `[to_device, from_device]`.
@@ -178,7 +179,7 @@ impl Sessions {
             spliced: OnceLock::new(),
             kernel_final: Default::default(),
             splice_ended: AtomicBool::new(false),
-            path: OnceLock::new(),
+            path: Mutex::new(None),
             cancel,
             close_reason: OnceLock::new(),
         });

@@ -4,6 +4,8 @@
 //! on once every byte has moved.
 //!
 //! - `connection`: a connection's life, from [`carry`] to the maps left clean.
+//! - `opening`: under `--data-plane auto`, a new connection's first bytes in the copy, so a
+//!   short exchange never pays for entering the splice.
 //! - `enter`: the sockets entering the hash without losing or reordering a byte.
 //! - `hold`: forwarding the bytes the verdict program held on a source socket.
 //! - `pace`: flow control, slowing a sender before its queue limit.
@@ -27,6 +29,7 @@ mod hold;
 mod integrity;
 mod leave;
 mod nonblocking;
+mod opening;
 mod pace;
 mod quick_acks;
 mod socket;

@@ -441,6 +441,12 @@ fn rdp_negotiation_tls_and_first_screen_through_the_ebpf_splice() {
     rdp_through_the_link("ebpf");
 }
 
+/// The default data plane: the copy carries the negotiation's opening, the splice the rest.
+#[test]
+fn rdp_negotiation_tls_and_first_screen_through_the_default_data_plane() {
+    rdp_through_the_link("auto");
+}
+
 #[test]
 fn rdp_negotiation_tls_and_first_screen_through_the_userspace_copy() {
     rdp_through_the_link("userspace");

@@ -384,7 +384,9 @@ async fn serve_client(
     let metrics = &carrier.metrics;
     let outcome = match &carrier.data_plane {
         DataPlane::Kernel { plane, watcher } => {
-            session.set_path("kernel");
+            // The path is set once the connection enters the splice; under `--data-plane auto`
+            // the copy carries its opening first.
+            session.set_path("userspace");
             match splice::carry(
                 plane,
                 watcher,
@@ -399,6 +401,10 @@ async fn serve_client(
             {
                 splice::Spliced::Done(outcome) => {
                     metrics.count_path(Path::Kernel);
+                    outcome
+                }
+                splice::Spliced::Copied(outcome) => {
+                    metrics.count_path(Path::Userspace);
                     outcome
                 }
                 splice::Spliced::Fallback {

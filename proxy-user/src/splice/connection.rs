@@ -18,6 +18,7 @@ use super::{
     hold::Holds,
     integrity::IntegrityChecks,
     leave::{Departure, Leaving},
+    opening::{Opened, opening},
     pace::{Pacer, link_share},
     quick_acks::{self, Reader},
     socket::Sockets,
@@ -39,6 +40,9 @@ const LEAVE_LOOK: Duration = Duration::from_millis(1);
 pub enum Spliced {
     /// Carried to the end in the kernel.
     Done(Outcome),
+    /// Carried to its end by the userspace copy within its opening, before it entered the
+    /// splice (see the `opening` module).
+    Copied(Outcome),
     /// Could not enter the kernel path (for example the client already sent its FIN: a socket
     /// that is no longer ESTABLISHED cannot enter a sockmap); carry it in user space from here.
     /// No byte was lost or reordered: the kernel forwarded nothing.
@@ -100,28 +104,26 @@ pub async fn carry(
     cancel: &CancellationToken,
     client_read_before: u64,
 ) -> Spliced {
-    let mut device = device;
-    let mut client_read_before = client_read_before;
-    if client_read_before > 0 {
-        // A header read off the client may have ended inside an skb whose rest is payload.
-        match copy::copy_queued(&client, &mut device, Direction::ToDevice, metrics).await {
-            Ok((copied, false)) => client_read_before += copied,
-            Ok((_, true)) => {
-                return Spliced::Fallback {
-                    client,
-                    device,
-                    reason: "the client ended its stream with its first bytes".into(),
-                };
+    let (mut client, mut device, mut read_before) = match limits.splice_carry.mode {
+        CarryMode::Measure => match opening(client, device, limits, metrics, cancel).await {
+            Opened::Ended(outcome) => return Spliced::Copied(outcome),
+            Opened::Enter {
+                client,
+                device,
+                read,
+                after,
+            } => {
+                debug!(after, "the connection's opening is over: into the splice");
+                (client, device, [client_read_before + read[0], read[1]])
             }
-            Err(err) => return Spliced::Done(Outcome::from_io(err)),
+        },
+        CarryMode::Never | CarryMode::Always | CarryMode::Leave => {
+            match at_once(client, device, metrics, client_read_before).await {
+                Ok(entering) => entering,
+                Err(spliced) => return spliced,
+            }
         }
-    }
-    // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
-    let (mut client, mut device) = match (client.into_std(), device.into_std()) {
-        (Ok(client), Ok(device)) => (client, device),
-        (Err(err), _) | (_, Err(err)) => return Spliced::Done(Outcome::from_io(err)),
     };
-    let mut read_before = [client_read_before, 0];
     let mut again = false;
     // Counted in its link's trials for as long as it may come back into the splice; only
     // trials read it, so without them no descriptors are duplicated on the way in.
@@ -188,6 +190,36 @@ pub async fn carry(
     }
 }
 
+/// The sockets of a connection that enters the splice at once, and what was read from each
+/// before (client, device); or how it is carried instead.
+async fn at_once(
+    client: TcpStream,
+    mut device: TcpStream,
+    metrics: &ConnectionCounters,
+    client_read_before: u64,
+) -> Result<(StdTcpStream, StdTcpStream, [u64; 2]), Spliced> {
+    let mut client_read_before = client_read_before;
+    if client_read_before > 0 {
+        // A header read off the client may have ended inside an skb whose rest is payload.
+        match copy::copy_queued(&client, &mut device, Direction::ToDevice, metrics).await {
+            Ok((copied, false)) => client_read_before += copied,
+            Ok((_, true)) => {
+                return Err(Spliced::Fallback {
+                    client,
+                    device,
+                    reason: "the client ended its stream with its first bytes".into(),
+                });
+            }
+            Err(err) => return Err(Spliced::Done(Outcome::from_io(err))),
+        }
+    }
+    // Out of tokio's reactor: it would wake the proxy for every skb the kernel moves.
+    match (client.into_std(), device.into_std()) {
+        (Ok(client), Ok(device)) => Ok((client, device, [client_read_before, 0])),
+        (Err(err), _) | (_, Err(err)) => Err(Spliced::Done(Outcome::from_io(err))),
+    }
+}
+
 /// One stay in the splice: enters it, watches it, and leaves the maps again.
 #[expect(
     clippy::too_many_arguments,
@@ -233,6 +265,7 @@ async fn splice_once(
     };
     sockets.client.read_before = read_before[0];
     sockets.device.read_before = read_before[1];
+    metrics.session.set_path("kernel");
     quick_acks::follow(&sockets, limits.spliced_device_mark, Reader::Kernel);
     metrics.spliced(sockets.client.cookie, sockets.device.cookie);
     let watched = watch(

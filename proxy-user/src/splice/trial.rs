@@ -81,15 +81,17 @@ const MAX_DOUBLINGS: u32 = 6;
 /// When the kernel path hands a connection to user space (`--splice-carry`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CarryMode {
-    /// When a trial on the connection shows user space carrying it faster.
+    /// When a trial on the connection shows user space carrying it faster; and the copy
+    /// carries each connection's opening (its first 256 KiB or 100 ms) before it enters the
+    /// splice.
     Measure,
     /// Never: the kernel path carries every byte.
     Never,
-    /// At once, and again [`LOOK_STEP`] bytes after each return to the kernel: each connection
+    /// At once, and again 2 MiB (the look step) after each return to the kernel: each connection
     /// alternates between the kernel and user space (to test the move itself).
     Always,
     /// At once out of the splice to the copy where the kernel allows it, for
-    /// `--splice-carry-for`, then back, and out again [`LOOK_STEP`] bytes later: each connection
+    /// `--splice-carry-for`, then back, and out again 2 MiB (the look step) later: each connection
     /// alternates between the splice and the copy (to test leaving and coming back).
     #[value(hide = true)]
     Leave,
