@@ -89,7 +89,12 @@ pub(super) async fn copy_spell(
     let stop = CancellationToken::new();
     let started = Instant::now();
     let mut window = match left_for {
-        LeftFor::Trial { kernel_rate } => Some(CopyWindow::new(kernel_rate, started, link.moved())),
+        LeftFor::Trial { kernel_rate } => Some(CopyWindow::new(
+            kernel_rate,
+            started,
+            link.moved(),
+            link.busy_connections(started),
+        )),
         _ => None,
     };
     // Settled: whether the copy stays (`Some(true)`), or the connection goes back.
