@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     vnc_viewers: usize,
     /// `--splice-sndbuf` values for the sweep.
-    #[arg(long, value_delimiter = ',', default_values_t = ["4M".to_string(), "8M".to_string(), "32M".to_string()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["8M".to_string(), "16M".to_string(), "32M".to_string(), "64M".to_string()])]
     sndbuf_sizes: Vec<String>,
     /// An extra flag for devicelink-proxy in every devicelink contender (repeatable), e.g.
     /// `--devicelink-flag=--splice-sndbuf=32M` to try a setting across all measures.

@@ -74,7 +74,11 @@ pub(super) const FASTER_BY_ALONE: f64 = 1.5;
 /// How much more user space must carry for a link with `busy` busy connections to leave the
 /// kernel ([`FASTER_BY`], [`FASTER_BY_ALONE`]).
 pub(super) fn faster_by(busy: usize) -> f64 {
-    if busy <= 1 { FASTER_BY_ALONE } else { FASTER_BY }
+    if busy <= 1 {
+        FASTER_BY_ALONE
+    } else {
+        FASTER_BY
+    }
 }
 
 /// The least each window of a trial measures, beyond `--splice-carry-trial`: a VNC server
