@@ -195,6 +195,12 @@ fn v1_and_v2_headers_over_ipv4_and_ipv6_name_the_client_ebpf() {
     headers_name_the_client("ebpf");
 }
 
+/// The default data plane: the copy carries each relayed transfer's opening, header read off.
+#[test]
+fn v1_and_v2_headers_over_ipv4_and_ipv6_name_the_client_auto() {
+    headers_name_the_client("auto");
+}
+
 #[test]
 fn v1_and_v2_headers_over_ipv4_and_ipv6_name_the_client_userspace() {
     headers_name_the_client("userspace");
