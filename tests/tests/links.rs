@@ -692,6 +692,72 @@ fn a_port_in_use_fails_its_link_alone() {
         .expect("the other link carries");
 }
 
+/// The default data plane carries a connection's opening in the copy, then the splice: one
+/// exchange and a close end in the copy (counted `userspace`); a connection still open past the
+/// opening's 100 ms is in the kernel (its session says so), carries on there and is counted
+/// `kernel` when it ends.
+#[test]
+fn a_connection_opens_in_the_copy_and_goes_on_in_the_splice_auto() {
+    let topology = topology("opening");
+    let _echo = peers::serve(&topology.device, device(7701), Behavior::Echo);
+    let proxy = LinksProxy::start(
+        &topology,
+        "auto",
+        &[link("vnc", 3701, 7701, &[host(CLIENT_V4)])],
+    );
+    let carried = |path: &str| {
+        proxy.metric(&format!(
+            "devicelink_connections_carried_total{{path=\"{path}\"}}"
+        ))
+    };
+    let wait_for = |path: &str, count: f64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while carried(path) < count {
+            assert!(Instant::now() < deadline, "no connection counted on {path}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    drop(
+        topology
+            .client
+            .run(|| echo_from(CLIENT_V4, 3701))
+            .expect("a short exchange"),
+    );
+    wait_for("userspace", 1.0);
+    assert_eq!(
+        carried("kernel"),
+        0.0,
+        "the short exchange never entered the splice"
+    );
+
+    let mut stream = topology
+        .client
+        .run(|| echo_from(CLIENT_V4, 3701))
+        .expect("carried");
+    thread::sleep(Duration::from_millis(400));
+    let sessions = proxy.json("/v1/sessions?link=vnc");
+    assert_eq!(
+        sessions["sessions"][0]["dataPlane"], "kernel",
+        "past its opening the connection is in the splice: {sessions}"
+    );
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut reader = stream.try_clone().unwrap();
+    let expected = payload.len();
+    let echoed = thread::spawn(move || {
+        let mut back = vec![0u8; expected];
+        reader.read_exact(&mut back).map(|()| back)
+    });
+    stream
+        .write_all(&payload)
+        .expect("write through the splice");
+    let back = echoed.join().unwrap().expect("echo through the splice");
+    assert!(back == payload, "every byte back once, in order");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)));
+    wait_for("kernel", 1.0);
+    assert_eq!(carried("userspace"), 1.0);
+}
+
 /// The control socket lists a link's sessions with their bytes, closes one on request, and
 /// records it among the events; SIGHUP re-reads the file.
 #[test]
