@@ -346,6 +346,12 @@ impl LinkTrials {
         members.departed + members.by_id.values().map(Member::moved).sum::<u64>()
     }
 
+    /// The link's connections that may come into the splice (its members), busy or not.
+    fn members(&self) -> usize {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.by_id.len()
+    }
+
     /// The link's connections that moved a look step through the kernel within the last
     /// [`BUSY_LATELY`].
     pub(super) fn busy_connections(&self, now: Instant) -> usize {
@@ -583,8 +589,11 @@ pub(super) struct Trials {
     /// Since when a move waits for the psock queues to shrink (see [`MOVE_BACKLOG`]).
     move_waiting_since: Option<Instant>,
     /// Until when the connection, new in the splice, opens no kernel window (set at its first
-    /// look, as it enters): see [`Trials::look_in_kernel`].
+    /// look, as it enters) unless it is alone in its link: see [`Trials::look_in_kernel`].
     warm_until: Option<Instant>,
+    /// The link's connections when the open kernel window was opened before `warm_until`
+    /// (alone in its link: 1); the window is dropped if more join while it runs.
+    opened_alone_with: Option<usize>,
     /// Trials user space won (or forced moves).
     pub(super) wins: u32,
     /// `--splice-carry always`: the redirected count per direction from which the next forced
@@ -661,9 +670,23 @@ impl Trials {
         // way), and a window from their start showed the kernel far less than what it
         // carried a moment later (eight streams each way: 286-1230 MB/s, against 1.7 GB/s
         // through the splice alone), sending links the copy does not carry faster to it.
+        // A connection alone in its link has no warm-up: the slow start it stands for comes from
+        // sixteen connections starting at once, and one VNC viewer, which the copy carries
+        // several times faster, would spend it in the splice. Should another connection join
+        // while such a window runs, the window would count that one's start, so it is dropped.
+        let members = link.members();
+        let warm = now >= warm_until;
+        if let Some(alone_with) = self.opened_alone_with
+            && members > alone_with
+        {
+            self.close_window(link);
+            if !warm {
+                return Ok(KernelLook::Stay { next: None });
+            }
+        }
         if self.kernel_window.is_none()
             && !(moving
-                && now >= warm_until
+                && (warm || members <= 1)
                 && link.claim_window(now, policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK))
         {
             return Ok(KernelLook::Stay { next: None });
@@ -672,6 +695,7 @@ impl Trials {
         let Some(window) = self.kernel_window else {
             // A wake-up means bytes are moving: measure from here.
             self.kernel_window = Some(Window { at: now, bytes });
+            self.opened_alone_with = (!warm).then_some(members);
             return Ok(KernelLook::Stay {
                 next: Some(now + policy.trial),
             });
@@ -802,6 +826,7 @@ impl Trials {
 
     /// Closes the kernel window this connection measures for its link, if it has one open.
     fn close_window(&mut self, link: &LinkTrials) {
+        self.opened_alone_with = None;
         if self.kernel_window.take().is_some() {
             link.window_until.store(0, Ordering::Relaxed);
         }
