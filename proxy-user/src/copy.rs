@@ -145,11 +145,26 @@ pub enum Buffers {
 pub struct CopyProgress {
     /// Read from the client and written to the device, and the other way.
     moved: [AtomicU64; 2],
+    /// Both ways together, after which the copy stops as if asked to (see [`carry_until`]).
+    stop_after: Option<u64>,
 }
 
 impl CopyProgress {
+    /// Progress of a copy that stops once it moved `bytes` both ways together.
+    pub fn stopping_after(bytes: u64) -> Self {
+        Self {
+            stop_after: Some(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the copy stopped for having moved its `stop_after` bytes.
+    pub fn moved_enough(&self) -> bool {
+        self.stop_after.is_some_and(|limit| self.total() >= limit)
+    }
+
     /// Bytes moved both ways together.
-    pub fn total(&self) -> u64 {
+    fn total(&self) -> u64 {
         self.moved
             .iter()
             .map(|moved| moved.load(Ordering::Relaxed))
@@ -170,7 +185,8 @@ pub enum Copied {
     },
 }
 
-/// [`carry`], which also stops when `stop` fires, if it can hand the connection back whole:
+/// [`carry`], which also stops when `stop` fires (or once it moved what `progress` was made
+/// to stop after), if it can hand the connection back whole:
 /// each direction finishes the write of what it read and waits; once both wait, it returns the
 /// sockets. A direction that ends (its FIN passed on) first makes it go on to the end instead.
 #[expect(
@@ -435,6 +451,9 @@ impl Pump<'_> {
         self.activity.fetch_add(n, Ordering::Relaxed);
         self.progress.moved[self.direction as usize].fetch_add(n, Ordering::Relaxed);
         self.metrics.add_bytes(self.direction, n);
+        if self.progress.moved_enough() {
+            self.stop.cancel();
+        }
         Ok(())
     }
 }

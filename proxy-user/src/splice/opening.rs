@@ -13,7 +13,7 @@
 
 use std::{net::TcpStream as StdTcpStream, time::Duration};
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::hold::hold_rcvbuf;
@@ -31,9 +31,6 @@ pub(super) const OPENING_BYTES: u64 = 256 << 10;
 /// How long a connection stays in the copy at most before it enters the splice: an
 /// interactive session (SSH, a VNC viewer between frames) is carried by the kernel from here.
 pub(super) const OPENING_TIME: Duration = Duration::from_millis(100);
-
-/// How often the opening looks whether the connection moved [`OPENING_BYTES`].
-const OPENING_LOOK: Duration = Duration::from_millis(2);
 
 /// How a connection's opening ended.
 pub(super) enum Opened {
@@ -62,9 +59,8 @@ pub(super) async fn opening(
     for socket in [&client, &device] {
         let _ = sockopt::set_rcvbuf(socket, hold_rcvbuf(limits.splice_max_queued));
     }
-    let progress = CopyProgress::default();
+    let progress = CopyProgress::stopping_after(OPENING_BYTES);
     let stop = CancellationToken::new();
-    let opened = Instant::now();
     let copied = copy::carry_until(
         client,
         device,
@@ -76,23 +72,18 @@ pub(super) async fn opening(
         copy::Buffers::Keep,
     );
     tokio::pin!(copied);
-    let mut after = None;
-    let copied = loop {
-        tokio::select! {
-            copied = &mut copied => break copied,
-            () = tokio::time::sleep(OPENING_LOOK), if after.is_none() => {
-                after = if progress.total() >= OPENING_BYTES {
-                    Some("bytes")
-                } else if opened.elapsed() >= OPENING_TIME {
-                    Some("time")
-                } else {
-                    None
-                };
-                if after.is_some() {
-                    stop.cancel();
-                }
-            }
+    // The copy stops by itself once it moved OPENING_BYTES.
+    let copied = tokio::select! {
+        copied = &mut copied => copied,
+        () = tokio::time::sleep(OPENING_TIME) => {
+            stop.cancel();
+            (&mut copied).await
         }
+    };
+    let after = if progress.moved_enough() {
+        "bytes"
+    } else {
+        "time"
     };
     match copied {
         Copied::Ended(outcome) => Opened::Ended(outcome),
@@ -105,7 +96,7 @@ pub(super) async fn opening(
                 client,
                 device,
                 read,
-                after: after.unwrap_or("time"),
+                after,
             },
             (Err(err), _) | (_, Err(err)) => Opened::Ended(Outcome::from_io(err)),
         },

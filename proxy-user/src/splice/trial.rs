@@ -670,9 +670,10 @@ impl Trials {
         // way), and a window from their start showed the kernel far less than what it
         // carried a moment later (eight streams each way: 286-1230 MB/s, against 1.7 GB/s
         // through the splice alone), sending links the copy does not carry faster to it.
-        // A connection alone in its link has no warm-up: the slow start it stands for comes from
-        // sixteen connections starting at once, and one VNC viewer, which the copy carries
-        // several times faster, would spend it in the splice. Should another connection join
+        // A connection alone in its link has no warm-up: the slow start it waits out was seen
+        // with sixteen connections starting at once, a lone connection leaves only for a copy
+        // 1.5x faster, and one VNC viewer, which the copy carries several times faster, would
+        // spend it in the splice. Should another connection join
         // while such a window runs, the window would count that one's start, so it is dropped.
         let members = link.members();
         let warm = now >= warm_until;
