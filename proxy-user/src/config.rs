@@ -120,7 +120,7 @@ pub struct Args {
 
     /// Send buffer forced on each spliced socket (bytes; K/M/G suffixes). Limits, not
     /// allocations: idle connections cost nothing. See the sweep in docs/benchmarks.md.
-    /// Default 32M, smaller when the splice queue is shrunk to fit `--memory-budget`.
+    /// Default 16M, smaller when the splice queue is shrunk to fit `--memory-budget`.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub splice_sndbuf: Option<u32>,
 
@@ -597,7 +597,7 @@ mod tests {
         assert_eq!(config.memory_budget, BudgetChoice::Auto);
         let plans = config.memory_plans(flag_budget(64 << 30)).unwrap();
         let process = config.process(&plans);
-        assert_eq!(process.splice_sndbuf, 32 << 20);
+        assert_eq!(process.splice_sndbuf, 16 << 20);
         assert_eq!(process.splice_max_queued, 64 << 20);
         assert_eq!(plans.for_mode("userspace").max_connections, 1024);
     }
