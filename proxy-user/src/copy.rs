@@ -457,3 +457,20 @@ impl Pump<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_made_to_stop_after_some_bytes_counts_both_ways_together() {
+        let progress = CopyProgress::stopping_after(1000);
+        progress.moved[0].store(600, Ordering::Relaxed);
+        assert!(!progress.moved_enough());
+        progress.moved[1].store(400, Ordering::Relaxed);
+        assert!(progress.moved_enough());
+        let unbounded = CopyProgress::default();
+        unbounded.moved[0].store(u64::MAX / 2, Ordering::Relaxed);
+        assert!(!unbounded.moved_enough(), "no limit, no stop");
+    }
+}

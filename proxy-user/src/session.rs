@@ -37,8 +37,10 @@ pub struct Session {
     /// summed over each time the connection was in it.
     kernel_final: [AtomicU64; Direction::COUNT as usize],
     splice_ended: AtomicBool,
-    /// Which path carries it now: "kernel" or "userspace", once chosen (under `--data-plane
-    /// auto` the copy carries a connection's opening, then the kernel).
+    /// Which path carries it: "kernel" or "userspace", once chosen. Under `--data-plane auto`
+    /// "userspace" while the copy carries its opening, then "kernel" once it entered the splice
+    /// (and still "kernel" after a trial moved it to the copy, where
+    /// `devicelink_splice_moves_total` counts it).
     path: Mutex<Option<&'static str>>,
     /// Fired to close this connection alone.
     pub cancel: CancellationToken,
