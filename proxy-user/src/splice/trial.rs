@@ -8,8 +8,9 @@
 //! copy is the faster path (see "The default data plane on VNC" in docs/benchmarks.md). A
 //! single bulk stream is the opposite case: the splice carries more, at a small part of the
 //! CPU. Which case a connection is in depends on where its peers run and what else runs there,
-//! which the proxy cannot see, so it measures, counting bytes delivered (acknowledged by the
-//! peers, not merely taken in by the kernel or put into a send queue):
+//! which the proxy cannot see, so it measures, counting bytes carried through: the lesser of
+//! what arrived from the peers and what the peers acknowledged ([`Moved`]), not what merely
+//! went into a queue:
 //!
 //! 1. A connection that delivered at least [`BUSY_BYTES_PER_SECOND`] through the kernel over a
 //!    window (`--splice-carry-trial` and [`WINDOW_BYTES`], opened no sooner than a trial time
@@ -208,37 +209,72 @@ pub struct LinkTrials {
 struct Members {
     next_id: u64,
     by_id: BTreeMap<u64, Member>,
-    /// Bytes moved by connections that are no longer members.
-    departed: u64,
+    /// What connections that are no longer members moved.
+    departed: Moved,
 }
 
 /// One connection's two sockets (duplicated descriptors, so they stay readable until it leaves)
-/// and their bytes entered when it joined.
+/// and what they had moved when it joined.
 #[derive(Debug)]
 struct Member {
     sockets: [OwnedFd; 2],
-    base: u64,
+    base: Moved,
     /// When the kernel last moved a look step of its bytes ([`stamp`]; 0: not yet).
     busy_at: u64,
 }
 
 impl Member {
-    /// Bytes both sockets' peers acknowledged since it joined: what it delivered both ways, by
-    /// the kernel splice or by user space.
-    fn moved(&self) -> u64 {
-        acked_total(&self.sockets).saturating_sub(self.base)
+    /// What it moved both ways since it joined, by the kernel splice or by user space.
+    fn moved(&self) -> Moved {
+        Moved::by(&self.sockets).minus(self.base)
     }
 }
 
-/// Every byte the two sockets' peers acknowledged (0 for a socket that cannot be read). Not what
-/// entered the send queues: at a connection's start those fill (8 MiB each with the splice's
-/// send buffers), and sixteen streams filling theirs credited the kernel's first window with
-/// 2.9 GB/s for a link that carried 1.6.
-fn acked_total(sockets: &[OwnedFd; 2]) -> u64 {
-    sockets
-        .iter()
-        .map(|fd| tcp_info(fd).map_or(0, |info| info.tcpi_bytes_acked))
-        .sum()
+/// What connections moved so far, both ways summed: the bytes that arrived from their peers and
+/// the bytes their peers acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Moved {
+    arrived: u64,
+    delivered: u64,
+}
+
+impl Moved {
+    /// What the two sockets moved (0 for a socket that cannot be read).
+    fn by(sockets: &[OwnedFd; 2]) -> Self {
+        sockets.iter().fold(Self::default(), |moved, fd| {
+            tcp_info(fd).map_or(moved, |info| {
+                moved.plus(Self {
+                    arrived: info.tcpi_bytes_received,
+                    delivered: info.tcpi_bytes_acked,
+                })
+            })
+        })
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            arrived: self.arrived + other.arrived,
+            delivered: self.delivered + other.delivered,
+        }
+    }
+
+    fn minus(self, earlier: Self) -> Self {
+        Self {
+            arrived: self.arrived.saturating_sub(earlier.arrived),
+            delivered: self.delivered.saturating_sub(earlier.delivered),
+        }
+    }
+
+    /// Bytes carried through since `earlier`: the lesser of what arrived and what was
+    /// delivered in between. Deliveries alone credit a path with the queue it sends off
+    /// meanwhile: sixteen streams' kernel window, opened as their first queues drained, counted
+    /// 2.7 GB/s delivered for a link the splice carried at 1.6. Arrivals alone credit it with
+    /// the queue it fills (the splice's send buffers and psock queues, megabytes per
+    /// connection). Carried steadily, the two are equal.
+    fn carried_since(self, earlier: Self) -> u64 {
+        let moved = self.minus(earlier);
+        moved.arrived.min(moved.delivered)
+    }
 }
 
 /// A connection's membership of its link's trials; it leaves on drop.
@@ -272,7 +308,7 @@ impl Drop for LinkMember<'_> {
     fn drop(&mut self) {
         let mut members = self.link.members.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(member) = members.by_id.remove(&self.id) {
-            members.departed += member.moved();
+            members.departed = members.departed.plus(member.moved());
         }
     }
 }
@@ -321,7 +357,7 @@ impl LinkTrials {
             client.as_fd().try_clone_to_owned()?,
             device.as_fd().try_clone_to_owned()?,
         ];
-        let base = acked_total(&sockets);
+        let base = Moved::by(&sockets);
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let id = members.next_id;
         members.next_id += 1;
@@ -336,14 +372,17 @@ impl LinkTrials {
         Ok(LinkMember { link: self, id })
     }
 
-    /// Bytes the link's connections delivered so far, both ways, whichever path carried them:
-    /// what a trial's windows measure. Several busy connections of one link share its sender
+    /// What the link's connections moved so far, both ways, whichever path carried them: what a
+    /// trial's windows measure. Several busy connections of one link share its sender
     /// and the CPU its bytes arrive on, and how they share moves a lot from one window to the
     /// next (one of sixteen streams: 186 MB/s in the kernel's window, 55 in the copy's), so the
     /// link's total is what shows which path carries them faster.
-    pub(super) fn moved(&self) -> u64 {
+    pub(super) fn moved(&self) -> Moved {
         let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members.departed + members.by_id.values().map(Member::moved).sum::<u64>()
+        members
+            .by_id
+            .values()
+            .fold(members.departed, |moved, member| moved.plus(member.moved()))
     }
 
     /// The link's connections that may come into the splice (its members), busy or not.
@@ -453,27 +492,27 @@ const MOVE_WAIT: Duration = Duration::from_millis(250);
 /// how often a connection carried for another's trial looks whether the trial ended.
 const WINDOW_LOOK: Duration = Duration::from_millis(10);
 
-/// One measuring window: bytes moved since `at`.
+/// One measuring window: what was moved since `at`.
 #[derive(Clone, Copy, Debug)]
 struct Window {
     at: Instant,
-    bytes: u64,
+    moved: Moved,
 }
 
 impl Window {
-    /// Whether the window has measured enough at `now`, with `bytes` delivered: its trial time
-    /// and [`WINDOW_BYTES`], or ten trial times.
-    fn done(&self, now: Instant, bytes: u64, trial: Duration) -> bool {
+    /// Whether the window has measured enough at `now`, when `moved` had been moved: its trial
+    /// time and [`WINDOW_BYTES`] carried, or ten trial times.
+    fn done(&self, now: Instant, moved: Moved, trial: Duration) -> bool {
         let elapsed = now.duration_since(self.at);
         elapsed >= trial
-            && (bytes.saturating_sub(self.bytes) >= WINDOW_BYTES
+            && (moved.carried_since(self.moved) >= WINDOW_BYTES
                 || elapsed >= trial * WINDOW_MAX_TRIALS)
     }
 
-    /// Bytes per second from the window's start to `now`, at `bytes`.
-    fn rate(&self, now: Instant, bytes: u64) -> f64 {
+    /// Bytes carried per second from the window's start to `now`, when `moved` had been moved.
+    fn rate(&self, now: Instant, moved: Moved) -> f64 {
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-6);
-        bytes.saturating_sub(self.bytes) as f64 / seconds
+        moved.carried_since(self.moved) as f64 / seconds
     }
 }
 
@@ -494,30 +533,30 @@ pub(super) enum CopyVerdict {
 }
 
 impl CopyWindow {
-    /// A window from `now`, when the link had moved `bytes`, to beat `kernel_rate` (the
-    /// link's bytes delivered per second in the kernel's window), for a link with `busy` busy
+    /// A window from `now`, when the link had moved `moved`, to beat `kernel_rate` (the
+    /// link's bytes carried per second in the kernel's window), for a link with `busy` busy
     /// connections.
-    pub(super) fn new(kernel_rate: f64, now: Instant, bytes: u64, busy: usize) -> Self {
+    pub(super) fn new(kernel_rate: f64, now: Instant, moved: Moved, busy: usize) -> Self {
         Self {
             kernel_rate,
-            window: Window { at: now, bytes },
+            window: Window { at: now, moved },
             busy,
         }
     }
 
-    /// Judges the trial once the window measured enough (`bytes`: what the link has moved, see
+    /// Judges the trial once the window measured enough (`moved`: what the link has moved, see
     /// [`LinkTrials::moved`]), and ends the link's trial with the verdict.
     pub(super) fn judge(
         &self,
         now: Instant,
-        bytes: u64,
+        moved: Moved,
         policy: &CarryPolicy,
         link: &LinkTrials,
     ) -> CopyVerdict {
-        if !self.window.done(now, bytes, policy.trial) {
+        if !self.window.done(now, moved, policy.trial) {
             return CopyVerdict::Measuring;
         }
-        let copy_rate = self.window.rate(now, bytes);
+        let copy_rate = self.window.rate(now, moved);
         let kernel_rate = self.kernel_rate;
         let won = copy_rate >= kernel_rate * faster_by(self.busy);
         link.end_trial(won, now);
@@ -692,21 +731,21 @@ impl Trials {
         {
             return Ok(KernelLook::Stay { next: None });
         }
-        let bytes = link.moved();
+        let moved = link.moved();
         let Some(window) = self.kernel_window else {
             // A wake-up means bytes are moving: measure from here.
-            self.kernel_window = Some(Window { at: now, bytes });
+            self.kernel_window = Some(Window { at: now, moved });
             self.opened_alone_with = (!warm).then_some(members);
             return Ok(KernelLook::Stay {
                 next: Some(now + policy.trial),
             });
         };
-        if !window.done(now, bytes, policy.trial) {
+        if !window.done(now, moved, policy.trial) {
             return Ok(KernelLook::Stay {
                 next: Some(now.max(window.at + policy.trial) + WINDOW_LOOK),
             });
         }
-        let rate = window.rate(now, bytes);
+        let rate = window.rate(now, moved);
         if rate < BUSY_BYTES_PER_SECOND as f64 {
             // Not busy enough to be worth a trial: the next wake-up opens a new window.
             self.close_window(link);
@@ -765,8 +804,8 @@ impl Trials {
             // User space writes nothing until the kernel has sent what it queued before the
             // move; that wait is the kernel's, not the copy's.
             if both_caught_up(plane, sockets)? || now >= moved_at + CATCH_UP_WAIT {
-                let bytes = link.moved();
-                self.trial = Some((kernel_rate, moved_at, Some(Window { at: now, bytes })));
+                let moved = link.moved();
+                self.trial = Some((kernel_rate, moved_at, Some(Window { at: now, moved })));
                 return Ok(CarriedLook::Carry {
                     next: Some(now + policy.trial),
                 });
@@ -775,14 +814,14 @@ impl Trials {
                 next: Some(now + CATCH_UP_LOOK),
             });
         };
-        let bytes = link.moved();
-        if !window.done(now, bytes, policy.trial) {
+        let moved = link.moved();
+        if !window.done(now, moved, policy.trial) {
             return Ok(CarriedLook::Carry {
                 next: Some(now.max(window.at + policy.trial) + WINDOW_LOOK),
             });
         }
         self.trial = None;
-        let user_rate = window.rate(now, bytes);
+        let user_rate = window.rate(now, moved);
         let won = user_rate >= kernel_rate * faster_by(link.busy_connections(now));
         link.end_trial(won, now);
         if won {
@@ -977,7 +1016,7 @@ mod tests {
 
     /// What the link moved once it reached `expected` (its peers' acknowledgements come a
     /// moment after the writes), or after a second.
-    fn acked_soon(link: &LinkTrials, expected: u64) -> u64 {
+    fn moved_soon(link: &LinkTrials, expected: Moved) -> Moved {
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         loop {
             let moved = link.moved();
@@ -988,39 +1027,53 @@ mod tests {
         }
     }
 
+    /// As much arrived as was delivered: a path carrying steadily.
+    fn carried(bytes: u64) -> Moved {
+        Moved {
+            arrived: bytes,
+            delivered: bytes,
+        }
+    }
+
     #[test]
-    fn a_link_counts_what_its_connections_delivered_also_after_they_leave() {
+    fn a_link_counts_what_its_connections_moved_also_after_they_leave() {
         use std::io::Write as _;
+        let moved = |arrived, delivered| Moved { arrived, delivered };
         let link = LinkTrials::default();
-        let (mut client, _client_peer) = loopback_pair();
-        let (mut device, _device_peer) = loopback_pair();
+        let (mut client, mut client_peer) = loopback_pair();
+        let (mut device, mut device_peer) = loopback_pair();
         client.write_all(&[1; 1000]).unwrap();
-        // Acknowledged before it joins.
+        client_peer.write_all(&[1; 100]).unwrap();
+        // Acknowledged and arrived before it joins.
         std::thread::sleep(Duration::from_millis(20));
         let member = link.join(&client, &device).unwrap();
         assert_eq!(
-            acked_soon(&link, 0),
-            0,
-            "bytes acknowledged before it joined do not count"
+            moved_soon(&link, Moved::default()),
+            Moved::default(),
+            "bytes moved before it joined do not count"
         );
         client.write_all(&[2; 300]).unwrap();
         device.write_all(&[3; 200]).unwrap();
-        assert_eq!(acked_soon(&link, 500), 500, "both ways");
+        assert_eq!(moved_soon(&link, moved(0, 500)), moved(0, 500), "both ways");
+        client_peer.write_all(&[4; 70]).unwrap();
+        device_peer.write_all(&[4; 30]).unwrap();
+        assert_eq!(moved_soon(&link, moved(100, 500)), moved(100, 500));
         let (mut other, _other_peer) = loopback_pair();
         let (other_device, _other_device_peer) = loopback_pair();
         let second = link.join(&other, &other_device).unwrap();
-        other.write_all(&[4; 50]).unwrap();
-        assert_eq!(acked_soon(&link, 550), 550);
+        other.write_all(&[5; 50]).unwrap();
+        assert_eq!(moved_soon(&link, moved(100, 550)), moved(100, 550));
         drop(member);
-        client.write_all(&[5; 10]).unwrap();
+        client.write_all(&[6; 10]).unwrap();
+        client_peer.write_all(&[6; 10]).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(
             link.moved(),
-            550,
+            moved(100, 550),
             "a connection that left keeps what it moved, no more"
         );
         drop(second);
-        assert_eq!(link.moved(), 550);
+        assert_eq!(link.moved(), moved(100, 550));
     }
 
     #[test]
@@ -1099,18 +1152,29 @@ mod tests {
         let trial = Duration::from_millis(100);
         let window = Window {
             at: start,
-            bytes: 0,
+            moved: Moved::default(),
         };
         assert!(
-            !window.done(start + trial / 2, WINDOW_BYTES, trial),
+            !window.done(start + trial / 2, carried(WINDOW_BYTES), trial),
             "too short"
         );
         assert!(
-            !window.done(start + trial, WINDOW_BYTES - 1, trial),
+            !window.done(start + trial, carried(WINDOW_BYTES - 1), trial),
             "too few bytes"
         );
-        assert!(window.done(start + trial, WINDOW_BYTES, trial));
-        assert!(window.done(start + trial * WINDOW_MAX_TRIALS, 0, trial));
+        assert!(
+            !window.done(
+                start + trial,
+                Moved {
+                    arrived: WINDOW_BYTES,
+                    delivered: WINDOW_BYTES / 2,
+                },
+                trial
+            ),
+            "too few bytes carried through"
+        );
+        assert!(window.done(start + trial, carried(WINDOW_BYTES), trial));
+        assert!(window.done(start + trial * WINDOW_MAX_TRIALS, Moved::default(), trial));
     }
 
     #[test]
@@ -1122,8 +1186,8 @@ mod tests {
         // The copy delivered 1.3x the kernel's 1 GB/s: within what one stream's windows vary.
         let copied = 130_000_000;
         for (busy, copy_won) in [(1, false), (0, false), (2, true), (8, true)] {
-            let window = CopyWindow::new(1e9, start, 0, busy);
-            let verdict = window.judge(end, copied, &policy, &link);
+            let window = CopyWindow::new(1e9, start, Moved::default(), busy);
+            let verdict = window.judge(end, carried(copied), &policy, &link);
             assert_eq!(
                 matches!(verdict, CopyVerdict::CopyFaster { .. }),
                 copy_won,
@@ -1131,21 +1195,34 @@ mod tests {
             );
         }
         // One VNC viewer sharing its server's CPU: copied 2.3x faster or more.
-        let window = CopyWindow::new(1e9, start, 0, 1);
+        let window = CopyWindow::new(1e9, start, Moved::default(), 1);
         assert!(matches!(
-            window.judge(end, 230_000_000, &policy, &link),
+            window.judge(end, carried(230_000_000), &policy, &link),
             CopyVerdict::CopyFaster { .. }
         ));
     }
 
     #[test]
-    fn a_window_rate_is_bytes_over_its_time() {
+    fn a_window_rate_is_bytes_carried_through_over_its_time() {
         let start = Instant::now();
         let window = Window {
             at: start,
-            bytes: 1000,
+            moved: carried(1000),
         };
-        let rate = window.rate(start + Duration::from_millis(100), 1000 + 10_000_000);
-        assert!((rate - 100e6).abs() < 1.0, "{rate}");
+        let rate = |moved| window.rate(start + Duration::from_millis(100), moved);
+        let steady = rate(carried(1000 + 10_000_000));
+        assert!((steady - 100e6).abs() < 1.0, "{steady}");
+        // A queue draining: more delivered than arrived.
+        let draining = rate(Moved {
+            arrived: 1000 + 10_000_000,
+            delivered: 1000 + 25_000_000,
+        });
+        assert!((draining - 100e6).abs() < 1.0, "{draining}");
+        // A queue filling: more arrived than delivered.
+        let filling = rate(Moved {
+            arrived: 1000 + 25_000_000,
+            delivered: 1000 + 10_000_000,
+        });
+        assert!((filling - 100e6).abs() < 1.0, "{filling}");
     }
 }
