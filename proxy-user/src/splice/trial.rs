@@ -100,7 +100,7 @@ const MAX_DOUBLINGS: u32 = 6;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CarryMode {
     /// When a trial on the connection shows user space carrying it faster; and the copy
-    /// carries each connection's opening (its first 256 KiB or 100 ms) before it enters the
+    /// carries each connection's opening (its first 256 KiB or 20 ms) before it enters the
     /// splice.
     Measure,
     /// Never: the kernel path carries every byte.
