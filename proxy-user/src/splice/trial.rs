@@ -66,11 +66,14 @@ pub(super) const BUSY_BYTES_PER_SECOND: u64 = 8 << 20;
 pub(super) const FASTER_BY: f64 = 1.25;
 
 /// The same for a link with one busy connection, whose rate varies more between two windows:
-/// one bulk stream, which the splice carries faster, showed the copy 0.84-1.05x the kernel's
+/// one bulk stream, which the splice carries faster, showed the copy 0.6-1.05x the kernel's
 /// rate in most trials and 1.27x in one, which moved it (and, as its link's win, the next
 /// streams of the link) to the slower path. One VNC viewer sharing its server's CPU with the
-/// kernel's sending work was copied 2.3-3.5x faster, and carried in place 1.5x faster.
-pub(super) const FASTER_BY_ALONE: f64 = 1.5;
+/// kernel's sending work was copied 1.48-3.5x faster (the copy's window is the first tenth of a
+/// second after the move, before the viewer and server are back to full pace), and carried in
+/// place 1.5x faster; a trial it loses keeps it in the splice, at a third of the copy's frame
+/// rate, for the link's backoff.
+pub(super) const FASTER_BY_ALONE: f64 = 1.4;
 
 /// How much more user space must carry for a link with `busy` busy connections to leave the
 /// kernel ([`FASTER_BY`], [`FASTER_BY_ALONE`]).
@@ -711,7 +714,7 @@ impl Trials {
         // through the splice alone), sending links the copy does not carry faster to it.
         // A connection alone in its link has no warm-up: the slow start it waits out was seen
         // with sixteen connections starting at once, a lone connection leaves only for a copy
-        // 1.5x faster, and one VNC viewer, which the copy carries several times faster, would
+        // 1.4x faster, and one VNC viewer, which the copy carries several times faster, would
         // spend it in the splice. Should another connection join
         // while such a window runs, the window would count that one's start, so it is dropped.
         let members = link.members();
@@ -1194,10 +1197,10 @@ mod tests {
                 "{busy} busy: {verdict:?}"
             );
         }
-        // One VNC viewer sharing its server's CPU: copied 2.3x faster or more.
+        // One VNC viewer sharing its server's CPU: copied 1.48x faster in its slowest trial.
         let window = CopyWindow::new(1e9, start, Moved::default(), 1);
         assert!(matches!(
-            window.judge(end, carried(230_000_000), &policy, &link),
+            window.judge(end, carried(148_000_000), &policy, &link),
             CopyVerdict::CopyFaster { .. }
         ));
     }
