@@ -181,6 +181,14 @@ async fn run(config: Config, plans: MemoryPlans, links: Option<Vec<Link>>) -> an
     metrics.set_memory(plans.budget.bytes, &plan);
     let links = links.unwrap_or_else(|| config.single_link(&plan).into_iter().collect());
     let xdp = dataplane::choose_xdp(&process)?;
+    if let Some(advice) = dataplane::skb_xdp_copy_advice(
+        &data_plane,
+        xdp.is_some(),
+        process.xdp_mode,
+        plans.copy.socket_buffer,
+    ) {
+        warn!("{advice}");
+    }
     let kernel = match &data_plane {
         DataPlane::Kernel { plane, .. } => Some(Arc::clone(plane)),
         DataPlane::Userspace => None,

@@ -1,6 +1,7 @@
-//! The XDP ACL as a plane of its own: it attaches for the userspace copy too, a failed attach in
-//! `auto` mode leaves the splice running (and says so), and an interface without Ethernet
-//! framing is refused with a clear error. Needs root.
+//! The XDP ACL as a plane of its own: it attaches for the userspace copy too (which is told at
+//! start to raise its buffers behind skb mode), a failed attach in `auto` mode leaves the
+//! splice running (and says so), and an interface without Ethernet framing is refused with a
+//! clear error. Needs root.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -66,6 +67,11 @@ fn the_userspace_copy_gets_the_xdp_acl_too() {
         "XDP drops its SYNs on the wire: {err}"
     );
     assert!(proxy.metric("devicelink_link_xdp_drops_total{link=\"link\"}") >= 1.0);
+    let log = proxy.process.log();
+    assert!(
+        log.contains("skb mode") && log.contains("give --copy-socket-buffer 4M or more"),
+        "the copy's 1 MiB buffers behind skb-mode XDP are called out at start:\n{log}"
+    );
 }
 
 #[test]
