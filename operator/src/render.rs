@@ -285,6 +285,9 @@ pub fn proxy_args(link: &ValidLink) -> Vec<String> {
         max_connections: None,
         queue: None,
         socket_buffer: None,
+        // The proxy runs the XDP ACL on the pod's interface in skb mode (below), and plans
+        // with that, so the limit passed here is the one its own plan arrives at.
+        behind_skb_xdp: true,
     };
     let max_connections = plan(&request).map_or(1, |fit| fit.max_connections);
     vec![

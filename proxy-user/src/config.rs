@@ -357,6 +357,7 @@ impl Config {
                 Plane::Splice => self.splice_sndbuf.map(u64::from),
                 Plane::Copy => self.copy_socket_buffer.map(u64::from),
             },
+            behind_skb_xdp: self.xdp_interface.is_some() && self.xdp_mode == XdpModeChoice::Skb,
         };
         let fit = |plane, name, sizes| {
             sizing::plan(&request(plane)).map_err(|why| ConfigError::MemoryOvercommitted {
@@ -600,6 +601,22 @@ mod tests {
         assert_eq!(process.splice_sndbuf, 16 << 20);
         assert_eq!(process.splice_max_queued, 64 << 20);
         assert_eq!(plans.for_mode("userspace").max_connections, 1024);
+    }
+
+    #[test]
+    fn the_copy_behind_skb_mode_xdp_gets_larger_buffers_by_default() {
+        let plans_with = |extra: &[&str]| {
+            let config = Config::from_args(parse(extra).unwrap(), SystemTime::now()).unwrap();
+            config.memory_plans(flag_budget(64 << 30)).unwrap()
+        };
+        let skb = plans_with(&["--xdp-interface", "eth0"]);
+        assert_eq!(skb.copy.socket_buffer, 4 << 20);
+        assert_eq!(skb.for_mode("userspace").max_connections, 1024);
+        let native = plans_with(&["--xdp-interface", "eth0", "--xdp-mode", "native"]);
+        assert_eq!(native.copy.socket_buffer, 1 << 20);
+        assert_eq!(plans_with(&[]).copy.socket_buffer, 1 << 20, "no XDP");
+        let given = plans_with(&["--xdp-interface", "eth0", "--copy-socket-buffer", "2M"]);
+        assert_eq!(given.copy.socket_buffer, 2 << 20, "a given size is kept");
     }
 
     fn flag_budget(bytes: u64) -> Budget {

@@ -126,7 +126,7 @@ pub fn skb_xdp_copy_advice(
         && copy_socket_buffer < COPY_BUFFER_BEHIND_SKB_XDP)
         .then(|| {
             format!(
-                "the XDP ACL runs in skb mode, which copies every received segment into a linear buffer that counts at twice its data or more against the socket's receive buffer: with --copy-socket-buffer {copy_socket_buffer} uploads through the userspace copy ran at a fifth of their speed on a veth; give --copy-socket-buffer 4M or more (the memory budget counts it), or --xdp-mode native where the interface's driver supports it"
+                "the XDP ACL runs in skb mode, which copies every received segment into a linear buffer that counts at twice its data or more against the socket's receive buffer: with --copy-socket-buffer {copy_socket_buffer} uploads through the userspace copy ran at a fifth of their speed on a veth; give --copy-socket-buffer 4M or more (the default behind skb mode when the memory budget has room for it), or --xdp-mode native where the interface's driver supports it"
             )
         })
 }

@@ -44,6 +44,12 @@ pub const DEFAULT_SPLICE_SNDBUF: u64 = 16 << 20;
 /// Default `--copy-socket-buffer`: the receive and send buffer asked for each socket of a
 /// connection the userspace copy carries.
 pub const DEFAULT_COPY_SOCKET_BUFFER: u64 = 1 << 20;
+/// Default `--copy-socket-buffer` when the copy's sockets receive through an XDP program in skb
+/// mode. Skb mode copies every cloned or paged skb into one linear buffer before the program
+/// runs, counted at twice its data or more against the receiving socket's buffer: at 1 MiB one
+/// upload through the copy ran at 2.5 Gbit/s against 11.4 without the program (2M 6.8, 4M 10.8;
+/// docs/data-plane.md, known limits).
+pub const DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP: u64 = 4 << 20;
 
 /// How far defaulted sizes shrink when no connection limit is given: below these one bulk
 /// transfer slows to a crawl (one stream through the splice, veth: 64M 12.5 Gbit/s, 8M 0.3-0.5,
@@ -114,6 +120,10 @@ pub struct MemoryRequest {
     pub max_connections: Option<u32>,
     pub queue: Option<u64>,
     pub socket_buffer: Option<u64>,
+    /// Whether the connections' packets come in through an XDP program in skb mode
+    /// (`--xdp-interface` with `--xdp-mode skb`): the copy's defaulted buffers then start at
+    /// [`DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP`].
+    pub behind_skb_xdp: bool,
 }
 
 /// The sizes and the limit that fit the budget.
@@ -158,7 +168,11 @@ pub fn plan(request: &MemoryRequest) -> Result<MemoryPlan, MemoryPlanError> {
         ),
         Plane::Copy => (
             0,
-            request.socket_buffer.unwrap_or(DEFAULT_COPY_SOCKET_BUFFER),
+            request.socket_buffer.unwrap_or(if request.behind_skb_xdp {
+                DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP
+            } else {
+                DEFAULT_COPY_SOCKET_BUFFER
+            }),
         ),
     };
     let worst = |queue: u64, buffer: u64| match request.plane {
@@ -238,6 +252,7 @@ mod tests {
             max_connections: None,
             queue: None,
             socket_buffer: None,
+            behind_skb_xdp: false,
         }
     }
 
@@ -273,6 +288,37 @@ mod tests {
         assert_eq!(plan.socket_buffer, DEFAULT_COPY_SOCKET_BUFFER);
         assert_eq!(plan.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert!(!plan.shrunk);
+    }
+
+    #[test]
+    fn the_copy_behind_skb_mode_xdp_starts_from_larger_buffers_and_shrinks_to_fit() {
+        let mut behind = request(Plane::Copy, 64 << 30);
+        behind.behind_skb_xdp = true;
+        let roomy = plan(&behind).unwrap();
+        assert_eq!(
+            roomy.socket_buffer,
+            DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP
+        );
+        assert!(!roomy.shrunk);
+        // A pod's 1 GiB: 64 connections fit at 1 MiB, not at 4 or 2.
+        behind.budget = 1 << 30;
+        let tight = plan(&behind).unwrap();
+        assert!(tight.shrunk);
+        assert_eq!(tight.socket_buffer, 1 << 20);
+        assert_eq!(
+            tight.max_connections,
+            plan(&request(Plane::Copy, 1 << 30))
+                .unwrap()
+                .max_connections,
+            "the same limit as without XDP once shrunk to the same size"
+        );
+        let mut splice = request(Plane::Splice, 64 << 30);
+        splice.behind_skb_xdp = true;
+        assert_eq!(
+            plan(&splice).unwrap(),
+            plan(&request(Plane::Splice, 64 << 30)).unwrap(),
+            "the splice keeps its own buffers"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The XDP ACL as a plane of its own: it attaches for the userspace copy too (which is told at
-//! start to raise its buffers behind skb mode), a failed attach in `auto` mode leaves the
-//! splice running (and says so), and an interface without Ethernet framing is refused with a
-//! clear error. Needs root.
+//! The XDP ACL as a plane of its own: it attaches for the userspace copy too (whose buffers
+//! default larger behind skb mode, and which is told at start when they are small), a failed
+//! attach in `auto` mode leaves the splice running (and says so), and an interface without
+//! Ethernet framing is refused with a clear error. Needs root.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -69,8 +69,29 @@ fn the_userspace_copy_gets_the_xdp_acl_too() {
     assert!(proxy.metric("devicelink_link_xdp_drops_total{link=\"link\"}") >= 1.0);
     let log = proxy.process.log();
     assert!(
+        log.contains("--copy-socket-buffer 4194304") && !log.contains("give --copy-socket-buffer"),
+        "behind skb-mode XDP the copy's buffers default to 4 MiB:\n{log}"
+    );
+}
+
+#[test]
+fn the_copy_with_small_buffers_behind_skb_mode_xdp_is_told_at_start() {
+    let topology = topology("xdp-small");
+    let proxy = Proxy::start(
+        &topology,
+        front(),
+        device(),
+        ProxyOptions {
+            data_plane: "userspace",
+            extra: vec!["--copy-socket-buffer".into(), "1M".into()],
+            ..ProxyOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let log = proxy.process.log();
+    assert!(
         log.contains("skb mode") && log.contains("give --copy-socket-buffer 4M or more"),
-        "the copy's 1 MiB buffers behind skb-mode XDP are called out at start:\n{log}"
+        "1 MiB buffers behind skb-mode XDP are called out at start:\n{log}"
     );
 }
 
