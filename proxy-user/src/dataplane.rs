@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use devicelink_spec::memory::DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP;
 use tracing::{info, warn};
 
 use crate::{
@@ -104,13 +105,9 @@ pub fn choose_xdp(config: &ProcessConfig) -> anyhow::Result<Option<Arc<XdpPlane>
     }
 }
 
-/// The least `--copy-socket-buffer` at which uploads through the userspace copy kept their
-/// speed behind an XDP program in skb mode (one stream on a veth: 1M 2.5 Gbit/s, 2M 6.8, 4M
-/// 10.8, against 11.4 at 1M without the program).
-const COPY_BUFFER_BEHIND_SKB_XDP: u64 = 4 << 20;
-
 /// What to tell the user when the userspace copy carries the connections behind the XDP ACL in
-/// skb mode with `copy_socket_buffer` bytes per socket, if anything: skb mode copies every
+/// skb mode with `copy_socket_buffer` bytes per socket, under the default there (the budget
+/// shrank it, or a smaller size was given), if anything: skb mode copies every
 /// received segment into one linear buffer before the program runs, which counts at twice its
 /// data or more against the receiving socket's buffer, and a fixed 1 MiB buffer then overruns
 /// (segments pruned and sent again).
@@ -123,7 +120,7 @@ pub fn skb_xdp_copy_advice(
     let behind_skb_xdp = xdp_attached && xdp_mode == XdpModeChoice::Skb;
     (behind_skb_xdp
         && matches!(data_plane, DataPlane::Userspace)
-        && copy_socket_buffer < COPY_BUFFER_BEHIND_SKB_XDP)
+        && copy_socket_buffer < DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP)
         .then(|| {
             format!(
                 "the XDP ACL runs in skb mode, which copies every received segment into a linear buffer that counts at twice its data or more against the socket's receive buffer: with --copy-socket-buffer {copy_socket_buffer} uploads through the userspace copy ran at a fifth of their speed on a veth; give --copy-socket-buffer 4M or more (the default behind skb mode when the memory budget has room for it), or --xdp-mode native where the interface's driver supports it"
