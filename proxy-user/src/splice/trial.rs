@@ -152,8 +152,15 @@ impl CarryPolicy {
 /// to its limit. The link's other connections are carried for it no longer than that, should
 /// the connection on trial close before it ends.
 fn longest_trial(policy: &CarryPolicy) -> Duration {
-    CATCH_UP_WAIT + policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK
+    CATCH_UP_WAIT + LINK_SETTLE + policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK
 }
+
+/// How long after a trial left the kernel the copy's window opens, where the link has other
+/// busy connections: they leave the splice with it, each once the kernel has sent what it
+/// queued, and a window opened at once measures them on their way out (sixteen streams each
+/// way: the last out 88 ms after the trial's start, and the copy's window measured 849-1587
+/// MB/s, under the kernel's 1043-1541, for a link the copy alone carries at about 2100).
+const LINK_SETTLE: Duration = Duration::from_millis(100);
 
 /// How long the next trial waits after the kernel won `losses` trials in a row.
 fn backoff_after(losses: u32) -> Duration {
@@ -182,10 +189,11 @@ pub(super) enum MoveReason {
 /// sender (a VNC server with eight viewers) the sender serves them in turn, so moving one of
 /// them out barely changes its own rate (33.8 against 40.9 MB/s for one of eight viewers), and
 /// its trial alone cannot show what moving them all does. So a link runs one trial at a time,
-/// and while it runs, each of the link's other busy connections is carried in user space too
-/// from its next look (after 2 MiB moved through the kernel); the verdict is the link's. Within
-/// `--splice-carry-for` of a win, a connection of the link follows at its next look without a
-/// trial of its own: the copy is never the slower path there, only the costlier one. After a
+/// and while it runs, each of the link's other busy connections (a look step through the
+/// kernel within [`BUSY_LATELY`]) is carried in user space too, woken as the trial starts; the
+/// verdict is the link's. Within `--splice-carry-for` of a win, which wakes them too, a busy
+/// connection of the link follows without a trial of its own: the copy is never the slower
+/// path there, only the costlier one. After a
 /// trial the kernel won, the link's next one waits [`FIRST_BACKOFF`], doubled each time.
 #[derive(Debug, Default)]
 pub struct LinkTrials {
@@ -555,7 +563,10 @@ impl Window {
 /// The copy's window of a trial where sockets leave the splice for it (see `copy_spell`).
 pub(super) struct CopyWindow {
     kernel_rate: f64,
-    window: Window,
+    /// When the window opens (see [`LINK_SETTLE`]).
+    opens_at: Instant,
+    /// Open from its first look at or after `opens_at`.
+    window: Option<Window>,
     /// The link's busy connections when the trial left the kernel (see [`faster_by`]).
     busy: usize,
 }
@@ -569,30 +580,43 @@ pub(super) enum CopyVerdict {
 }
 
 impl CopyWindow {
-    /// A window from `now`, when the link had moved `moved`, to beat `kernel_rate` (the
-    /// link's bytes carried per second in the kernel's window), for a link with `busy` busy
-    /// connections.
-    pub(super) fn new(kernel_rate: f64, now: Instant, moved: Moved, busy: usize) -> Self {
+    /// A window for a trial that left the kernel at `now`, to beat `kernel_rate` (the link's
+    /// bytes carried per second in the kernel's window), for a link with `busy` busy
+    /// connections: it opens at once for a lone one, [`LINK_SETTLE`] later otherwise.
+    pub(super) fn new(kernel_rate: f64, now: Instant, busy: usize) -> Self {
+        let settle = if busy > 1 {
+            LINK_SETTLE
+        } else {
+            Duration::ZERO
+        };
         Self {
             kernel_rate,
-            window: Window { at: now, moved },
+            opens_at: now + settle,
+            window: None,
             busy,
         }
     }
 
-    /// Judges the trial once the window measured enough (`moved`: what the link has moved, see
-    /// [`LinkTrials::moved`]), and ends the link's trial with the verdict.
+    /// Opens the window at the first look when it is due, then judges the trial once the
+    /// window measured enough (`moved`: what the link has moved, see [`LinkTrials::moved`]),
+    /// and ends the link's trial with the verdict.
     pub(super) fn judge(
-        &self,
+        &mut self,
         now: Instant,
         moved: Moved,
         policy: &CarryPolicy,
         link: &LinkTrials,
     ) -> CopyVerdict {
-        if !self.window.done(now, moved, policy.trial) {
+        let Some(window) = self.window else {
+            if now >= self.opens_at {
+                self.window = Some(Window { at: now, moved });
+            }
+            return CopyVerdict::Measuring;
+        };
+        if !window.done(now, moved, policy.trial) {
             return CopyVerdict::Measuring;
         }
-        let copy_rate = self.window.rate(now, moved);
+        let copy_rate = window.rate(now, moved);
         let kernel_rate = self.kernel_rate;
         let won = copy_rate >= kernel_rate * faster_by(self.busy);
         link.end_trial(won, now);
@@ -1197,8 +1221,8 @@ mod tests {
             .collect();
         let now = Instant::now();
         members[0].busy(now);
-        assert!(members[0].busy_lately(now + BUSY_LATELY));
-        assert!(!members[0].busy_lately(now + BUSY_LATELY + Duration::from_millis(1)));
+        assert!(members[0].busy_lately(now + BUSY_LATELY - Duration::from_millis(100)));
+        assert!(!members[0].busy_lately(now + BUSY_LATELY + Duration::from_millis(100)));
         assert!(!members[1].busy_lately(now), "never moved a look step");
 
         let woken = |start: &dyn Fn()| {
@@ -1265,8 +1289,25 @@ mod tests {
         // The copy delivered 1.3x the kernel's 1 GB/s: within what one stream's windows vary.
         let copied = 130_000_000;
         for (busy, copy_won) in [(1, false), (0, false), (2, true), (8, true)] {
-            let window = CopyWindow::new(1e9, start, Moved::default(), busy);
-            let verdict = window.judge(end, carried(copied), &policy, &link);
+            let mut window = CopyWindow::new(1e9, start, busy);
+            let opened = start
+                + if busy > 1 {
+                    LINK_SETTLE
+                } else {
+                    Duration::ZERO
+                };
+            assert_eq!(
+                window.judge(
+                    opened - Duration::from_millis(1),
+                    Moved::default(),
+                    &policy,
+                    &link
+                ),
+                CopyVerdict::Measuring,
+                "{busy} busy: not open yet"
+            );
+            window.judge(opened, Moved::default(), &policy, &link);
+            let verdict = window.judge(opened + policy.trial, carried(copied), &policy, &link);
             assert_eq!(
                 matches!(verdict, CopyVerdict::CopyFaster { .. }),
                 copy_won,
@@ -1274,7 +1315,8 @@ mod tests {
             );
         }
         // One VNC viewer sharing its server's CPU: copied 1.48x faster in its slowest trial.
-        let window = CopyWindow::new(1e9, start, Moved::default(), 1);
+        let mut window = CopyWindow::new(1e9, start, 1);
+        window.judge(start, Moved::default(), &policy, &link);
         assert!(matches!(
             window.judge(end, carried(148_000_000), &policy, &link),
             CopyVerdict::CopyFaster { .. }
