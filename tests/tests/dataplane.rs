@@ -689,10 +689,7 @@ fn most_ahead(sent: &AtomicU64, received: &AtomicU64, finished: impl Fn() -> boo
 /// Eight clients uploading at once through one link faster than its device reads, where the
 /// link's connections may move between paths: each keeps its share of the link's queue (a
 /// quarter of `--splice-max-queued` with eight busy), not the whole limit, so the kernel has
-/// little to send before any of them can move; every byte arrives, in order. Trials are put
-/// off (a 10 s trial time, longer than the uploads) so the peak measured is the splice's: a
-/// trial carries all the link's busy connections in the copy, where each holds what its sockets'
-/// own buffers hold instead.
+/// little to send before any of them can move; every byte arrives, in order.
 #[test]
 fn a_busy_link_queues_a_share_per_connection_ebpf() {
     const CONNECTIONS: u64 = 8;
@@ -705,7 +702,7 @@ fn a_busy_link_queues_a_share_per_connection_ebpf() {
             bytes_per_sec: 100 << 20,
             slow_for: u64::MAX,
         },
-        &["--splice-carry", "measure", "--splice-carry-trial", "10s"],
+        &["--splice-carry", "measure"],
     );
     let sent = Arc::new(AtomicU64::new(0));
     let uploading = Arc::new(AtomicU64::new(CONNECTIONS));

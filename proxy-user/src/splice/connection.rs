@@ -656,17 +656,17 @@ async fn watch(
                     None => std::future::pending().await,
                 }
             };
-            // In the kernel, a trial or a win on the link is a reason to look now.
-            let link_moves = async {
+            // In the kernel, a win on the link is a reason to look now.
+            let link_won = async {
                 match (member, &carrying) {
-                    (Some(member), None) => member.link_moves().await,
+                    (Some(member), None) => member.link_won().await,
                     _ => std::future::pending().await,
                 }
             };
             let mut moved = false;
             tokio::select! {
                 () = registration.notified() => break,
-                () = link_moves => break,
+                () = link_won => break,
                 () = carried => moved = true,
                 () = sleep => {}
                 () = cancel.cancelled() => return Outcome::Cancelled.into(),

@@ -92,6 +92,7 @@ pub(super) async fn copy_spell(
         LeftFor::Trial { kernel_rate } => Some(CopyWindow::new(
             kernel_rate,
             started,
+            link.moved(),
             link.busy_connections(started),
         )),
         _ => None,

@@ -152,15 +152,8 @@ impl CarryPolicy {
 /// to its limit. The link's other connections are carried for it no longer than that, should
 /// the connection on trial close before it ends.
 fn longest_trial(policy: &CarryPolicy) -> Duration {
-    CATCH_UP_WAIT + LINK_SETTLE + policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK
+    CATCH_UP_WAIT + policy.trial * WINDOW_MAX_TRIALS + WINDOW_LOOK
 }
-
-/// How long after a trial left the kernel the copy's window opens, where the link has other
-/// busy connections: they leave the splice with it, each once the kernel has sent what it
-/// queued, and a window opened at once measures them on their way out (sixteen streams each
-/// way: the last out 88 ms after the trial's start, and the copy's window measured 849-1587
-/// MB/s, under the kernel's 1043-1541, for a link the copy alone carries at about 2100).
-const LINK_SETTLE: Duration = Duration::from_millis(100);
 
 /// How long the next trial waits after the kernel won `losses` trials in a row.
 fn backoff_after(losses: u32) -> Duration {
@@ -189,11 +182,10 @@ pub(super) enum MoveReason {
 /// sender (a VNC server with eight viewers) the sender serves them in turn, so moving one of
 /// them out barely changes its own rate (33.8 against 40.9 MB/s for one of eight viewers), and
 /// its trial alone cannot show what moving them all does. So a link runs one trial at a time,
-/// and while it runs, each of the link's other busy connections (a look step through the
-/// kernel within [`BUSY_LATELY`]) is carried in user space too, woken as the trial starts; the
-/// verdict is the link's. Within `--splice-carry-for` of a win, which wakes them too, a busy
-/// connection of the link follows without a trial of its own: the copy is never the slower
-/// path there, only the costlier one. After a
+/// and while it runs, each of the link's other busy connections is carried in user space too
+/// from its next look (after 2 MiB moved through the kernel); the verdict is the link's. Within
+/// `--splice-carry-for` of a win, which wakes them, a busy connection of the link follows
+/// without a trial of its own: the copy is never the slower path there, only the costlier one. After a
 /// trial the kernel won, the link's next one waits [`FIRST_BACKOFF`], doubled each time.
 #[derive(Debug, Default)]
 pub struct LinkTrials {
@@ -216,11 +208,11 @@ pub struct LinkTrials {
     kernel_won_with: AtomicUsize,
     /// The link's connections on the kernel path, whose bytes its trials count.
     members: Mutex<Members>,
-    /// Wakes the link's connections in the kernel when a trial starts or user space wins one,
-    /// so its busy connections join or follow at once rather than at their next look step
-    /// (sixteen streams, some held at their queue limit, where the kernel redirects nothing:
-    /// the last followed 130 ms after the verdict, and 12 of 16 never joined the trial).
-    moves: Notify,
+    /// Wakes the link's connections in the kernel when user space wins a trial, so its busy
+    /// connections follow at once rather than at their next look step (sixteen streams, some
+    /// held at their queue share, where the kernel redirects nothing: the last followed 130 ms
+    /// after the verdict).
+    won: Notify,
 }
 
 /// The sockets of a link's connections on the kernel path, and what they moved.
@@ -323,8 +315,7 @@ impl LinkMember<'_> {
     }
 
     /// Whether this connection moved a look step through the kernel within the last
-    /// [`BUSY_LATELY`]: one of its link's busy connections, which joins the link's trials and
-    /// follows its wins.
+    /// [`BUSY_LATELY`]: one of its link's busy connections, which follows the link's wins.
     fn busy_lately(&self, now: Instant) -> bool {
         let members = self.link.members.lock().unwrap_or_else(|e| e.into_inner());
         members
@@ -334,10 +325,10 @@ impl LinkMember<'_> {
             .is_some_and(|at| now.saturating_duration_since(at) <= BUSY_LATELY)
     }
 
-    /// Resolves when the link's trial starts or user space wins one (created before the look
-    /// that may miss it, it still resolves).
-    pub(super) fn link_moves(&self) -> Notified<'_> {
-        self.link.moves.notified()
+    /// Resolves when user space wins one of the link's trials (created before the look that
+    /// may miss it, it still resolves).
+    pub(super) fn link_won(&self) -> Notified<'_> {
+        self.link.won.notified()
     }
 }
 
@@ -473,11 +464,7 @@ impl LinkTrials {
     /// Claims the link's trial for one connection, for at most `longest`; false when another
     /// connection's trial runs.
     fn start_trial(&self, now: Instant, longest: Duration) -> bool {
-        let started = claim(&self.trial_until, now, longest);
-        if started {
-            self.moves.notify_waiters();
-        }
-        started
+        claim(&self.trial_until, now, longest)
     }
 
     /// Claims the link's kernel window for one connection, for at most `longest`; false when
@@ -507,7 +494,7 @@ impl LinkTrials {
         }
         self.trial_until.store(0, Ordering::Relaxed);
         if user_space_won {
-            self.moves.notify_waiters();
+            self.won.notify_waiters();
         }
     }
 }
@@ -563,10 +550,7 @@ impl Window {
 /// The copy's window of a trial where sockets leave the splice for it (see `copy_spell`).
 pub(super) struct CopyWindow {
     kernel_rate: f64,
-    /// When the window opens (see [`LINK_SETTLE`]).
-    opens_at: Instant,
-    /// Open from its first look at or after `opens_at`.
-    window: Option<Window>,
+    window: Window,
     /// The link's busy connections when the trial left the kernel (see [`faster_by`]).
     busy: usize,
 }
@@ -580,43 +564,30 @@ pub(super) enum CopyVerdict {
 }
 
 impl CopyWindow {
-    /// A window for a trial that left the kernel at `now`, to beat `kernel_rate` (the link's
-    /// bytes carried per second in the kernel's window), for a link with `busy` busy
-    /// connections: it opens at once for a lone one, [`LINK_SETTLE`] later otherwise.
-    pub(super) fn new(kernel_rate: f64, now: Instant, busy: usize) -> Self {
-        let settle = if busy > 1 {
-            LINK_SETTLE
-        } else {
-            Duration::ZERO
-        };
+    /// A window from `now`, when the link had moved `moved`, to beat `kernel_rate` (the
+    /// link's bytes carried per second in the kernel's window), for a link with `busy` busy
+    /// connections.
+    pub(super) fn new(kernel_rate: f64, now: Instant, moved: Moved, busy: usize) -> Self {
         Self {
             kernel_rate,
-            opens_at: now + settle,
-            window: None,
+            window: Window { at: now, moved },
             busy,
         }
     }
 
-    /// Opens the window at the first look when it is due, then judges the trial once the
-    /// window measured enough (`moved`: what the link has moved, see [`LinkTrials::moved`]),
-    /// and ends the link's trial with the verdict.
+    /// Judges the trial once the window measured enough (`moved`: what the link has moved, see
+    /// [`LinkTrials::moved`]), and ends the link's trial with the verdict.
     pub(super) fn judge(
-        &mut self,
+        &self,
         now: Instant,
         moved: Moved,
         policy: &CarryPolicy,
         link: &LinkTrials,
     ) -> CopyVerdict {
-        let Some(window) = self.window else {
-            if now >= self.opens_at {
-                self.window = Some(Window { at: now, moved });
-            }
-            return CopyVerdict::Measuring;
-        };
-        if !window.done(now, moved, policy.trial) {
+        if !self.window.done(now, moved, policy.trial) {
             return CopyVerdict::Measuring;
         }
-        let copy_rate = window.rate(now, moved);
+        let copy_rate = self.window.rate(now, moved);
         let kernel_rate = self.kernel_rate;
         let won = copy_rate >= kernel_rate * faster_by(self.busy);
         link.end_trial(won, now);
@@ -739,8 +710,8 @@ impl Trials {
         // still lead to it.
         let waiting = self.move_waiting_since.take();
         let moving = moving || waiting.is_some();
-        // A busy connection joins its link's trial and follows its win at any look, also one
-        // the link woke (see `LinkTrials::moves`), not only at a look step.
+        // A busy connection follows its link's win at any look, also one the win woke (see
+        // `LinkTrials::won`), not only at a look step.
         let follows = moving || member.is_some_and(|member| member.busy_lately(now));
         if follows && link.user_space_won_within(now, policy.stay) {
             // Bytes are moving, on a link whose user space won lately: follow at once rather
@@ -752,7 +723,7 @@ impl Trials {
             self.wins += 1;
             return Ok(KernelLook::Move(MoveReason::Link));
         }
-        if follows && link.trial_running(now) {
+        if moving && link.trial_running(now) {
             // Bytes are moving while another connection of the link is on trial: its user
             // space must carry the link's busy connections to measure what the copy gives.
             if let Some(next) = self.wait_to_move(plane, sockets, waiting, now)? {
@@ -1210,7 +1181,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trial_or_a_win_wakes_the_link_and_its_busy_connections_follow() {
+    fn a_win_wakes_the_link_and_its_busy_connections_follow() {
         let link = LinkTrials::default();
         let policy = policy(CarryMode::Measure);
         let longest = longest_trial(&policy);
@@ -1225,23 +1196,19 @@ mod tests {
         assert!(!members[0].busy_lately(now + BUSY_LATELY + Duration::from_millis(100)));
         assert!(!members[1].busy_lately(now), "never moved a look step");
 
-        let woken = |start: &dyn Fn()| {
-            let mut wake = std::pin::pin!(members[1].link_moves());
+        let woken = |event: &dyn Fn()| {
+            let mut wake = std::pin::pin!(members[1].link_won());
             // Registered before the event, as the connection's wait is.
             wake.as_mut().enable();
-            start();
-            let waker = std::task::Waker::noop();
-            let mut context = std::task::Context::from_waker(waker);
+            event();
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
             wake.as_mut().poll(&mut context).is_ready()
         };
         assert!(
-            woken(&|| assert!(link.start_trial(now, longest))),
+            !woken(&|| assert!(link.start_trial(now, longest))),
             "a trial starts"
         );
-        assert!(
-            !woken(&|| link.end_trial(false, now)),
-            "the kernel won: nobody moves"
-        );
+        assert!(!woken(&|| link.end_trial(false, now)), "the kernel won");
         assert!(link.start_trial(now + FIRST_BACKOFF, longest));
         assert!(
             woken(&|| link.end_trial(true, now + FIRST_BACKOFF)),
@@ -1289,25 +1256,8 @@ mod tests {
         // The copy delivered 1.3x the kernel's 1 GB/s: within what one stream's windows vary.
         let copied = 130_000_000;
         for (busy, copy_won) in [(1, false), (0, false), (2, true), (8, true)] {
-            let mut window = CopyWindow::new(1e9, start, busy);
-            let opened = start
-                + if busy > 1 {
-                    LINK_SETTLE
-                } else {
-                    Duration::ZERO
-                };
-            assert_eq!(
-                window.judge(
-                    opened - Duration::from_millis(1),
-                    Moved::default(),
-                    &policy,
-                    &link
-                ),
-                CopyVerdict::Measuring,
-                "{busy} busy: not open yet"
-            );
-            window.judge(opened, Moved::default(), &policy, &link);
-            let verdict = window.judge(opened + policy.trial, carried(copied), &policy, &link);
+            let window = CopyWindow::new(1e9, start, Moved::default(), busy);
+            let verdict = window.judge(end, carried(copied), &policy, &link);
             assert_eq!(
                 matches!(verdict, CopyVerdict::CopyFaster { .. }),
                 copy_won,
@@ -1315,8 +1265,7 @@ mod tests {
             );
         }
         // One VNC viewer sharing its server's CPU: copied 1.48x faster in its slowest trial.
-        let mut window = CopyWindow::new(1e9, start, 1);
-        window.judge(start, Moved::default(), &policy, &link);
+        let window = CopyWindow::new(1e9, start, Moved::default(), 1);
         assert!(matches!(
             window.judge(end, carried(148_000_000), &policy, &link),
             CopyVerdict::CopyFaster { .. }
