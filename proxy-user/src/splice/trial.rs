@@ -185,8 +185,9 @@ pub(super) enum MoveReason {
 /// and while it runs, each of the link's other busy connections is carried in user space too
 /// from its next look (after 2 MiB moved through the kernel); the verdict is the link's. Within
 /// `--splice-carry-for` of a win, which wakes them, a busy connection of the link follows
-/// without a trial of its own: the copy is never the slower path there, only the costlier one. After a
-/// trial the kernel won, the link's next one waits [`FIRST_BACKOFF`], doubled each time.
+/// without a trial of its own: the copy is never the slower path there, only the costlier one.
+/// After a trial the kernel won, the link's next one waits [`FIRST_BACKOFF`], doubled each
+/// time.
 #[derive(Debug, Default)]
 pub struct LinkTrials {
     /// Milliseconds from the process's first trial to the last won by user space, plus one;
@@ -714,8 +715,8 @@ impl Trials {
         // `LinkTrials::won`), not only at a look step.
         let follows = moving || member.is_some_and(|member| member.busy_lately(now));
         if follows && link.user_space_won_within(now, policy.stay) {
-            // Bytes are moving, on a link whose user space won lately: follow at once rather
-            // than after a window of waiting for the same busy CPU.
+            // Busy, on a link whose user space won lately: follow at once rather than after a
+            // window of waiting for the same busy CPU.
             if let Some(next) = self.wait_to_move(plane, sockets, waiting, now)? {
                 return Ok(KernelLook::Stay { next: Some(next) });
             }
