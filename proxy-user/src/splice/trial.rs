@@ -240,6 +240,11 @@ impl Member {
     fn moved(&self) -> Moved {
         Moved::by(&self.sockets).minus(self.base)
     }
+
+    /// Whether the kernel moved a look step of its bytes within the last [`BUSY_LATELY`].
+    fn busy_lately(&self, now: Instant) -> bool {
+        instant_of(self.busy_at).is_some_and(|at| now.saturating_duration_since(at) <= BUSY_LATELY)
+    }
 }
 
 /// What connections moved so far, both ways summed: the bytes that arrived from their peers and
@@ -322,8 +327,7 @@ impl LinkMember<'_> {
         members
             .by_id
             .get(&self.id)
-            .and_then(|member| instant_of(member.busy_at))
-            .is_some_and(|at| now.saturating_duration_since(at) <= BUSY_LATELY)
+            .is_some_and(|member| member.busy_lately(now))
     }
 
     /// Resolves when user space wins one of the link's trials (created before the look that
@@ -427,10 +431,7 @@ impl LinkTrials {
         members
             .by_id
             .values()
-            .filter(|member| {
-                instant_of(member.busy_at)
-                    .is_some_and(|at| now.saturating_duration_since(at) <= BUSY_LATELY)
-            })
+            .filter(|member| member.busy_lately(now))
             .count()
     }
 
