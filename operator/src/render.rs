@@ -285,9 +285,10 @@ pub fn proxy_args(link: &ValidLink) -> Vec<String> {
         max_connections: None,
         queue: None,
         socket_buffer: None,
-        // The proxy runs the XDP ACL on the pod's interface in skb mode (below), and plans
-        // with that, so the limit passed here is the one its own plan arrives at.
-        behind_skb_xdp: true,
+        // The proxy runs the source ACL on the pod's interface at TC ingress (below, its
+        // default), which copies nothing, and plans with that, so the limit passed here is the
+        // one its own plan arrives at.
+        behind_skb_xdp: false,
     };
     let max_connections = plan(&request).map_or(1, |fit| fit.max_connections);
     vec![

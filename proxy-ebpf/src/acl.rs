@@ -1,14 +1,14 @@
-//! The XDP source ACL for every link of the proxy: a TCP packet to a port some link listens on
+//! The source ACL for every link of the proxy: a TCP packet to a port some link listens on
 //! passes only when its source address is in that link's allowed prefixes. The tries are keyed
 //! by destination port, then source address, so one longest-prefix lookup judges a packet by
 //! its own link's ranges. Everything else that reaches the interface is not ours to judge and
-//! passes.
+//! passes. One judgement for two hooks: XDP (a frame before or, in skb mode, after the kernel
+//! made an skb of it) and TC ingress (the kernel's skb as it is, headers in its linear part).
 
 use aya_ebpf::{
-    bindings::xdp_action,
     macros::map,
     maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use devicelink_proxy_common::{
     AclKeyV4, AclKeyV6, MAX_ACL_ENTRIES, MAX_LINKS, PORT_BITS, XdpVerdict,
@@ -58,6 +58,46 @@ const IPV6_DEST_OPTIONS: u8 = 60;
 /// client's); the accept-time check still judges the connection it might open.
 const MAX_EXTENSION_HEADERS: usize = 6;
 
+/// Bytes the TC hook makes linear when a header lies past the skb's linear part: a tunnel's or
+/// a driver's skb may start its payload early. Headers behind more than that are no real
+/// client's and pass as malformed, as they would past the end of a frame.
+const TC_PULL_MAX: u32 = 512;
+
+/// A packet's bytes as the hook sees them: from the Ethernet header to the end of what may be
+/// read directly.
+pub trait Frame {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+/// What the hook does with a packet.
+pub enum Action {
+    Pass,
+    Drop,
+}
+
 /// What a packet is, as far as the ACL cares.
 enum Verdict {
     /// A packet the ACL does not judge, with why.
@@ -66,35 +106,58 @@ enum Verdict {
     Judge { slot: u32, allowed: bool },
 }
 
+/// Judges an XDP frame: the whole frame (or, in skb mode, the linearized skb) is readable.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext) -> Result<u32, ()> {
-    let (verdict, action) = match classify(ctx) {
-        Verdict::Skip(why) => (why, xdp_action::XDP_PASS),
+pub fn judge_frame(ctx: &XdpContext) -> Action {
+    count(classify(ctx))
+}
+
+/// Judges a TC ingress skb. Only its linear part is readable; should a header lie past it,
+/// that much is made linear (`bpf_skb_pull_data`) and the packet read again. A local sender's
+/// segments and a NIC's receives carry their headers in the linear part, so this is rare, and
+/// the payload is never touched: generic XDP copies every such skb whole instead.
+#[inline(always)]
+pub fn judge_skb(ctx: &TcContext) -> Action {
+    let mut verdict = classify(ctx);
+    // A truncated packet is as rare as a split header, so both take the second read.
+    if matches!(verdict, Verdict::Skip(XdpVerdict::Malformed))
+        && ctx.pull_data(ctx.len().min(TC_PULL_MAX)).is_ok()
+    {
+        verdict = classify(ctx);
+    }
+    count(verdict)
+}
+
+/// Counts a verdict (and a drop against its link) and says what to do.
+#[inline(always)]
+fn count(verdict: Verdict) -> Action {
+    let (verdict, action) = match verdict {
+        Verdict::Skip(why) => (why, Action::Pass),
         Verdict::Judge {
             allowed: true,
             slot: _,
-        } => (XdpVerdict::Pass, xdp_action::XDP_PASS),
+        } => (XdpVerdict::Pass, Action::Pass),
         Verdict::Judge {
             allowed: false,
             slot,
         } => {
             if let Some(drops) = XDP_LINK_DROPS.get_ptr_mut(slot) {
-                // SAFETY: a per-CPU slot that only this CPU writes, and XDP does not nest on a
+                // SAFETY: a per-CPU slot that only this CPU writes, and neither hook nests on a
                 // CPU, so no other writer can race this increment.
                 unsafe { *drops += 1 };
             }
-            (XdpVerdict::DropSource, xdp_action::XDP_DROP)
+            (XdpVerdict::DropSource, Action::Drop)
         }
     };
     if let Some(count) = XDP_VERDICTS.get_ptr_mut(verdict as u32) {
         // SAFETY: as above, a per-CPU slot with no concurrent writer.
         unsafe { *count += 1 };
     }
-    Ok(action)
+    action
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Verdict {
+fn classify<F: Frame>(ctx: &F) -> Verdict {
     let Some(mut ether_type) = read_be16(ctx, 12) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
@@ -116,7 +179,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn classify_v4(ctx: &XdpContext, ip: usize) -> Verdict {
+fn classify_v4<F: Frame>(ctx: &F, ip: usize) -> Verdict {
     let (Some(version_ihl), Some(frag), Some(protocol)) = (
         read_u8(ctx, ip),
         read_be16(ctx, ip + 6),
@@ -141,10 +204,10 @@ fn classify_v4(ctx: &XdpContext, ip: usize) -> Verdict {
     if version_ihl >> 4 != 4 || header_len < 20 {
         return Verdict::Skip(XdpVerdict::Malformed);
     }
-    let Some(src) = read_array::<4>(ctx, ip + 12) else {
+    let Some(src) = read_array::<F, 4>(ctx, ip + 12) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
-    let Some(port) = read_array::<2>(ctx, ip + header_len + 2) else {
+    let Some(port) = read_array::<F, 2>(ctx, ip + header_len + 2) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
     let Some(slot) = link_slot(port) else {
@@ -158,11 +221,11 @@ fn classify_v4(ctx: &XdpContext, ip: usize) -> Verdict {
 }
 
 #[inline(always)]
-fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
+fn classify_v6<F: Frame>(ctx: &F, ip: usize) -> Verdict {
     let Some(mut next_header) = read_u8(ctx, ip + 6) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
-    let Some(src) = read_array::<16>(ctx, ip + 8) else {
+    let Some(src) = read_array::<F, 16>(ctx, ip + 8) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
     // Walk the extension headers a sender may put before TCP, so a SYN behind a
@@ -174,7 +237,7 @@ fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
                 // Both bytes in one read: a one-byte read at a variable offset compiles to a
                 // bounds check the verifier cannot use.
-                let Some([next, len]) = read_array::<2>(ctx, offset) else {
+                let Some([next, len]) = read_array::<F, 2>(ctx, offset) else {
                     return Verdict::Skip(XdpVerdict::Malformed);
                 };
                 next_header = next;
@@ -182,7 +245,7 @@ fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
                 offset += (usize::from(len) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let Some([next, _reserved, frag_high, frag_low]) = read_array::<4>(ctx, offset)
+                let Some([next, _reserved, frag_high, frag_low]) = read_array::<F, 4>(ctx, offset)
                 else {
                     return Verdict::Skip(XdpVerdict::Malformed);
                 };
@@ -204,7 +267,7 @@ fn classify_v6(ctx: &XdpContext, ip: usize) -> Verdict {
     }
     // A first fragment cut before the ports passes as malformed: the stack drops an IPv6 first
     // fragment that lacks the whole TCP header (RFC 7112) before any reassembly.
-    let Some(port) = read_array::<2>(ctx, offset + 2) else {
+    let Some(port) = read_array::<F, 2>(ctx, offset + 2) else {
         return Verdict::Skip(XdpVerdict::Malformed);
     };
     let Some(slot) = link_slot(port) else {
@@ -231,9 +294,9 @@ fn link_slot(port: [u8; 2]) -> Option<u32> {
 /// The one bounds-checked accessor for packet bytes: `N` bytes at `offset`, or `None` when the
 /// packet is shorter.
 #[inline(always)]
-fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn read_array<F: Frame, const N: usize>(ctx: &F, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + N > end {
         return None;
     }
@@ -243,11 +306,11 @@ fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]
 }
 
 #[inline(always)]
-fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
-    read_array::<1>(ctx, offset).map(|[b]| b)
+fn read_u8<F: Frame>(ctx: &F, offset: usize) -> Option<u8> {
+    read_array::<F, 1>(ctx, offset).map(|[b]| b)
 }
 
 #[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    read_array::<2>(ctx, offset).map(u16::from_be_bytes)
+fn read_be16<F: Frame>(ctx: &F, offset: usize) -> Option<u16> {
+    read_array::<F, 2>(ctx, offset).map(u16::from_be_bytes)
 }

@@ -7,17 +7,31 @@ mod acl;
 mod splice;
 
 use aya_ebpf::{
-    bindings::{sk_action, xdp_action},
-    macros::{stream_verdict, xdp},
-    programs::{SkBuffContext, XdpContext},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, sk_action, xdp_action},
+    macros::{classifier, stream_verdict, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 
-/// Drops TCP packets to the listen port whose source is outside the ACL.
+// A parse error never drops, in either hook: the stack judges what we cannot, and user space
+// checks the ACL again at accept.
+
+/// Drops TCP packets to a link's port whose source is outside the link's ranges (XDP).
 #[xdp]
 pub fn source_acl(ctx: XdpContext) -> u32 {
-    // A parse error never drops: the stack judges what we cannot, and user space checks the ACL
-    // again at accept.
-    acl::judge(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    match acl::judge_frame(&ctx) {
+        acl::Action::Pass => xdp_action::XDP_PASS,
+        acl::Action::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// The same ACL at TC ingress. A packet it passes goes on to the interface's next program
+/// (`TC_ACT_UNSPEC`, tcx's "next"), so another owner's filters still see it.
+#[classifier]
+pub fn source_acl_tc(ctx: TcContext) -> i32 {
+    match acl::judge_skb(&ctx) {
+        acl::Action::Pass => TC_ACT_UNSPEC,
+        acl::Action::Drop => TC_ACT_SHOT as i32,
+    }
 }
 
 /// Redirects every skb that arrives on a spliced socket out of its peer socket.

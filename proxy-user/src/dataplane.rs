@@ -97,7 +97,7 @@ pub fn choose_xdp(config: &ProcessConfig) -> anyhow::Result<Option<Arc<XdpPlane>
         Err(err) => {
             warn!(
                 xdp_attached = false,
-                "XDP ACL not attached, the data plane is unaffected and every link still refuses disallowed sources at accept: {}",
+                "source ACL not attached, the data plane is unaffected and every link still refuses disallowed sources at accept: {}",
                 causes(&anyhow::Error::new(err))
             );
             Ok(None)
@@ -123,7 +123,7 @@ pub fn skb_xdp_copy_advice(
         && copy_socket_buffer < DEFAULT_COPY_SOCKET_BUFFER_BEHIND_SKB_XDP)
         .then(|| {
             format!(
-                "the XDP ACL runs in skb mode, which copies every received segment into a linear buffer that counts at twice its data or more against the socket's receive buffer: with --copy-socket-buffer {copy_socket_buffer} uploads through the userspace copy ran at a fifth of their speed on a veth; give --copy-socket-buffer 4M or more (the default behind skb mode when the memory budget has room for it), or --xdp-mode native where the interface's driver supports it"
+                "the XDP ACL runs in skb mode, which copies every received segment into a linear buffer that counts at twice its data or more against the socket's receive buffer: with --copy-socket-buffer {copy_socket_buffer} uploads through the userspace copy ran at a fifth of their speed on a veth; give --copy-socket-buffer 4M or more (the default behind skb mode when the memory budget has room for it), or --xdp-mode tc (the default), which judges the skb without copying it, or native where the interface's driver supports it"
             )
         })
 }
@@ -152,6 +152,11 @@ mod tests {
             skb_xdp_copy_advice(&copy, true, XdpModeChoice::Native, 1 << 20),
             None,
             "native mode hands the program the driver's buffer"
+        );
+        assert_eq!(
+            skb_xdp_copy_advice(&copy, true, XdpModeChoice::Tc, 1 << 20),
+            None,
+            "TC judges the skb as it is"
         );
     }
 }

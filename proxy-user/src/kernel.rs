@@ -52,6 +52,8 @@ pub enum KernelError {
     },
     #[error("map {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
     MissingMap(&'static str),
+    #[error("program {program} returned {action}, which is none of its actions")]
+    UnexpectedAction { program: &'static str, action: u32 },
     #[error(
         "program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)"
     )]
@@ -60,7 +62,7 @@ pub enum KernelError {
         "--xdp-interface {interface}: link type {link_type} is not Ethernet; the XDP ACL parses Ethernet frames, so attach it to the interface clients arrive on with Ethernet framing (a veth or NIC), or leave --xdp-interface out and the ACL is enforced at accept"
     )]
     NotEthernet { interface: String, link_type: u32 },
-    #[error("attaching the XDP ACL to {interface} in {mode:?} mode failed; {hint}; cause")]
+    #[error("attaching the source ACL to {interface} with --xdp-mode {} failed; {hint}; cause", mode.name())]
     XdpAttach {
         interface: String,
         mode: XdpModeChoice,

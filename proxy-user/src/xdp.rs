@@ -1,14 +1,17 @@
-//! The XDP source ACL as a plane of its own: the program loaded from the kernel object, attached
-//! to one interface, its maps filled from the links (`xdp_acl`) and its counters read. It does
-//! not depend on the splice: the userspace copy uses it too, and the splice runs without it when
-//! it cannot attach.
+//! The kernel's source ACL as a plane of its own: the program loaded from the kernel object,
+//! attached to one interface (at TC ingress, or as XDP in skb or driver mode), its maps filled
+//! from the links (`xdp_acl`) and its counters read. It does not depend on the splice: the
+//! userspace copy uses it too, and the splice runs without it when it cannot attach.
 
 use std::sync::Mutex;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        tc::{self, TcAttachType},
+    },
 };
 use devicelink_proxy_common::XdpVerdict;
 use tracing::{info, warn};
@@ -25,18 +28,31 @@ use crate::{
 /// the program parses: Ethernet (NICs, veth, bridges) and loopback (its skbs carry one too).
 const ETHERNET_FRAMED: [u32; 2] = [libc::ARPHRD_ETHER as u32, libc::ARPHRD_LOOPBACK as u32];
 
-/// The XDP program with its ACL maps and counters.
+/// The XDP program's name in the kernel object.
+const XDP_PROGRAM: &str = "source_acl";
+/// The TC ingress program's name: the same ACL, judged on an skb.
+const TC_PROGRAM: &str = "source_acl_tc";
+
+/// What the ACL did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclAction {
+    Pass,
+    Drop,
+}
+
+/// The ACL program (XDP or TC) with its maps and counters.
 pub struct XdpPlane {
     acl: Mutex<XdpAcl>,
     verdicts: PerCpuArray<MapData, u64>,
     interface: Option<String>,
+    mode: XdpModeChoice,
     /// Owns the program and its attachment; declared last so the maps above go first.
     ebpf: Mutex<Ebpf>,
 }
 
 impl XdpPlane {
-    /// Loads the program (verified by the kernel) without attaching it anywhere.
-    pub fn load() -> Result<Self, KernelError> {
+    /// Loads the program for `mode` (verified by the kernel) without attaching it anywhere.
+    pub fn load(mode: XdpModeChoice) -> Result<Self, KernelError> {
         raise_memlock_limit();
         // The splice's maps come with the object; this plane does not use them, so they are
         // made as small as the kernel allows.
@@ -48,8 +64,16 @@ impl XdpPlane {
             .override_global("SKB_CB_OFFSET", &0u32, true)
             .load(KERNEL_OBJECT)
             .map_err(KernelError::Load)?;
-        let program: &mut Xdp = program(&mut ebpf, "source_acl")?;
-        program.load().map_err(prog_err("source_acl"))?;
+        match mode {
+            XdpModeChoice::Tc => {
+                let program: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
+                program.load().map_err(prog_err(TC_PROGRAM))?;
+            }
+            XdpModeChoice::Skb | XdpModeChoice::Native => {
+                let program: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+                program.load().map_err(prog_err(XDP_PROGRAM))?;
+            }
+        }
         let acl = XdpAcl::new(
             take(&mut ebpf, "ACL_V4")?,
             take(&mut ebpf, "ACL_V6")?,
@@ -62,20 +86,26 @@ impl XdpPlane {
             acl: Mutex::new(acl),
             verdicts,
             interface: None,
+            mode,
             ebpf: Mutex::new(ebpf),
         })
     }
 
     /// Loads the program and attaches it to `interface`.
     pub fn attached(interface: &str, mode: XdpModeChoice) -> Result<Self, KernelError> {
-        let mut plane = Self::load()?;
+        let mut plane = Self::load(mode)?;
         attach(
             &mut plane.ebpf.lock().unwrap_or_else(|e| e.into_inner()),
             interface,
             mode,
         )?;
-        info!(%interface, ?mode, "XDP source ACL attached");
-        if interface == "lo" {
+        let hook = match mode {
+            XdpModeChoice::Tc => "TC ingress",
+            XdpModeChoice::Skb => "XDP, skb mode",
+            XdpModeChoice::Native => "XDP, driver mode",
+        };
+        info!(%interface, mode = mode.name(), "source ACL attached ({hook})");
+        if interface == "lo" && mode == XdpModeChoice::Skb {
             // Measured on 6.18: generic XDP copies every cloned or non-linear skb, and on
             // loopback both of the proxy's connections cross it (splice 9-13 -> 2 Gbit/s).
             warn!(
@@ -138,20 +168,40 @@ impl XdpPlane {
     }
 
     /// Runs the program on `frame` (an Ethernet frame of at least 14 bytes) through
-    /// `BPF_PROG_TEST_RUN` and returns its action: `XDP_DROP` (1) or `XDP_PASS` (2). How the
-    /// ACL is checked on crafted packets with no interface and no traffic.
-    pub fn judge(&self, frame: &[u8]) -> Result<u32, KernelError> {
+    /// `BPF_PROG_TEST_RUN` and says what it did. How the ACL is checked on crafted packets with
+    /// no interface and no traffic, through whichever hook the plane was loaded for.
+    pub fn judge(&self, frame: &[u8]) -> Result<AclAction, KernelError> {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        let program: &mut Xdp = program(&mut ebpf, "source_acl")?;
         let mut out = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err("source_acl"))?;
-        Ok(result.return_value)
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let (name, returned) = match self.mode {
+            XdpModeChoice::Tc => {
+                let program: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
+                let result = program.test_run(options).map_err(prog_err(TC_PROGRAM))?;
+                (TC_PROGRAM, result.return_value)
+            }
+            XdpModeChoice::Skb | XdpModeChoice::Native => {
+                let program: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+                let result = program.test_run(options).map_err(prog_err(XDP_PROGRAM))?;
+                (XDP_PROGRAM, result.return_value)
+            }
+        };
+        match (self.mode, returned) {
+            // TC_ACT_UNSPEC (-1): on to the interface's next program; TC_ACT_SHOT (2).
+            (XdpModeChoice::Tc, u32::MAX) => Ok(AclAction::Pass),
+            (XdpModeChoice::Tc, 2) => Ok(AclAction::Drop),
+            // XDP_PASS (2), XDP_DROP (1).
+            (XdpModeChoice::Skb | XdpModeChoice::Native, 2) => Ok(AclAction::Pass),
+            (XdpModeChoice::Skb | XdpModeChoice::Native, 1) => Ok(AclAction::Drop),
+            (_, other) => Err(KernelError::UnexpectedAction {
+                program: name,
+                action: other,
+            }),
+        }
     }
 }
 
@@ -175,19 +225,41 @@ fn require_ethernet(interface: &str) -> Result<(), KernelError> {
 
 fn attach(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(), KernelError> {
     require_ethernet(interface)?;
-    let program: &mut Xdp = program(ebpf, "source_acl")?;
-    let flags = match mode {
-        XdpModeChoice::Skb => XdpMode::Skb,
-        XdpModeChoice::Native => XdpMode::Driver,
+    let failed = |source: ProgramError| KernelError::XdpAttach {
+        interface: interface.to_string(),
+        mode,
+        hint: xdp_attach_hint(interface, mode, &source),
+        source: Box::new(source),
     };
-    program
-        .attach(interface, flags)
-        .map_err(|source| KernelError::XdpAttach {
-            interface: interface.to_string(),
-            mode,
-            hint: xdp_attach_hint(interface, mode, &source),
-            source: Box::new(source),
-        })?;
+    match mode {
+        XdpModeChoice::Tc => {
+            // Below 6.6 (no tcx) aya attaches through the clsact qdisc, which must exist; a
+            // qdisc already there (another program's) is as good as ours.
+            let tcx = aya::util::KernelVersion::current()
+                .is_ok_and(|version| version >= aya::util::KernelVersion::new(6, 6, 0));
+            if !tcx {
+                match tc::qdisc_add_clsact(interface) {
+                    Ok(()) => {}
+                    Err(tc::TcError::NetlinkError(err))
+                        if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(err) => return Err(failed(ProgramError::TcError(err))),
+                }
+            }
+            let program: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
+            // tcx links go with the process that holds them, however it ends.
+            program
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(failed)?;
+        }
+        XdpModeChoice::Skb | XdpModeChoice::Native => {
+            let flags = match mode {
+                XdpModeChoice::Native => XdpMode::Driver,
+                _ => XdpMode::Skb,
+            };
+            let program: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+            program.attach(interface, flags).map_err(failed)?;
+        }
+    }
     Ok(())
 }
 
@@ -195,16 +267,19 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(), K
 /// the wrong fix when the interface already carried a program (another proxy's, say).
 fn xdp_attach_hint(interface: &str, mode: XdpModeChoice, err: &ProgramError) -> String {
     let errno = match err {
-        ProgramError::UnknownInterface { .. } => {
-            return format!(
-                "--xdp-interface: no interface {interface} in this network namespace (`ip link` lists them)"
-            );
-        }
+        ProgramError::UnknownInterface { .. } => Some(libc::ENODEV),
         ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
             io_error.raw_os_error()
         }
+        ProgramError::TcError(tc::TcError::IoError(err)) => err.raw_os_error(),
+        ProgramError::TcError(tc::TcError::NetlinkError(err)) => err.raw_os_error(),
         _ => None,
     };
+    if errno == Some(libc::ENODEV) {
+        return format!(
+            "--xdp-interface: no interface {interface} in this network namespace (`ip link` lists them)"
+        );
+    }
     match (errno, mode) {
         (Some(libc::EBUSY | libc::EEXIST), _) => format!(
             "another XDP program is already attached to {interface} (`ip link show {interface}` \
@@ -214,7 +289,7 @@ fn xdp_attach_hint(interface: &str, mode: XdpModeChoice, err: &ProgramError) -> 
         (_, XdpModeChoice::Native) => {
             "the driver may lack native XDP: try --xdp-mode skb".to_string()
         }
-        (_, XdpModeChoice::Skb) => {
+        (_, XdpModeChoice::Skb | XdpModeChoice::Tc) => {
             "check the interface exists in this network namespace and is up".to_string()
         }
     }

@@ -1,24 +1,89 @@
-//! The XDP source ACL judged on hand-built frames through `BPF_PROG_TEST_RUN`: the program as
-//! the kernel verified it, with its maps filled by the same code the proxy uses, and no
-//! interface or traffic. Needs root (CAP_BPF).
+//! The kernel's source ACL judged on hand-built frames through `BPF_PROG_TEST_RUN`, in both of
+//! its hooks (XDP and TC ingress) side by side: the programs as the kernel verified them, each
+//! with its maps filled by the same code the proxy uses, and no interface or traffic. Every
+//! frame must get the same action and the same counts from both. Needs root (CAP_BPF).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use devicelink_proxy::{
-    xdp::XdpPlane,
-    xdp_acl::{KernelEntries, LinkAcl},
+    config::XdpModeChoice,
+    xdp::{AclAction, XdpPlane},
+    xdp_acl::{AclError, KernelEntries, LinkAcl},
 };
 use devicelink_proxy_common::XdpVerdict;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+const DROP: AclAction = AclAction::Drop;
+const PASS: AclAction = AclAction::Pass;
 
 const SSH_PORT: u16 = 2222;
 const VNC_PORT: u16 = 5900;
 
-fn acl(links: &[(u32, u16, &[&str])]) -> XdpPlane {
-    let acl = XdpPlane::load()
-        .unwrap_or_else(|e| panic!("loading the XDP program: {e} (these tests need root)"));
+/// The ACL loaded once for each hook, kept in step.
+struct Hooks {
+    xdp: XdpPlane,
+    tc: XdpPlane,
+}
+
+impl Hooks {
+    fn set_link_acls(&self, links: &[LinkAcl]) -> Result<(), AclError> {
+        let xdp = self.xdp.set_link_acls(links);
+        let tc = self.tc.set_link_acls(links);
+        assert_eq!(xdp.is_ok(), tc.is_ok(), "both hooks take or refuse the set");
+        xdp
+    }
+
+    #[track_caller]
+    fn judge(&self, frame: &[u8]) -> AclAction {
+        let xdp = self
+            .xdp
+            .judge(frame)
+            .expect("BPF_PROG_TEST_RUN of the XDP program");
+        let tc = self
+            .tc
+            .judge(frame)
+            .expect("BPF_PROG_TEST_RUN of the TC program");
+        assert_eq!(xdp, tc, "XDP and TC judge a frame alike");
+        xdp
+    }
+
+    #[track_caller]
+    fn verdicts(&self) -> [u64; XdpVerdict::COUNT as usize] {
+        let xdp = self.xdp.verdicts();
+        assert_eq!(xdp, self.tc.verdicts(), "XDP and TC count verdicts alike");
+        xdp
+    }
+
+    #[track_caller]
+    fn drops(&self, slot: u32) -> u64 {
+        let xdp = self.xdp.drops(slot);
+        assert_eq!(xdp, self.tc.drops(slot), "XDP and TC count drops alike");
+        xdp
+    }
+
+    fn prefixes(&self) -> usize {
+        self.xdp.prefixes()
+    }
+
+    fn kernel_entries(&self) -> Result<KernelEntries, AclError> {
+        let xdp = self.xdp.kernel_entries()?;
+        assert_eq!(
+            xdp,
+            self.tc.kernel_entries()?,
+            "both hooks' maps hold the same"
+        );
+        Ok(xdp)
+    }
+}
+
+fn acl(links: &[(u32, u16, &[&str])]) -> Hooks {
+    let load = |mode| {
+        XdpPlane::load(mode)
+            .unwrap_or_else(|e| panic!("loading the {mode:?} program: {e} (these tests need root)"))
+    };
+    let hooks = Hooks {
+        xdp: load(XdpModeChoice::Skb),
+        tc: load(XdpModeChoice::Tc),
+    };
     let links: Vec<LinkAcl> = links
         .iter()
         .map(|(slot, port, ranges)| LinkAcl {
@@ -27,8 +92,8 @@ fn acl(links: &[(u32, u16, &[&str])]) -> XdpPlane {
             ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
         })
         .collect();
-    acl.set_link_acls(&links).expect("filling the ACL maps");
-    acl
+    hooks.set_link_acls(&links).expect("filling the ACL maps");
+    hooks
 }
 
 const ETH_P_IP: u16 = 0x0800;
@@ -91,24 +156,10 @@ fn v6_syn(src: &str, port: u16) -> Vec<u8> {
     frame
 }
 
-fn verdict_name(action: u32) -> &'static str {
-    match action {
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        _ => "another action",
-    }
-}
-
 #[track_caller]
-fn assert_action(acl: &XdpPlane, frame: &[u8], expected: u32, why: &str) {
-    let action = acl.judge(frame).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(
-        action,
-        expected,
-        "{why}: expected {}, got {}",
-        verdict_name(expected),
-        verdict_name(action)
-    );
+fn assert_action(acl: &Hooks, frame: &[u8], expected: AclAction, why: &str) {
+    let action = acl.judge(frame);
+    assert_eq!(action, expected, "{why}");
 }
 
 #[test]
@@ -117,13 +168,13 @@ fn ipv4_sources_pass_or_drop_by_their_links_ranges() {
     assert_action(
         &acl,
         &v4_syn("203.0.113.9", SSH_PORT),
-        XDP_PASS,
+        PASS,
         "a source inside the range",
     );
     assert_action(
         &acl,
         &v4_syn("198.51.100.9", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "a source outside the range",
     );
     assert_eq!(acl.verdicts()[XdpVerdict::Pass as usize], 1);
@@ -137,13 +188,13 @@ fn ipv6_sources_pass_or_drop_by_their_links_ranges() {
     assert_action(
         &acl,
         &v6_syn("2001:db8:5::1", SSH_PORT),
-        XDP_PASS,
+        PASS,
         "inside the /32",
     );
     assert_action(
         &acl,
         &v6_syn("2001:db9::1", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "outside the /32",
     );
 }
@@ -154,13 +205,13 @@ fn an_ipv4_mapped_range_admits_ipv4_packets() {
     assert_action(
         &acl,
         &v4_syn("198.51.100.5", SSH_PORT),
-        XDP_PASS,
+        PASS,
         "IPv4 clients arrive as IPv4 on the wire; the mapped range stands for 198.51.100.0/24",
     );
     assert_action(
         &acl,
         &v4_syn("198.51.101.5", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "outside the mapped range",
     );
 }
@@ -174,19 +225,19 @@ fn each_port_is_judged_by_its_own_links_longest_prefix() {
     assert_action(
         &acl,
         &v4_syn("10.1.9.9", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "10.1.9.9 is only in the VNC link's /16, not in the SSH link's /24",
     );
     assert_action(
         &acl,
         &v4_syn("10.1.9.9", VNC_PORT),
-        XDP_PASS,
+        PASS,
         "the same source on the VNC link's port",
     );
     assert_action(
         &acl,
         &v4_syn("10.1.2.3", SSH_PORT),
-        XDP_PASS,
+        PASS,
         "inside the SSH link's /24",
     );
     assert_eq!(acl.drops(1), 1);
@@ -199,7 +250,7 @@ fn a_port_no_link_uses_and_other_protocols_pass_untouched() {
     assert_action(
         &acl,
         &v4_syn("198.51.100.9", 8080),
-        XDP_PASS,
+        PASS,
         "no link listens on 8080",
     );
     let mut udp = ethernet(ETH_P_IP);
@@ -209,10 +260,10 @@ fn a_port_no_link_uses_and_other_protocols_pass_untouched() {
         0,
         &tcp_syn(SSH_PORT),
     ));
-    assert_action(&acl, &udp, XDP_PASS, "UDP to the link's port number");
+    assert_action(&acl, &udp, PASS, "UDP to the link's port number");
     let mut arp = ethernet(0x0806);
     arp.extend_from_slice(&[0u8; 28]);
-    assert_action(&acl, &arp, XDP_PASS, "ARP");
+    assert_action(&acl, &arp, PASS, "ARP");
     assert_eq!(acl.verdicts()[XdpVerdict::NotInspected as usize], 3);
 }
 
@@ -226,13 +277,8 @@ fn a_vlan_tagged_frame_is_judged_by_its_inner_packet() {
         frame.extend(ipv4(src.parse().unwrap(), TCP, 0, &tcp_syn(SSH_PORT)));
         frame
     };
-    assert_action(
-        &acl,
-        &tagged("198.51.100.9"),
-        XDP_DROP,
-        "tagged, disallowed",
-    );
-    assert_action(&acl, &tagged("203.0.113.9"), XDP_PASS, "tagged, allowed");
+    assert_action(&acl, &tagged("198.51.100.9"), DROP, "tagged, disallowed");
+    assert_action(&acl, &tagged("203.0.113.9"), PASS, "tagged, allowed");
 }
 
 #[test]
@@ -247,13 +293,13 @@ fn ipv4_first_fragments_are_judged_and_later_ones_pass() {
     assert_action(
         &acl,
         &fragment(MORE_FRAGMENTS, &tcp_syn(SSH_PORT)),
-        XDP_DROP,
+        DROP,
         "the first fragment carries the TCP header and is judged",
     );
     assert_action(
         &acl,
         &fragment(185, &[0u8; 16]),
-        XDP_PASS,
+        PASS,
         "a later fragment has no port to judge; without its first it never reaches a socket",
     );
 }
@@ -274,15 +320,10 @@ fn ipv6_extension_headers_are_walked_to_tcp() {
     assert_action(
         &acl,
         &behind_options("2001:db9::1"),
-        XDP_DROP,
+        DROP,
         "a disallowed SYN behind a destination-options header",
     );
-    assert_action(
-        &acl,
-        &behind_options("2001:db8::1"),
-        XDP_PASS,
-        "an allowed one",
-    );
+    assert_action(&acl, &behind_options("2001:db8::1"), PASS, "an allowed one");
     let fragment = |offset_and_flags: u16, payload: &[u8]| {
         let mut rest = vec![TCP, 0];
         rest.extend_from_slice(&offset_and_flags.to_be_bytes());
@@ -295,13 +336,13 @@ fn ipv6_extension_headers_are_walked_to_tcp() {
     assert_action(
         &acl,
         &fragment(0x0001, &tcp_syn(SSH_PORT)),
-        XDP_DROP,
+        DROP,
         "a first fragment (offset 0, more to come) is judged",
     );
     assert_action(
         &acl,
         &fragment(0x00b8, &[0u8; 16]),
-        XDP_PASS,
+        PASS,
         "a later fragment passes",
     );
     assert_eq!(acl.drops(3), 2);
@@ -334,10 +375,10 @@ fn a_syn_behind_a_long_chain_of_extension_headers_is_still_judged() {
     assert_action(
         &acl,
         &chain("2001:db9::1"),
-        XDP_DROP,
+        DROP,
         "a disallowed SYN five extension headers deep",
     );
-    assert_action(&acl, &chain("2001:db8::1"), XDP_PASS, "an allowed one");
+    assert_action(&acl, &chain("2001:db8::1"), PASS, "an allowed one");
     assert_eq!(acl.drops(5), 1);
 }
 
@@ -359,13 +400,13 @@ fn six_extension_headers_are_walked_and_a_longer_chain_is_not_inspected() {
     assert_action(
         &acl,
         &behind(6),
-        XDP_DROP,
+        DROP,
         "a disallowed SYN six headers deep is judged",
     );
     assert_action(
         &acl,
         &behind(7),
-        XDP_PASS,
+        PASS,
         "past the bound the program gives up; the accept-time check judges the connection",
     );
     assert_eq!(acl.drops(6), 1);
@@ -382,7 +423,7 @@ fn a_truncated_ipv6_first_fragment_passes_as_malformed() {
     rest.extend_from_slice(&tcp_syn(SSH_PORT)[..2]);
     let mut frame = ethernet(ETH_P_IPV6);
     frame.extend(ipv6("2001:db9::1".parse().unwrap(), FRAGMENT, &rest));
-    assert_action(&acl, &frame, XDP_PASS, "no port to judge");
+    assert_action(&acl, &frame, PASS, "no port to judge");
     assert_eq!(acl.verdicts()[XdpVerdict::Malformed as usize], 1);
     assert_eq!(acl.drops(0), 0);
 }
@@ -391,23 +432,31 @@ fn a_truncated_ipv6_first_fragment_passes_as_malformed() {
 fn truncated_headers_pass_as_malformed() {
     let acl = acl(&[(0, SSH_PORT, &["203.0.113.0/24"])]);
     let whole = v4_syn("198.51.100.9", SSH_PORT);
-    // BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet header.
-    for cut in [14, 14 + 12, 14 + 20 + 2] {
-        assert_action(
-            &acl,
-            &whole[..cut],
-            XDP_PASS,
-            &format!("a frame cut at {cut} bytes"),
-        );
-    }
-    let whole = v6_syn("2001:db9::1", SSH_PORT);
+    // Cut inside the TCP header: judged by both hooks. TC reads it twice (the second time after
+    // making the whole packet linear) and counts it once.
     assert_action(
         &acl,
-        &whole[..14 + 30],
-        XDP_PASS,
-        "an IPv6 header cut short",
+        &whole[..14 + 20 + 2],
+        PASS,
+        "a frame cut before its destination port",
     );
-    assert_eq!(acl.verdicts()[XdpVerdict::Malformed as usize], 4);
+    assert_eq!(acl.verdicts()[XdpVerdict::Malformed as usize], 1);
+    // The kernel's skb test run (TC's) refuses a frame without a whole IP header (EINVAL) and
+    // the XDP one takes none shorter than an Ethernet header, so the frames cut sooner are
+    // XDP's alone; a real TC hook runs the same parse on them.
+    let v6 = v6_syn("2001:db9::1", SSH_PORT);
+    for (frame, what) in [
+        (&whole[..14], "an Ethernet header alone"),
+        (&whole[..14 + 12], "an IPv4 header cut short"),
+        (&v6[..14 + 30], "an IPv6 header cut short"),
+    ] {
+        assert_eq!(
+            acl.xdp.judge(frame).expect("BPF_PROG_TEST_RUN"),
+            PASS,
+            "{what}"
+        );
+    }
+    assert_eq!(acl.xdp.verdicts()[XdpVerdict::Malformed as usize], 4);
 }
 
 #[test]
@@ -443,13 +492,13 @@ fn changes_are_applied_as_a_diff_and_removal_empties_the_maps() {
     assert_action(
         &acl,
         &v4_syn("203.0.113.9", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "the removed range is dropped at once",
     );
     assert_action(
         &acl,
         &v4_syn("198.51.100.9", VNC_PORT),
-        XDP_PASS,
+        PASS,
         "the unchanged link still admits its range",
     );
     assert_eq!(
@@ -471,7 +520,7 @@ fn changes_are_applied_as_a_diff_and_removal_empties_the_maps() {
     assert_action(
         &acl,
         &v4_syn("203.0.113.9", SSH_PORT),
-        XDP_PASS,
+        PASS,
         "with no link on the port, nothing is judged",
     );
 }
@@ -482,7 +531,7 @@ fn a_slot_given_to_a_new_link_starts_its_drop_count_at_zero() {
     assert_action(
         &acl,
         &v4_syn("198.51.100.9", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "outside the first link's range",
     );
     assert_eq!(acl.drops(4), 1);
@@ -520,7 +569,7 @@ fn a_port_shared_by_two_links_is_refused_and_the_maps_keep_what_they_held() {
     assert_action(
         &acl,
         &v4_syn("198.51.100.9", SSH_PORT),
-        XDP_DROP,
+        DROP,
         "the refused set must not have opened the port to everyone",
     );
 }

@@ -603,7 +603,7 @@ fn falls_back_to_userspace_when_ebpf_cannot_load() {
         "two warnings, the data plane's fallback and the XDP ACL's: {warnings:#?}"
     );
     assert!(
-        warnings[1].contains("XDP ACL not attached") && warnings[1].contains("CAP_BPF"),
+        warnings[1].contains("source ACL not attached") && warnings[1].contains("CAP_BPF"),
         "{warnings:#?}"
     );
     topology.client.run(|| {

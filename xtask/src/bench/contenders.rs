@@ -19,9 +19,9 @@ use devicelink_testbed::{
 pub enum Contender {
     /// No proxy: the client talks to the device through the routing proxy namespace.
     Direct,
-    /// devicelink-proxy as users get it by default (`--data-plane auto`), XDP ACL attached.
+    /// devicelink-proxy as users get it by default (`--data-plane auto`), source ACL attached.
     DevicelinkAuto,
-    /// devicelink-proxy, eBPF sockmap splice only, XDP ACL attached (skb mode).
+    /// devicelink-proxy, eBPF sockmap splice only, source ACL attached (TC ingress).
     DevicelinkEbpf,
     /// devicelink-proxy, userspace copy.
     DevicelinkUserspace,
@@ -175,8 +175,8 @@ pub fn start(
                 ProxyOptions {
                     data_plane,
                     allow: vec![format!("{CLIENT_V4}/32")],
-                    // The XDP ACL stays attached (skb mode, the default) so that its cost is in
-                    // the numbers; the userspace mode refuses at accept instead.
+                    // The source ACL stays attached (TC ingress, the default) so that its cost
+                    // is in the numbers; the userspace mode refuses at accept instead.
                     xdp: data_plane != "userspace",
                     extra,
                     ..ProxyOptions::default()
