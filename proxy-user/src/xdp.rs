@@ -9,8 +9,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode,
-        tc::{self, TcAttachType},
+        LinkOrder, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        tc::{self, TcAttachOptions, TcAttachType},
     },
 };
 use devicelink_proxy_common::XdpVerdict;
@@ -246,10 +246,22 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: XdpModeChoice) -> Result<(), K
                 }
             }
             let program: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?;
-            // tcx links go with the process that holds them, however it ends.
-            program
-                .attach(interface, TcAttachType::Ingress)
-                .map_err(failed)?;
+            if tcx {
+                // First in the interface's chain: a program before it that ends the chain
+                // (another owner's `TC_ACT_OK`) would let a disallowed source by unjudged. tcx
+                // links go with the process that holds them, however it ends.
+                program
+                    .attach_with_options(
+                        interface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .map_err(failed)?;
+            } else {
+                program
+                    .attach(interface, TcAttachType::Ingress)
+                    .map_err(failed)?;
+            }
         }
         XdpModeChoice::Skb | XdpModeChoice::Native => {
             let flags = match mode {
