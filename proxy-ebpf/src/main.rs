@@ -30,7 +30,7 @@ pub fn source_acl(ctx: XdpContext) -> u32 {
 pub fn source_acl_tc(ctx: TcContext) -> i32 {
     match acl::judge_skb(&ctx) {
         acl::Action::Pass => TC_ACT_UNSPEC,
-        acl::Action::Drop => TC_ACT_SHOT as i32,
+        acl::Action::Drop => TC_ACT_SHOT,
     }
 }
 
