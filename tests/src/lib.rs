@@ -14,6 +14,7 @@
 //! are named after the test and the process, so tests run in parallel; everything is removed on
 //! drop, which never panics.
 
+mod acl_hooks;
 mod cgroup;
 mod connect;
 mod cpu;
@@ -30,6 +31,7 @@ pub mod proxy_protocol;
 pub mod rfb;
 pub mod ssh;
 
+pub use acl_hooks::acl_hooks;
 pub use cgroup::{CgroupVersion, MemoryCgroup, rss_of};
 pub use connect::connect_from;
 pub use cpu::{cpu_time_of, machine_busy_time};

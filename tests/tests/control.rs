@@ -12,7 +12,8 @@ use std::{
 
 use devicelink_testbed::{
     CLIENT_V4, CLIENT_V6, DEVICE_V4, DEVICE_V6, OTHER_CLIENT_V4, OTHER_CLIENT_V6,
-    PROXY_FRONT_IFACE, PROXY_FRONT_V4, PROXY_FRONT_V6, Proxy, ProxyOptions, Topology, connect_from,
+    PROXY_FRONT_IFACE, PROXY_FRONT_V4, PROXY_FRONT_V6, Proxy, ProxyOptions, Topology, acl_hooks,
+    connect_from,
     peers::{self, Behavior},
     proxy_binary, receive_all, send_pattern,
 };
@@ -666,20 +667,18 @@ fn device_reset_reaches_the_client() {
     }
 }
 
-/// SIGTERM: stop accepting, close connections, detach XDP, exit 0; nothing is left attached or
+/// SIGTERM: stop accepting, close connections, detach the ACL, exit 0; nothing is left attached or
 /// pinned.
 #[test]
 fn sigterm_detaches_everything() {
     let topology = topology("term");
     let _device = peers::serve(&topology.device, device(), Behavior::Echo);
     let mut proxy = start(&topology, front(), ProxyOptions::default());
-    let link = topology
-        .proxy
-        .ip(&["link", "show", PROXY_FRONT_IFACE])
-        .unwrap();
-    assert!(
-        link.contains("xdp"),
-        "XDP should be attached while running:\n{link}"
+    let hooks = acl_hooks(&topology.proxy, PROXY_FRONT_IFACE).unwrap();
+    assert_eq!(
+        hooks,
+        ["source_acl_tc"],
+        "the ACL should be attached at TC ingress while running"
     );
     let client = topology.client.spawn(|| {
         let mut stream = TcpStream::connect(front()).unwrap();
@@ -697,13 +696,10 @@ fn sigterm_detaches_everything() {
         client.join().unwrap(),
         "the open connection should be closed"
     );
-    let link = topology
-        .proxy
-        .ip(&["link", "show", PROXY_FRONT_IFACE])
-        .unwrap();
+    let hooks = acl_hooks(&topology.proxy, PROXY_FRONT_IFACE).unwrap();
     assert!(
-        !link.contains("xdp"),
-        "XDP should be detached after exit:\n{link}"
+        hooks.is_empty(),
+        "the ACL should be detached after exit: {hooks:?}"
     );
     let pinned = std::fs::read_dir("/sys/fs/bpf")
         .map(|d| {

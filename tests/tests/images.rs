@@ -23,7 +23,8 @@ use devicelink_spec::pod_security::{
     PROXY_READ_ONLY_ROOT, PROXY_RUN_AS_GROUP, PROXY_RUN_AS_USER, PROXY_SECCOMP, SeccompProfile,
 };
 use devicelink_testbed::{
-    CLIENT_V4, DEVICE_V4, Netns, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology, http_get_in,
+    CLIENT_V4, DEVICE_V4, Netns, PROXY_FRONT_IFACE, PROXY_FRONT_V4, Process, Topology, acl_hooks,
+    http_get_in,
     image::{self, CONSOLE, ImageSpec, OPERATOR, PROXY},
     parse_metric,
     ssh::{SshDevice, random_file, sha256},
@@ -335,7 +336,7 @@ fn wait_idle(topology: &Topology) {
 }
 
 #[test]
-fn the_proxy_image_with_exactly_the_pods_privileges_loads_xdp_and_the_splice_and_carries_ssh() {
+fn the_proxy_image_with_exactly_the_pods_privileges_loads_the_acl_and_the_splice_and_carries_ssh() {
     if !ready() {
         return;
     }
@@ -364,13 +365,11 @@ fn the_proxy_image_with_exactly_the_pods_privileges_loads_xdp_and_the_splice_and
         1.0,
         "the XDP ACL"
     );
-    let attached = topology
-        .proxy
-        .ip(&["link", "show", PROXY_FRONT_IFACE])
-        .unwrap();
-    assert!(
-        attached.contains("xdp"),
-        "XDP on {PROXY_FRONT_IFACE}: {attached}"
+    let hooks = acl_hooks(&topology.proxy, PROXY_FRONT_IFACE).unwrap();
+    assert_eq!(
+        hooks,
+        ["source_acl_tc"],
+        "the ACL at TC ingress on {PROXY_FRONT_IFACE}"
     );
 
     ssh_session_and_checksummed_copies(&topology, &device, front);
@@ -427,13 +426,10 @@ fn without_any_one_of_its_capabilities_the_proxy_image_refuses_the_ebpf_data_pla
             log.contains(&named),
             "without {capability}: the error says `{named}`:\n{log}"
         );
-        let link = topology
-            .proxy
-            .ip(&["link", "show", PROXY_FRONT_IFACE])
-            .unwrap();
+        let hooks = acl_hooks(&topology.proxy, PROXY_FRONT_IFACE).unwrap();
         assert!(
-            !link.contains("xdp"),
-            "without {capability}: nothing left attached: {link}"
+            hooks.is_empty(),
+            "without {capability}: nothing left attached: {hooks:?}"
         );
     }
 }
