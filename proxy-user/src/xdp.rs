@@ -293,6 +293,11 @@ fn xdp_attach_hint(interface: &str, mode: XdpModeChoice, err: &ProgramError) -> 
         );
     }
     match (errno, mode) {
+        // tcx takes many programs; only one may claim the first place, which this one asks for.
+        (Some(libc::EBUSY | libc::EEXIST), XdpModeChoice::Tc) => format!(
+            "another program holds the first place in {interface}'s TC ingress chain \
+             (`bpftool net show dev {interface}` names it): detach it, or use --xdp-mode skb"
+        ),
         (Some(libc::EBUSY | libc::EEXIST), _) => format!(
             "another XDP program is already attached to {interface} (`ip link show {interface}` \
              names it; another devicelink-proxy?): an interface carries one, so detach it or give \
@@ -323,6 +328,11 @@ mod tests {
         assert!(busy.contains("already attached to eth0"), "{busy}");
         let exists = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EEXIST));
         assert!(exists.contains("already attached"), "{exists}");
+        let first = xdp_attach_hint("eth0", XdpModeChoice::Tc, &syscall(libc::EBUSY));
+        assert!(
+            first.contains("first place in eth0's TC ingress"),
+            "{first}"
+        );
         let native = xdp_attach_hint("eth0", XdpModeChoice::Native, &syscall(libc::EOPNOTSUPP));
         assert!(native.contains("--xdp-mode skb"), "{native}");
         let missing = ProgramError::UnknownInterface {
